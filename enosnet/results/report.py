@@ -1,0 +1,310 @@
+"""The report of one experiment, computed from the results database only.
+
+``report.html`` is self-contained (styles inline, plots embedded as base64
+``data:`` URIs, no script, no CDN: it works offline and as a mail attachment);
+``report.md`` says the same for terminals and pull requests, linking the PNGs
+in ``plots/``. Rebuilding the report from the same database gives the same
+numbers (the bootstrap is seeded).
+
+>>> from enosnet.results.synthetic import fill_synthetic
+>>> import tempfile
+>>> out = Path(tempfile.mkdtemp())
+>>> with ResultsStore.open(out / "results.db") as store:
+...     _ = fill_synthetic(store, repetitions=3)
+>>> report = build_report(out / "results.db", out / "report")
+>>> report.html.name, report.markdown.name
+('report.html', 'report.md')
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from enosnet.environment import Environment, write_atomic
+from enosnet.errors import ResultsError
+from enosnet.results.plots import Plot, all_plots, scale
+from enosnet.results.stats import Analysis, Comparison, StatsOptions, analyze, ci_text, combo_text
+from enosnet.results.store import HostRow, MetadataRow, ResultsStore
+
+HEADLINE = ("throughput", "goodput")
+
+
+@dataclass(frozen=True)
+class Report:
+    """The files of one report and the analysis they show."""
+
+    html: Path
+    markdown: Path
+    plots: list[Plot]
+    analysis: Analysis
+
+
+def build_report(source: Environment | str | Path, out_dir: str | Path | None = None, *,
+                 experiment: int | str | None = None, metrics: Sequence[str] = (), threshold: float = 0.05,
+                 options: StatsOptions | None = None) -> Report:
+    """Analyse one experiment (default: the latest) and write ``report.html``, ``report.md`` and ``plots/``.
+
+    ``source`` is an environment or the path of a results database;
+    ``out_dir`` defaults to ``report/`` beside the database.
+    """
+    db = source.db_file if isinstance(source, Environment) else Path(source)
+    out = Path(out_dir) if out_dir is not None else db.parent / "report"
+    opts = options or StatsOptions(threshold=threshold)
+    with ResultsStore.open(db, create=False) as store:
+        analysis = analyze(store, experiment=experiment, metrics=metrics, options=opts)
+        if not analysis.runs:
+            raise ResultsError(f"{db}: experiment {analysis.experiment.name!r} has no runs yet")
+        plots = all_plots(store, analysis, out / "plots")
+        hosts = store.hosts(experiment=analysis.experiment.id)
+        metadata = store.host_metadata(experiment=analysis.experiment.id)
+        others = [e.name for e in store.experiments() if e.id != analysis.experiment.id]
+    page = Page(analysis, plots, hosts, metadata, others, metrics)
+    out.mkdir(parents=True, exist_ok=True)
+    html_path, md_path = out / "report.html", out / "report.md"
+    write_atomic(html_path, page.html())
+    write_atomic(md_path, page.markdown())
+    return Report(html_path, md_path, plots, analysis)
+
+
+def _time(t: float | None) -> str:
+    return "—" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _num(x: float) -> str:
+    if math.isnan(x):
+        return "—"
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+
+
+def _pval(p: float) -> str:
+    return "—" if math.isnan(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+class Page:
+    """The content of the report, rendered as HTML or Markdown."""
+
+    def __init__(self, analysis: Analysis, plots: list[Plot], hosts: list[HostRow], metadata: list[MetadataRow],
+                 other_experiments: list[str], chosen: Sequence[str]) -> None:
+        self.a = analysis
+        self.plots = plots
+        self.hosts = hosts
+        self.metadata = metadata
+        self.others = other_experiments
+        self.order = self._metric_order(chosen)
+
+    def _metric_order(self, chosen: Sequence[str]) -> list[str]:
+        names = self.a.metrics
+        first = [m for m in chosen if m in names] or [m for m in HEADLINE if m in names]
+        return first + [m for m in names if m not in first]
+
+    # ── pieces shared by both renderings ─────────────────────────────────────
+
+    def overview(self) -> list[tuple[str, str]]:
+        e, runs = self.a.experiment, self.a.runs
+        failed = sum(r.status != "ok" for r in runs)
+        levels = {p: sorted({str(r.params.get(p)) for r in runs}) for p in self.a.parameters}
+        reps = sorted({s.n for s in self.a.summaries}) or [0]
+        return [
+            ("experiment", f"{e.name} (id {e.id})"),
+            ("ran", f"{_time(e.started)} → {_time(e.ended)}"),
+            ("runs", f"{len(runs)} ({len(runs) - failed} ok, {failed} failed), order {e.order or '—'}, "
+                     f"seed {e.seed if e.seed is not None else '—'}"),
+            ("parameters", "; ".join(f"{p}: {', '.join(v)}" for p, v in levels.items()) or "—"),
+            ("repetitions per combination", f"{reps[0]}" if reps[0] == reps[-1] else f"{reps[0]}–{reps[-1]}"),
+            ("experiment file", f"sha256 {e.file_hash or '—'}"),
+            ("enosnet", e.enosnet_version or "—"),
+            ("method", (f"95 % bootstrap CIs ({self.a.options.resamples} resamples, seed {self.a.options.seed}); "
+                        f"Welch t-test, Holm-corrected over {len(self.a.comparisons)} comparisons; practically "
+                        f"significant = CI excludes 0, |difference| > {self.a.options.threshold * 100:g} % "
+                        f"and Holm p < {self.a.options.alpha:g}")),
+        ] + ([("other experiments in this database", ", ".join(self.others))] if self.others else [])
+
+    def findings(self) -> list[tuple[str, list[Comparison]]]:
+        """Comparisons by metric (headline first), practically significant ones first."""
+        by_metric: dict[str, list[Comparison]] = defaultdict(list)
+        for c in self.a.comparisons:
+            by_metric[c.metric].append(c)
+        return [(m, sorted(by_metric[m], key=lambda c: not c.practically_significant)) for m in self.order
+                if m in by_metric]
+
+    def summary_rows(self, metric: str) -> tuple[str, list[list[str]]]:
+        cells = [s for s in self.a.summaries if s.metric == metric]
+        factor, unit = scale([s.mean for s in cells] + [s.max for s in cells], cells[0].unit if cells else "")
+
+        def v(x: float) -> str:
+            return _num(x / factor)
+
+        rows = [[combo_text(s.combo) or "all runs", str(s.n), f"{v(s.mean)} [{v(s.mean_ci.low)}, {v(s.mean_ci.high)}]",
+                 f"{v(s.median)} [{v(s.median_ci.low)}, {v(s.median_ci.high)}]", v(s.std),
+                 "—" if math.isnan(s.cv) else f"{s.cv * 100:.1f} %", v(s.min), v(s.p5), v(s.p95), v(s.max)]
+                for s in cells]
+        return unit, rows
+
+    SUMMARY_HEAD = ("combination", "n", "mean [95 % CI]", "median [95 % CI]", "std", "CV", "min", "p5", "p95", "max")
+    COMPARE_HEAD = ("metric", "parameter", "levels", "at", "difference", "95 % CI", "p", "Holm p", "verdict")
+
+    def comparison_rows(self) -> list[list[str]]:
+        return [[c.metric, c.parameter, f"{c.other} vs {c.baseline}", combo_text(c.at) or "—",
+                 "—" if math.isnan(c.rel_diff) else f"{c.rel_diff * 100:+.1f} %", ci_text(c.ci), _pval(c.p_value),
+                 _pval(c.p_adjusted), "practically significant" if c.practically_significant else "no"]
+                for m in self.order for c in self.a.comparisons if c.metric == m]
+
+    def check_rows(self) -> list[list[str]]:
+        return [["ok" if c.get("ok") else ("FAILED (forced)" if c.get("forced") else "FAILED"), str(c.get("name")),
+                 str(c.get("host") or "all"), str(c.get("detail", "")), _time(c.get("at"))]
+                for c in self.a.experiment.checks]
+
+    def host_rows(self) -> list[list[str]]:
+        return [[h.name, h.address or "—", h.role or "—", h.provider or "—", h.instance_type or "—", h.az or "—"]
+                for h in self.hosts]
+
+    def metadata_table(self) -> tuple[list[str], list[list[str]]]:
+        """Keys as rows, hosts as columns; one ``all hosts`` column when every host agrees."""
+        hosts = sorted({m.host for m in self.metadata})
+        values: dict[str, dict[str, str]] = defaultdict(dict)
+        for m in self.metadata:
+            values[m.key][m.host] = m.value
+        uniform = all(len(set(v.values())) == 1 and len(v) == len(hosts) for v in values.values())
+        if uniform:
+            return ["key", "all hosts"], [[k, next(iter(v.values()))] for k, v in sorted(values.items())]
+        return ["key", *hosts], [[k, *(v.get(h, "—") for h in hosts)] for k, v in sorted(values.items())]
+
+    def run_rows(self) -> list[list[str]]:
+        return [[str(r.position), combo_text(tuple(r.params.items())), str(r.repetition), r.status, r.reason or "",
+                 "—" if r.start_skew is None else f"{r.start_skew * 1000:.2f}", _time(r.started)]
+                for r in self.a.runs]
+
+    RUN_HEAD = ("#", "parameters", "rep.", "status", "reason", "start skew (ms)", "started")
+
+    # ── HTML ─────────────────────────────────────────────────────────────────
+
+    def html(self) -> str:
+        e = self.a.experiment
+        body = [f"<h1>{_h(e.name)}: results</h1>", _html_dl(self.overview()), "<h2>Findings</h2>"]
+        body += [self._html_findings(), self._html_warnings(), "<h2>Plots</h2>"]
+        body += [_html_plot(p) for p in self.plots] or ["<p>No plots: no data recorded.</p>"]
+        body.append("<h2>Summary per combination</h2>")
+        for metric in self.order:
+            unit, rows = self.summary_rows(metric)
+            body += [f"<h3>{_h(metric)} <small>({_h(unit or 'no unit')})</small></h3>",
+                     _html_table(self.SUMMARY_HEAD, rows)]
+        body += ["<h2>All comparisons</h2>", _html_table(self.COMPARE_HEAD, self.comparison_rows()),
+                 "<h2>Environment checks</h2>",
+                 _html_table(["result", "check", "host", "detail", "at"], self.check_rows())
+                 if self.a.experiment.checks else "<p>No environment checks were recorded.</p>",
+                 "<h2>Hosts</h2>", _html_table(["host", "address", "role", "provider", "instance type", "AZ"],
+                                               self.host_rows()),
+                 "<h3>Host metadata</h3>", _html_table(*self.metadata_table()),
+                 f"<details><summary>All {len(self.a.runs)} runs</summary>",
+                 _html_table(self.RUN_HEAD, self.run_rows()), "</details>",
+                 f"<footer>Generated by enosnet from {_h(e.name)} on {_time(datetime.now(UTC).timestamp())}; "
+                 "rebuild with <code>enosnet report</code>.</footer>"]
+        return _HTML.format(title=_h(f"{e.name} — enosnet report"), css=_CSS, body="\n".join(body))
+
+    def _html_findings(self) -> str:
+        parts = []
+        for metric, comparisons in self.findings():
+            items = "".join(f'<li class="{"yes" if c.practically_significant else "no"}">{_h(c.sentence)}</li>'
+                            for c in comparisons)
+            parts.append(f"<h3>{_h(metric)}</h3><ul class=findings>{items}</ul>")
+        return "".join(parts) or "<p>Nothing to compare: each parameter has a single level.</p>"
+
+    def _html_warnings(self) -> str:
+        if not self.a.warnings:
+            return '<p class="ok-box">No warnings: the data can carry these conclusions.</p>'
+        items = "".join(f"<li><b>{_h(w.kind)}</b>: {_h(w.message)}</li>" for w in self.a.warnings)
+        return f'<div class="warn-box"><h3>Warnings</h3><ul>{items}</ul></div>'
+
+    # ── Markdown ─────────────────────────────────────────────────────────────
+
+    def markdown(self) -> str:
+        e = self.a.experiment
+        lines = [f"# {e.name}: results", ""] + [f"- **{k}**: {_md(v)}" for k, v in self.overview()]
+        lines += ["", "## Findings", ""]
+        for metric, comparisons in self.findings():
+            lines += [f"### {metric}", ""]
+            lines += [f"- {'**' if c.practically_significant else ''}{_md(c.sentence)}"
+                      f"{'**' if c.practically_significant else ''}" for c in comparisons] + [""]
+        lines += ["## Warnings", ""] + ([f"- **{w.kind}**: {_md(w.message)}" for w in self.a.warnings]
+                                         or ["- none"]) + [""]
+        lines += ["## Plots", ""] + [f"![{p.title}](plots/{p.path.name})\n\n{p.caption}\n" for p in self.plots]
+        lines += ["## Summary per combination", ""]
+        for metric in self.order:
+            unit, rows = self.summary_rows(metric)
+            lines += [f"### {metric} ({unit or 'no unit'})", "", *_md_table(self.SUMMARY_HEAD, rows), ""]
+        lines += ["## All comparisons", "", *_md_table(self.COMPARE_HEAD, self.comparison_rows()), ""]
+        lines += ["## Environment checks", "", *_md_table(["result", "check", "host", "detail", "at"],
+                                                          self.check_rows()), ""]
+        lines += ["## Hosts", "", *_md_table(["host", "address", "role", "provider", "instance type", "AZ"],
+                                             self.host_rows()), "", "### Host metadata", "",
+                  *_md_table(*self.metadata_table()), ""]
+        return "\n".join(lines)
+
+
+def _h(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _md(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("*", "\\*")
+
+
+def _html_dl(items: Iterable[tuple[str, str]]) -> str:
+    return "<dl>" + "".join(f"<dt>{_h(k)}</dt><dd>{_h(v)}</dd>" for k, v in items) + "</dl>"
+
+
+def _html_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    if not rows:
+        return "<p>None recorded.</p>"
+    cells = "".join("<tr>" + "".join(f"<td>{_h(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{''.join(f'<th>{_h(h)}</th>' for h in head)}</tr></thead><tbody>{cells}</tbody></table>"
+
+
+def _html_plot(plot: Plot) -> str:
+    data = base64.b64encode(plot.path.read_bytes()).decode()
+    return (f'<figure id="plot-{_h(plot.name)}"><img alt="{_h(plot.title)}" src="data:image/png;base64,{data}">'
+            f"<figcaption><b>{_h(plot.title)}.</b> {_h(plot.caption)}</figcaption></figure>")
+
+
+def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    if not rows:
+        return ["None recorded."]
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + [
+        "| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+
+
+_HTML = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title><style>{css}</style></head>
+<body><main>
+{body}
+</main></body></html>
+"""
+
+_CSS = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d1d1f; margin: 0;
+       background: #f6f7f9; }
+main { max-width: 1100px; margin: 0 auto; padding: 24px 32px 48px; background: #fff; }
+h1 { font-size: 26px; margin: 0 0 12px; } h2 { font-size: 20px; margin-top: 32px; border-bottom: 1px solid #ddd; }
+h3 { font-size: 16px; margin: 18px 0 6px; } small { color: #666; font-weight: normal; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 0; }
+dt { color: #555; } dd { margin: 0; }
+ul.findings { padding-left: 20px; } ul.findings li { margin: 3px 0; }
+ul.findings li.yes { font-weight: 600; } ul.findings li.no { color: #555; }
+.warn-box { background: #fff6e0; border-left: 4px solid #e6a100; padding: 4px 16px; margin: 16px 0; }
+.ok-box { background: #eaf7ec; border-left: 4px solid #2e9b47; padding: 8px 16px; }
+figure { margin: 18px 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #444; font-size: 13px; }
+table { border-collapse: collapse; font-size: 13px; margin: 6px 0 12px; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: #f0f2f5; } tbody tr:nth-child(even) { background: #fafbfc; }
+footer { margin-top: 40px; color: #777; font-size: 12px; }
+"""
