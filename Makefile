@@ -1,0 +1,42 @@
+# Two entry points a newcomer needs: `make demo` (the main job on local hosts) and `make test`.
+# Both install what is missing first: Debian packages (as root) and the virtualenv.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEBS := openssh-server openssh-client iproute2 iputils-ping util-linux iperf3 pssh tcpdump ethtool \
+        procps psmisc sqlite3 chromium
+
+.PHONY: deps venv demo test lint typecheck check clean
+
+deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$missing (run make as root)"; exit 1; fi; \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: deps venv
+	$(BIN)/python examples/demo.py
+
+lint: venv
+	$(BIN)/ruff check enosnet tests benchmarks examples
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: deps venv lint typecheck
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,219 @@
+"""The environment directory: everything one experiment owns, in one folder.
+
+Default ``.enosnet/<name>/`` below the working directory; ``.enosnet/current``
+points at the last one used. Layout::
+
+    state.json        provider state: everything acquired, written before waiting on it
+    config.yaml       the config file the environment was deployed from
+    inventory.yaml    Ansible inventory, usable by plain ansible-playbook -i
+    ssh/              id_ed25519(.pub) made for this environment, known_hosts, config
+    secret            the agents' shared key (mode 0600)
+    logs/  runs/      logs; one folder per run of commands, playbooks and benchmarks
+    results.db        the results database
+
+>>> env = Environment(Path("/tmp/example-env"))
+>>> env.state_file.name
+'state.json'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import subprocess
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from enosnet.errors import EnvironmentNotFound, ProviderError
+
+BASE = Path(".enosnet")
+CURRENT = "current"
+
+
+class Environment:
+    """One environment directory (it need not exist yet)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).absolute()
+
+    # ── finding ────────────────────────────────────────────────────────────
+
+    @classmethod
+    def for_name(cls, name: str, base: str | Path = BASE) -> Environment:
+        return cls(Path(base) / name)
+
+    @classmethod
+    def find(cls, path: str | Path | None = None, base: str | Path = BASE) -> Environment:
+        """The environment at ``path``, else the one ``current`` points at.
+
+        Raises ``EnvironmentNotFound`` when there is none.
+        """
+        if path is not None:
+            env = cls(path)
+            if not env.state_file.exists():
+                raise EnvironmentNotFound(f"{env.root}: not an enosnet environment (no state.json); "
+                                          "deploy one with `enosnet deploy -c CONFIG`")
+            return env
+        link = Path(base) / CURRENT
+        if not link.exists():
+            raise EnvironmentNotFound(f"no environment given and no {link} link: pass --env PATH "
+                                      "or deploy one with `enosnet deploy -c CONFIG`")
+        return cls.find(link.resolve(), base)
+
+    def mark_current(self, base: str | Path = BASE) -> None:
+        """Point ``<base>/current`` at this environment."""
+        base = Path(base)
+        base.mkdir(parents=True, exist_ok=True)
+        link = base / CURRENT
+        target = os.path.relpath(self.root, base.absolute())
+        tmp = base / f".{CURRENT}.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target)
+        tmp.replace(link)
+
+    # ── paths ──────────────────────────────────────────────────────────────
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def tag(self) -> str:
+        """A short id derived from the directory's path, stable across runs."""
+        return hashlib.sha256(str(self.root).encode()).hexdigest()[:6]
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def inventory_file(self) -> Path:
+        return self.root / "inventory.yaml"
+
+    @property
+    def ssh_dir(self) -> Path:
+        return self.root / "ssh"
+
+    @property
+    def key_file(self) -> Path:
+        return self.root / "ssh" / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.root / "ssh" / "known_hosts"
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.root / "ssh" / "config"
+
+    @property
+    def secret_file(self) -> Path:
+        return self.root / "secret"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def db_file(self) -> Path:
+        return self.root / "results.db"
+
+    def create(self) -> Environment:
+        for folder in (self.root, self.ssh_dir, self.logs_dir, self.runs_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.ssh_dir.chmod(0o700)
+        return self
+
+    def new_run_dir(self, kind: str) -> Path:
+        """A fresh folder ``runs/<UTC time>-<kind>`` for one run's artifacts."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        folder = self.runs_dir / f"{stamp}-{kind}"
+        folder.mkdir(parents=True, exist_ok=False)
+        return folder
+
+    # ── state ──────────────────────────────────────────────────────────────
+
+    def load_state(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise EnvironmentNotFound(f"{self.state_file}: unreadable state: {exc}") from None
+        if not isinstance(data, dict):
+            raise EnvironmentNotFound(f"{self.state_file}: unreadable state: not a JSON object")
+        return data
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        """Write the state atomically and durably (a crash leaves old or new, never half)."""
+        write_atomic(self.state_file, json.dumps(state, indent=2, sort_keys=False) + "\n")
+
+    def update_state(self, **changes: Any) -> dict[str, Any]:
+        state = self.load_state() or {}
+        state.update(changes)
+        self.save_state(state)
+        return state
+
+    # ── keys ───────────────────────────────────────────────────────────────
+
+    def ensure_keypair(self) -> Path:
+        """The environment's SSH key (ed25519), made on first use."""
+        self.create()
+        if not self.key_file.exists():
+            make_keypair(self.key_file, comment=f"enosnet-{self.name}")
+        return self.key_file
+
+    def public_key(self) -> str:
+        return Path(f"{self.ensure_keypair()}.pub").read_text().strip()
+
+    def secret(self) -> str:
+        """The agents' shared secret (hex), made on first use, mode 0600."""
+        self.create()
+        if not self.secret_file.exists():
+            write_atomic(self.secret_file, secrets.token_hex(32) + "\n", mode=0o600)
+        return self.secret_file.read_text().strip()
+
+    def __repr__(self) -> str:
+        return f"Environment({self.root})"
+
+
+def make_keypair(path: Path, comment: str) -> None:
+    """An unencrypted ed25519 key pair at ``path`` and ``path.pub``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for old in (path, Path(f"{path}.pub")):
+        old.unlink(missing_ok=True)
+    try:
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+                       check=True, capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        raise ProviderError("ssh-keygen not found", hint="install openssh-client") from None
+    except subprocess.CalledProcessError as exc:
+        raise ProviderError(f"ssh-keygen failed for {path}: {exc.stderr.strip()}") from None
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``text`` through a synced temporary file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,371 @@
+"""The local provider: many isolated hosts on this machine, built from Linux namespaces.
+
+Each host is a network namespace with a veth on the environment's bridge, its
+own hostname, a copy-on-write overlay of ``/`` and a PID namespace whose PID 1
+(``hostinit.py``) reaps orphans, running its own sshd that accepts only the
+environment's key. Addresses come from 198.18.0.0/15 and nothing routes
+outside the bridge. Needs root.
+
+Names carry a prefix (``enos``, or ``$ENOSNET_LOCAL_PREFIX``) so that
+``destroy_all`` finds every host even without state: namespaces
+``<prefix>-<tag>-<n>``, bridges ``<prefix>b<tag>``, veths ``<prefix><tag><n>``,
+where ``<tag>`` is derived from the environment directory.
+
+>>> names = Names("enos", "a1b2c3")
+>>> names.netns(3), names.bridge, names.veth(3)
+('enos-a1b2c3-3', 'enosba1b2c3', 'enosa1b2c33')
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from enosnet.config import LocalProviderConfig
+from enosnet.environment import make_keypair, write_atomic
+from enosnet.errors import PrivilegeError, ProviderError
+from enosnet.model import Host, Network, Networks, Roles
+from enosnet.providers.base import Provider, wait_ssh
+
+NETNS_DIR = Path("/run/netns")
+LOCK_FILE = Path("/run/enosnet-local.lock")
+HOSTINIT = Path(__file__).with_name("hostinit.py")
+TOOLS = ("ip", "unshare", "nsenter", "mount", "pivot_root", "/usr/sbin/sshd", "ssh-keygen")
+DEFAULT_PREFIX = "enos"
+
+
+def prefix_from_env() -> str:
+    prefix = os.environ.get("ENOSNET_LOCAL_PREFIX", DEFAULT_PREFIX)
+    if not re.fullmatch(r"[a-z][a-z0-9]{0,4}", prefix):
+        raise ProviderError(f"ENOSNET_LOCAL_PREFIX={prefix!r}: must be 1-5 lowercase letters or digits, "
+                            "starting with a letter")
+    return prefix
+
+
+@dataclass(frozen=True)
+class Names:
+    """How the local provider names the kernel objects of one environment."""
+
+    prefix: str
+    tag: str
+
+    def netns(self, index: int) -> str:
+        return f"{self.prefix}-{self.tag}-{index}"
+
+    def veth(self, index: int) -> str:
+        return f"{self.prefix}{self.tag}{index}"
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.prefix}b{self.tag}"
+
+    @staticmethod
+    def netns_pattern(prefix: str) -> re.Pattern[str]:
+        return re.compile(rf"^{re.escape(prefix)}-[0-9a-f]{{6}}-\d+$")
+
+    @staticmethod
+    def bridge_pattern(prefix: str) -> re.Pattern[str]:
+        return re.compile(rf"^{re.escape(prefix)}b[0-9a-f]{{6}}$")
+
+
+class LocalProvider(Provider):
+    """Hosts made of namespaces on this machine (``provider: {kind: local}``)."""
+
+    kind = "local"
+
+    @property
+    def settings(self) -> LocalProviderConfig:
+        assert isinstance(self.config.provider, LocalProviderConfig)
+        return self.config.provider
+
+    def _acquire(self) -> tuple[Roles, Networks]:
+        require_root_and_tools()
+        self._release()  # leftovers of an earlier, different or broken deployment
+        names = Names(prefix_from_env(), self.env.tag)
+        plan = [(role, i) for role, spec in self.config.roles.items() for i in range(spec.count)]
+        key = self.env.ensure_keypair()
+        host_key = self.env.ssh_dir / "host_ed25519"
+        if not host_key.exists():
+            make_keypair(host_key, comment=f"enosnet-host-{self.env.name}")
+        with machine_lock():
+            subnet = allocate_subnet(ipaddress.IPv4Network(self.settings.subnet), len(plan), used_networks())
+            addresses = list(subnet.hosts())
+            gateway = addresses[0]
+            hosts = [{"alias": f"{role}-{i}", "role": role, "netns": names.netns(n), "veth": names.veth(n),
+                      "address": str(addresses[n + 1])} for n, (role, i) in enumerate(plan)]
+            self.save_provider_state(prefix=names.prefix, tag=names.tag, bridge=names.bridge, subnet=str(subnet),
+                                     gateway=str(gateway), hosts=hosts)
+            create_links(names.bridge, f"{gateway}/{subnet.prefixlen}", hosts)
+        self._boot(hosts, subnet.prefixlen, host_key)
+        roles = self._roles(hosts, key)
+        write_known_hosts(self.env.known_hosts, Path(f"{host_key}.pub").read_text().split()[:2], hosts)
+        deadline = time.monotonic() + self.settings.boot_timeout
+        silent = wait_ssh(list(roles.all()), deadline)
+        if silent:
+            logs = ", ".join(str(self.env.logs_dir / f"{h.name}.log") for h in silent)
+            raise ProviderError(f"{len(silent)} local hosts did not answer on SSH within "
+                                f"{self.settings.boot_timeout:g} s: {', '.join(h.name for h in silent)}",
+                                hint=f"see {logs}")
+        network = Network("local", str(subnet), str(gateway), names.bridge)
+        return roles, Networks([network])
+
+    def _boot(self, hosts: list[dict[str, Any]], prefixlen: int, host_key: Path) -> None:
+        """Start every host's PID 1, recording each pid as soon as it exists."""
+        etc_hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost\n" + "".join(
+            f"{h['address']}\t{h['alias']}\n" for h in hosts)
+        common = {"host_key": host_key.read_text(), "authorized_key": self.env.public_key(),
+                  "prefixlen": prefixlen, "etc_hosts": etc_hosts}
+        self.env.logs_dir.mkdir(parents=True, exist_ok=True)
+        for h in hosts:
+            spec = {**common, "hostname": h["alias"], "address": h["address"], "netns": h["netns"]}
+            with open(self.env.logs_dir / f"{h['alias']}.log", "ab") as log:
+                proc = subprocess.Popen(
+                    ["nsenter", f"--net={NETNS_DIR / h['netns']}", "unshare", "--mount", "--uts", "--pid",
+                     "--fork", "--kill-child", sys.executable, "-I", "-S", str(HOSTINIT), json.dumps(spec)],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            h["pid"] = proc.pid
+        self.save_provider_state(hosts=hosts)
+
+    def _roles(self, hosts: list[dict[str, Any]], key: Path) -> Roles:
+        ssh_args = (f"-o UserKnownHostsFile={self.env.known_hosts} -o StrictHostKeyChecking=yes "
+                    "-o LogLevel=ERROR")
+        by_role: dict[str, list[Host]] = {}
+        for h in hosts:
+            extra = {"ansible_python_interpreter": self.settings.python, "ansible_ssh_common_args": ssh_args,
+                     "enosnet_netns": h["netns"], "enosnet_provider": "local"}
+            host = Host(h["address"], alias=h["alias"], user="root", port=22, keyfile=str(key), extra=extra)
+            by_role.setdefault(h["role"], []).append(host)
+        return Roles(by_role)
+
+    def _still_there(self, roles: Roles) -> bool:
+        hosts = self.provider_state.get("hosts", [])
+        saved = (self.env.load_state() or {}).get("config")
+        if saved != self.config.model_dump(mode="json") or len(hosts) != len(roles.all()):
+            return False
+        return all((NETNS_DIR / h["netns"]).exists() and _alive(h.get("pid")) for h in hosts)
+
+    def _release(self) -> None:
+        state = self.provider_state
+        if not state:
+            return
+        require_root_and_tools()
+        netns = [h["netns"] for h in state.get("hosts", [])]
+        pids = [h["pid"] for h in state.get("hosts", []) if h.get("pid")]
+        remove_hosts(netns, [state["bridge"]] if state.get("bridge") else [], pids)
+        self.env.update_state(provider={})
+
+    def enter(self, host: Host) -> list[str]:
+        """argv prefix that runs a command inside ``host`` (all its namespaces), without SSH."""
+        for h in self.provider_state.get("hosts", []):
+            if h["alias"] == host.name:
+                return nsenter_argv(h["pid"])
+        raise ProviderError(f"{host.name}: not a host of {self.env.root}")
+
+
+# ── machine-level helpers ───────────────────────────────────────────────────
+
+
+def require_root_and_tools() -> None:
+    if os.geteuid() != 0:
+        raise PrivilegeError("the local provider needs root (it creates network namespaces, bridges and mounts)",
+                             hint="run enosnet as root, e.g. with sudo")
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        raise ProviderError(f"the local provider needs {', '.join(missing)}, not found on this machine",
+                            hint="run `make deps` (installs iproute2, util-linux and openssh-server)")
+
+
+@contextmanager
+def machine_lock() -> Iterator[None]:
+    """Serialise subnet allocation and bridge creation between enosnet processes."""
+    with open(LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def used_networks() -> list[ipaddress.IPv4Network]:
+    out = _ip_json("-4", "addr", "show")
+    return [ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}").network
+            for link in out for a in link.get("addr_info", []) if a.get("family") == "inet"]
+
+
+def allocate_subnet(pool: ipaddress.IPv4Network, count: int,
+                    used: Iterable[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
+    """The first block of ``pool`` big enough for ``count`` hosts plus a gateway that overlaps nothing used.
+
+    >>> allocate_subnet(ipaddress.IPv4Network("198.18.0.0/15"), 4, [ipaddress.IPv4Network("198.18.0.0/24")])
+    IPv4Network('198.18.1.0/24')
+    """
+    prefixlen = min(24, 32 - (count + 2).bit_length())
+    if prefixlen < pool.prefixlen:
+        raise ProviderError(f"{count} hosts do not fit in {pool}")
+    used = list(used)
+    for block in pool.subnets(new_prefix=prefixlen):
+        if not any(block.overlaps(u) for u in used):
+            return block
+    raise ProviderError(f"no free /{prefixlen} left in {pool} for {count} hosts",
+                        hint="destroy unused environments (enosnet destroy --all)")
+
+
+def create_links(bridge: str, gateway: str, hosts: list[dict[str, Any]]) -> None:
+    lines = [f"link add {bridge} type bridge", f"addr add {gateway} dev {bridge}", f"link set {bridge} up"]
+    for h in hosts:
+        lines += [f"netns add {h['netns']}",
+                  f"link add {h['veth']} type veth peer name eth0 netns {h['netns']}",
+                  f"link set {h['veth']} master {bridge} up"]
+    _ip_batch(lines, what="creating the bridge and host links")
+
+
+def write_known_hosts(path: Path, key: list[str], hosts: list[dict[str, Any]]) -> None:
+    write_atomic(path, "".join(f"{h['address']} {key[0]} {key[1]}\n" for h in hosts), mode=0o600)
+
+
+def nsenter_argv(pid: int) -> list[str]:
+    """Enter the host whose PID 1 is the child of ``pid`` (the ``unshare`` process)."""
+    init = _children(pid)
+    target = init[0] if init else pid
+    return ["nsenter", "-t", str(target), "-n", "-m", "-u", "-p", "--"]
+
+
+def remove_hosts(netns: list[str], bridges: list[str], pids: list[int], deadline: float = 20.0) -> None:
+    """Kill everything in these hosts, delete their namespaces and bridges, wait until links are gone."""
+    _kill_inits(pids)
+    _kill_in_netns(netns)
+    existing = [n for n in netns if (NETNS_DIR / n).exists()]
+    _ip_batch([f"netns del {n}" for n in existing], what="deleting network namespaces", check=False)
+    links = {link["ifname"] for link in _ip_json("link", "show")}
+    _ip_batch([f"link del {b}" for b in bridges if b in links], what="deleting bridges", check=False)
+    _wait_netns_gone(netns, time.monotonic() + deadline)
+
+
+def destroy_all(prefix: str | None = None) -> list[str]:
+    """Remove every local host of this prefix on the machine, with or without state.
+
+    Returns the names of what was removed.
+    """
+    require_root_and_tools()
+    prefix = prefix or prefix_from_env()
+    netns = [n for n in _netns_names() if Names.netns_pattern(prefix).match(n)]
+    bridges = [link["ifname"] for link in _ip_json("link", "show")
+               if Names.bridge_pattern(prefix).match(link["ifname"])]
+    pids = _hostinit_pids(prefix)
+    remove_hosts(netns, bridges, pids)
+    return netns + bridges
+
+
+def _hostinit_pids(prefix: str) -> list[int]:
+    """``unshare`` processes of hosts with this prefix, found by their command line."""
+    marker = re.compile(rf'"netns": "{re.escape(prefix)}-[0-9a-f]{{6}}-\d+"')
+    found = []
+    for pid, argv in _processes():
+        if argv and argv[0].endswith("unshare") and str(HOSTINIT.name) in " ".join(argv) and marker.search(argv[-1]):
+            found.append(pid)
+    return found
+
+
+def _processes() -> Iterator[tuple[int, list[str]]]:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                raw = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            yield int(entry.name), raw.decode(errors="replace").split("\0")[:-1]
+
+
+def _kill_inits(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if HOSTINIT.name in argv:
+            for child in _children(pid):
+                _kill(child)
+            _kill(pid)
+
+
+def _kill_in_netns(netns: list[str]) -> None:
+    """SIGKILL every process whose network namespace is one of these."""
+    inodes = set()
+    for name in netns:
+        try:
+            inodes.add(f"net:[{(NETNS_DIR / name).stat().st_ino}]")
+        except OSError:
+            continue
+    if not inodes:
+        return
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "ns" / "net") in inodes:
+                    _kill(int(entry.name))
+            except OSError:
+                continue
+
+
+def _wait_netns_gone(netns: list[str], deadline: float) -> None:
+    """Wait until the veths of these hosts vanished (the kernel removes them asynchronously)."""
+    prefixes = tuple(n.rsplit("-", 2)[0] + n.rsplit("-", 2)[1] for n in netns)
+    while time.monotonic() < deadline:
+        left = [link["ifname"] for link in _ip_json("link", "show")
+                if prefixes and link["ifname"].startswith(prefixes)]
+        if not left:
+            return
+        time.sleep(0.05)
+
+
+def _netns_names() -> list[str]:
+    try:
+        return sorted(p.name for p in NETNS_DIR.iterdir())
+    except FileNotFoundError:
+        return []
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int | None) -> bool:
+    return bool(pid) and Path(f"/proc/{pid}").exists()
+
+
+def _kill(pid: int) -> None:
+    with suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _ip_json(*args: str) -> list[dict[str, Any]]:
+    out = subprocess.run(["ip", "-j", *args], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        raise ProviderError(f"ip {' '.join(args)} failed: {out.stderr.strip()}")
+    data = json.loads(out.stdout or "[]")
+    return data if isinstance(data, list) else []
+
+
+def _ip_batch(lines: list[str], *, what: str, check: bool = True) -> None:
+    if not lines:
+        return
+    proc = subprocess.run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n",
+                          capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise ProviderError(f"{what} failed: {proc.stderr.strip()}")

@@ -1,0 +1,111 @@
+"""Load YAML files into pydantic models with errors that name file, line and field.
+
+>>> from pydantic import BaseModel
+>>> class Point(BaseModel):
+...     x: int
+>>> load_model_text(Point, "x: 3", source="p.yaml").x
+3
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from enosnet.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+Loc = tuple[str | int, ...]
+
+
+def line_map(text: str) -> dict[Loc, int]:
+    """Map each key path of a YAML document to its 1-based line."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[Loc, int] = {}
+    if root is not None:
+        for loc, line in _walk(root, ()):
+            lines[loc] = line
+    return lines
+
+
+def _walk(node: yaml.Node, loc: Loc) -> Iterator[tuple[Loc, int]]:
+    yield loc, node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = (*loc, str(key.value))
+            yield child, key.start_mark.line + 1
+            yield from ((sub, n) for sub, n in _walk(value, child) if sub != child)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield from _walk(item, (*loc, index))
+
+
+def where(source: str, lines: dict[Loc, int], loc: Loc) -> str:
+    """``file:line field.path`` for a location, using the nearest known line."""
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return f"{source}:{lines[loc[:n]]} {path}"
+    return f"{source} {path}"
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{at}: not valid YAML: {problem}") from None
+
+
+def validation_problems(exc: ValidationError, source: str, lines: dict[Loc, int]) -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not _is_tag(p))
+        problems.append((where(source, lines, loc), _reason(err)))
+    return problems
+
+
+def _is_tag(part: str | int) -> bool:
+    # pydantic puts union member names (e.g. "int", "function-after[...]") into locations
+    return isinstance(part, str) and ("[" in part or part in {"int", "str", "float", "bool"})
+
+
+def _reason(err: Any) -> str:
+    msg = str(err["msg"])
+    if err["type"] == "extra_forbidden":
+        return "unknown field"
+    return msg.removeprefix("Value error, ")
+
+
+def load_model_text(model: type[M], text: str, *, source: str) -> M:
+    """Validate YAML ``text`` against the pydantic ``model``."""
+    data = parse_yaml(text, source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, found {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = validation_problems(exc, source, line_map(text))
+        raise ConfigError(f"{source}: invalid configuration", problems) from None
+
+
+def load_model(model: type[M], path: str | Path) -> M:
+    """Read and validate a YAML file; a missing file is a ``ConfigError`` too."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return load_model_text(model, text, source=str(path))

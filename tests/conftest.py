@@ -1,0 +1,155 @@
+"""Shared fixtures: real local namespace hosts and a real local AWS endpoint (moto's server).
+
+Each pytest session names its local hosts with its own random prefix
+(``ENOSNET_LOCAL_PREFIX``), so concurrent sessions never touch each other's
+hosts, and the session ends by checking that nothing of its own is left.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from enosnet.config import parse_config
+from enosnet.environment import Environment
+from enosnet.model import Networks, Roles
+from enosnet.providers.local import LocalProvider
+
+PREFIX = "t" + secrets.token_hex(2)
+os.environ["ENOSNET_LOCAL_PREFIX"] = PREFIX
+IS_ROOT = os.geteuid() == 0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if IS_ROOT:
+        return
+    skip = pytest.mark.skip(reason="needs root to build local namespace hosts")
+    for item in items:
+        if "hosts" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not IS_ROOT:
+        return
+    from enosnet.providers.local import destroy_all
+
+    left = destroy_all(PREFIX)
+    if left:
+        sys.stderr.write(f"\nLEAK: tests left local hosts behind (now removed): {', '.join(left)}\n")
+        session.exitstatus = 1
+
+
+@dataclass
+class LocalDeployment:
+    """Hosts acquired by the ``local_hosts`` fixture."""
+
+    env: Environment
+    provider: LocalProvider
+    roles: Roles
+    networks: Networks
+    config_text: str = field(repr=False, default="")
+
+
+@pytest.fixture
+def local_hosts(tmp_path: Path) -> Iterator[Callable[..., LocalDeployment]]:
+    """Factory: ``local_hosts({"server": 1, "client": 2})`` deploys real local hosts, destroyed afterwards.
+
+    Extra keyword ``name`` names the environment (one directory per name under tmp_path).
+    """
+    made: list[LocalProvider] = []
+
+    def deploy(roles: dict[str, int], *, name: str = "t") -> LocalDeployment:
+        counts = ", ".join(f"{role}: {count}" for role, count in roles.items())
+        text = f"name: {name}\nprovider: {{kind: local}}\nroles: {{{counts}}}\n"
+        env = Environment(tmp_path / ".enosnet" / name)
+        provider = LocalProvider(parse_config(text), env)
+        made.append(provider)
+        acquired, networks = provider.init()
+        return LocalDeployment(env, provider, acquired, networks, text)
+
+    try:
+        yield deploy
+    finally:
+        for provider in reversed(made):
+            provider.destroy()
+
+
+# ── a local AWS endpoint ────────────────────────────────────────────────────
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class MotoServer:
+    url: str
+
+    def reset(self) -> None:
+        request = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
+        urllib.request.urlopen(request, timeout=10).read()
+
+
+AWS_VARS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """moto's server on 127.0.0.1 with a free port, as a subprocess; boto3 reaches it via AWS_ENDPOINT_URL."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in [*AWS_VARS, "AWS_ENDPOINT_URL", "AWS_PROFILE"]}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+        os.environ.update(AWS_VARS, AWS_ENDPOINT_URL=url)
+        os.environ.pop("AWS_PROFILE", None)
+        yield MotoServer(url)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def aws(moto_server: MotoServer) -> MotoServer:
+    """A clean moto state for one test."""
+    moto_server.reset()
+    return moto_server
