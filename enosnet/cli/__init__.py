@@ -12,6 +12,7 @@ import sys
 import typer
 
 from enosnet.cli import env as env_commands
+from enosnet.cli import results as results_commands
 from enosnet.cli.common import err_console, print_error
 from enosnet.errors import ConfigError, EnosnetError
 
@@ -31,6 +32,7 @@ app = typer.Typer(
 )
 
 env_commands.register(app)
+results_commands.register(app)
 
 
 def main() -> None:
