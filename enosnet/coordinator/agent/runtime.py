@@ -1,0 +1,687 @@
+"""The agent's event loop: requests in, processes started on time, reports out.
+
+Stdlib-only, Python 3.8 compatible (ships in the agent zipapp). One process can
+serve several agents (``serve([a, b, ...])``), which the loopback benchmark uses;
+on a host there is one.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from typing import IO, Any
+
+from .actions import Action, ActionError, parse_actions
+from .wire import MAX_DATAGRAM, REQUESTS, MessageType, ReplayGuard, WireError, decode, encode, env_hash
+
+VERSION = "1"
+DEFAULT_PORT = 7700
+FINISHED = ("exited", "stopped", "failed")
+ACTIVE = ("armed", "running")
+RUN_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,48}$")
+WAKE_EARLY_NS = 2_000_000
+SPIN_NS = 200_000
+EVENT_FIRST_S, EVENT_MAX_S, EVENT_GIVE_UP_S = 0.25, 4.0, 600.0
+READY_POLL_S, READY_GIVE_UP_S = 0.002, 120.0
+KEEP_REPORTED = 64
+STATUS_RUNS = 8
+Addr = tuple[str, int]
+log = logging.getLogger("enosnet.agent")
+
+
+class ConfigProblem(ValueError):
+    """The agent's config file is invalid."""
+
+
+class Config:
+    """The agent's config file (see docs/coordinator.md for every field)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        try:
+            self.worker_id = str(data["worker_id"])
+            self.role = str(data.get("role", ""))
+            self.env_id = str(data["env_id"])
+            self.secret = str(data["secret"]).encode()
+            self.port = int(data.get("port", DEFAULT_PORT))
+            self.bind = str(data.get("bind", "0.0.0.0"))
+            self.workdir = str(data["workdir"])
+            self.replay_window_s = float(data.get("replay_window_s", 30.0))
+            self.sample_interval_s = float(data.get("sample_interval_s", 1.0))
+            self.log_interval_s = float(data.get("log_interval_s", 10.0))
+            self.actions: dict[str, Action] = parse_actions(data.get("actions", {}))
+        except KeyError as exc:
+            raise ConfigProblem(f"missing field {exc.args[0]}") from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigProblem(str(exc)) from None
+        if not 0 < len(self.worker_id.encode()) <= 32:
+            raise ConfigProblem("worker_id must be 1 to 32 bytes")
+        if len(self.secret) < 16:
+            raise ConfigProblem("secret must be at least 16 characters")
+
+
+def load_config(path: str) -> Config:
+    with open(path) as handle:
+        return Config(json.load(handle))
+
+
+class RateLimitedLog:
+    """At most one log line per reason and interval; says how many were suppressed."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, reason: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(reason, -1e9) < self.interval_s:
+            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+            return
+        more = self._suppressed.pop(reason, 0)
+        self._last[reason] = now
+        log.warning("%s%s", text, f" ({more} more suppressed)" if more else "")
+
+
+class Run:
+    """One run of an action on this agent; everything but ``proc`` and files is persisted."""
+
+    FIELDS = ("run", "action", "params", "state", "timed", "created", "scheduled", "start_wall", "start_mono",
+              "exec_ns", "pid", "ticks", "end_wall", "rc", "error", "reported", "stop_requested",
+              "deadline_s", "dir", "late_ns")
+    run: str
+    action: str
+    params: dict[str, Any]
+    state: str
+    timed: bool
+    created: int
+    scheduled: int | None
+    start_wall: int | None
+    start_mono: int | None
+    exec_ns: int | None
+    pid: int | None
+    ticks: int | None
+    end_wall: int | None
+    rc: int | None
+    error: str | None
+    reported: bool
+    stop_requested: bool
+    deadline_s: float
+    dir: str
+    late_ns: int | None
+
+    def __init__(self, **values: Any) -> None:
+        for name in self.FIELDS:
+            setattr(self, name, values.get(name))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.files: list[IO[bytes]] = []
+        self.spawn_args: tuple[list[str], dict[str, str], str] | None = None
+        self.target_mono: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def record(self) -> dict[str, Any]:
+        """What the coordinator gets in the completion report."""
+        keys = ("run", "action", "state", "rc", "error", "scheduled", "start_wall", "start_mono",
+                "exec_ns", "end_wall", "pid", "dir", "late_ns")
+        return {k: getattr(self, k) for k in keys}
+
+
+class Agent:
+    """One agent: its socket, its runs, its timers. Drive it with ``serve``."""
+
+    def __init__(self, config: Config) -> None:
+        self.cfg = config
+        self.key = config.secret
+        self.env = env_hash(config.env_id)
+        self.session = int.from_bytes(os.urandom(8), "big") >> 1
+        self.seq = 0
+        self.guard = ReplayGuard(window_s=config.replay_window_s)
+        self.runs: dict[str, Run] = {}
+        self.coord: Addr | None = None
+        self.timers: dict[str, tuple[int, Callable[[], None]]] = {}
+        self.events: dict[str, dict[str, Any]] = {}
+        self.counters: dict[str, Any] = {"rx": 0, "tx": 0, "retx": 0, "refused": 0, "drop": {}}
+        self.started = time.monotonic()
+        self.rlog = RateLimitedLog(config.log_interval_s)
+        self.state_file = os.path.join(config.workdir, "state.json")
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    # ── lifecycle ──────────────────────────────────────────────────────────
+
+    def open(self) -> None:
+        """Bind the socket and recover what a previous instance left in the workdir."""
+        os.makedirs(os.path.join(self.cfg.workdir, "runs"), exist_ok=True)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((self.cfg.bind, self.cfg.port))
+        self.sock.setblocking(False)
+        self._recover()
+
+    def close(self) -> None:
+        """Stop every active run (process groups killed) and close the socket."""
+        for run in list(self.runs.values()):
+            if run.state in ACTIVE or run.state == "ready":
+                self._shutdown_run(run)
+        self._persist()
+        self.sock.close()
+
+    def _recover(self) -> None:
+        try:
+            with open(self.state_file) as handle:
+                data = json.load(handle)
+        except FileNotFoundError:
+            return
+        except ValueError:
+            log.error("%s is unreadable; starting with no runs", self.state_file)
+            return
+        coord = data.get("coord")
+        self.coord = (str(coord[0]), int(coord[1])) if coord else None
+        for item in data.get("runs", []):
+            run = Run(**item)
+            self.runs[run.run] = run
+            if run.state == "armed":
+                self._finish(run, "failed", error="agent restarted before the scheduled start")
+            elif run.state == "running":
+                _kill_orphan(run)
+                self._finish(run, "failed", error="agent restarted during the run")
+            elif run.state in FINISHED and not run.reported:
+                self._queue_done(run)
+        self._persist()
+
+    def _persist(self) -> None:
+        done = [r for r in self.runs.values() if r.state in FINISHED and r.reported]
+        for old in done[:-KEEP_REPORTED]:
+            del self.runs[old.run]
+        data = {"coord": list(self.coord) if self.coord else None,
+                "runs": [r.to_dict() for r in self.runs.values()]}
+        tmp = f"{self.state_file}.tmp"
+        with open(tmp, "w") as handle:
+            json.dump(data, handle)
+        os.replace(tmp, self.state_file)
+
+    # ── datagrams ──────────────────────────────────────────────────────────
+
+    def drain(self) -> None:
+        """Handle every datagram waiting on the socket (at most 256 per call)."""
+        for _ in range(256):
+            try:
+                data, addr = self.sock.recvfrom(MAX_DATAGRAM * 2)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._drop("recv_error", None, str(exc))
+                continue
+            self.on_datagram(data, addr)
+
+    def on_datagram(self, data: bytes, addr: Addr) -> None:
+        t1 = time.time_ns()
+        self.counters["rx"] += 1
+        try:
+            msg = decode(data, key=self.key, env=self.env)
+        except WireError as exc:
+            self._drop(exc.reason, addr, str(exc))
+            return
+        if msg.worker != self.cfg.worker_id:
+            self._drop("wrong_worker", addr, msg.worker)
+            return
+        if msg.type not in REQUESTS:
+            self._drop("bad_type", addr, msg.type.name)
+            return
+        reason = self.guard.check(msg.session, msg.seq, msg.ts, t1)
+        if reason:
+            self._drop(reason, addr, f"seq {msg.seq}")
+            return
+        if msg.payload.get("claim") is True:
+            self._claim(addr)
+        try:
+            reply = self._handle(msg.type, msg.payload, t1)
+        except (ActionError, ValueError, TypeError, KeyError) as exc:
+            reply = {"error": str(exc)[:300]}
+        if reply is not None:
+            self._send(MessageType.RESP, reply, addr, ack=msg.seq)
+
+    def _drop(self, reason: str, addr: Addr | None, detail: str) -> None:
+        drops = self.counters["drop"]
+        drops[reason] = drops.get(reason, 0) + 1
+        self.rlog.warning(reason, f"dropped datagram from {addr}: {detail}")
+
+    def _send(self, kind: MessageType, payload: dict[str, Any], addr: Addr, ack: int = 0) -> None:
+        self.seq += 1
+        data = encode(kind, payload, key=self.key, env=self.env, worker=self.cfg.worker_id,
+                      session=self.session, seq=self.seq, ack=ack)
+        try:
+            self.sock.sendto(data, addr)
+            self.counters["tx"] += 1
+        except OSError as exc:
+            self._drop("send_error", addr, str(exc))
+
+    def _claim(self, addr: Addr) -> None:
+        if addr != self.coord:
+            self.coord = addr
+            self._persist()
+        for event in self.events.values():
+            event.update(next=0, interval=EVENT_FIRST_S, first=time.monotonic())
+        self._arm_event_timer()
+
+    # ── requests ───────────────────────────────────────────────────────────
+
+    def _handle(self, kind: MessageType, payload: dict[str, Any], t1: int) -> dict[str, Any] | None:
+        if kind == MessageType.HELLO:
+            return {"t1": t1, "role": self.cfg.role, "pid": os.getpid(), "state": self.state(), "v": VERSION}
+        if kind == MessageType.ACK:
+            self._acked([str(e) for e in payload.get("ev", [])])
+            return None
+        if kind == MessageType.STATUS:
+            return self._status(payload)
+        if kind == MessageType.STOP:
+            return self._stop_request(payload)
+        run_id = _run_id(payload)
+        if kind == MessageType.PREPARE:
+            return self._prepare(run_id, payload)
+        return self._arm(run_id, payload)
+
+    def _prepare(self, run_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if run_id in self.runs:
+            return self._run_reply(self.runs[run_id])
+        action = self.cfg.actions.get(str(payload.get("action")))
+        if action is None:
+            raise ActionError(f"no action {str(payload.get('action'))[:64]!r} "
+                              f"(this agent has: {', '.join(sorted(self.cfg.actions)) or 'none'})")
+        params = action.check(dict(payload.get("params") or {}))
+        deadline = payload.get("deadline_s", action.deadline_s)
+        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline <= 7 * 86400:
+            raise ActionError("deadline_s must be a number of seconds in (0, 604800]")
+        folder = os.path.join(self.cfg.workdir, "runs", run_id)
+        run = Run(run=run_id, action=action.name, params=params, state="ready", timed=bool(payload.get("timed")),
+                  created=time.time_ns(), dir=folder, deadline_s=float(deadline), reported=False,
+                  stop_requested=False)
+        self.runs[run_id] = run
+        self._persist()
+        return self._run_reply(run)
+
+    def _arm(self, run_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        run = self.runs.get(run_id)
+        if run is None:
+            raise ActionError(f"no run {run_id} (PREPARE it first)")
+        if run.state != "ready":
+            return self._run_reply(run)
+        at = payload.get("at", 0)
+        if isinstance(at, bool) or not isinstance(at, int):
+            raise ActionError("at must be an integer (ns since the epoch, agent clock; 0 = now)")
+        self._stage(run)
+        run.scheduled = at or None
+        if not at or at <= time.time_ns():
+            run.late_ns = time.time_ns() - at if at else None
+            self._spawn(run)
+        else:
+            run.state = "armed"
+            run.target_mono = time.monotonic_ns() + (at - time.time_ns())
+            self._timer(f"start:{run.run}", run.target_mono - WAKE_EARLY_NS, lambda: self._start_on_time(run))
+            self._persist()
+        return self._run_reply(run)
+
+    def _stop_request(self, payload: dict[str, Any]) -> dict[str, Any]:
+        if payload.get("all") is True:
+            targets = [r for r in self.runs.values() if r.state in ACTIVE or r.state == "ready"]
+        else:
+            run = self.runs.get(_run_id(payload))
+            targets = [run] if run is not None else []
+        for run in targets:
+            self._terminate(run, reason="stop")
+        if len(targets) == 1:
+            return self._run_reply(targets[0])
+        return {"stopping": [r.run for r in targets]}
+
+    def _status(self, payload: dict[str, Any]) -> dict[str, Any]:
+        if self.timed_phase() and payload.get("force") is not True:
+            self.counters["refused"] += 1
+            return {"refused": "timed phase"}
+        runs = [r for r in self.runs.values() if r.state not in FINISHED or not r.reported]
+        return {"role": self.cfg.role, "pid": os.getpid(), "state": self.state(), "v": VERSION,
+                "up": round(time.monotonic() - self.started, 1), "ctr": self.counters,
+                "runs": [{"run": r.run, "action": r.action, "state": r.state, "rc": r.rc}
+                         for r in runs[-STATUS_RUNS:]], "t1": time.time_ns()}
+
+    def _run_reply(self, run: Run) -> dict[str, Any]:
+        return {"run": run.run, "state": run.state, "pid": run.pid, "rc": run.rc, "error": run.error,
+                "deadline_s": run.deadline_s}
+
+    def state(self) -> str:
+        """``idle`` or the state of the latest run not yet reported."""
+        pending = [r for r in self.runs.values() if not (r.state in FINISHED and r.reported)]
+        return pending[-1].state if pending else "idle"
+
+    def timed_phase(self) -> bool:
+        return any(r.timed and r.state in ACTIVE for r in self.runs.values())
+
+    # ── processes ──────────────────────────────────────────────────────────
+
+    def _stage(self, run: Run) -> None:
+        """Everything before fork that can be done ahead of the start: argv, env, files."""
+        action = self.cfg.actions[run.action]
+        os.makedirs(run.dir, exist_ok=True)
+        builtins = {"run_id": run.run, "run_dir": run.dir, "worker_id": self.cfg.worker_id}
+        argv, extra = action.render(run.params, builtins=builtins)
+        env = dict(os.environ)
+        env.update(extra)
+        run.spawn_args = (argv, env, action.cwd or run.dir)
+        run.files = [open(os.path.join(run.dir, name), "wb") for name in ("stdout", "stderr")]  # noqa: SIM115
+
+    def _start_on_time(self, run: Run) -> None:
+        if run.state != "armed":
+            return
+        remaining = run.target_mono - time.monotonic_ns()
+        if remaining > SPIN_NS:
+            time.sleep((remaining - SPIN_NS) / 1e9)
+        while time.monotonic_ns() < run.target_mono:
+            pass
+        self._spawn(run)
+
+    def _spawn(self, run: Run) -> None:
+        assert run.spawn_args is not None
+        argv, env, cwd = run.spawn_args
+        run.state = "running"
+        run.start_wall, run.start_mono = time.time_ns(), time.monotonic_ns()
+        try:
+            run.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=run.files[0], stderr=run.files[1],
+                                        env=env, cwd=cwd, start_new_session=True, close_fds=True)
+        except OSError as exc:
+            self._finish(run, "failed", error=f"cannot start {argv[0]}: {exc.strerror or exc}")
+            return
+        run.exec_ns = time.monotonic_ns() - run.start_mono
+        run.pid, run.ticks = run.proc.pid, _start_ticks(run.proc.pid)
+        self._persist()
+        action = self.cfg.actions[run.action]
+        self._timer(f"deadline:{run.run}", run.start_mono + int(run.deadline_s * 1e9),
+                    lambda: self._terminate(run, reason="deadline"))
+        if action.kind == "service":
+            self._watch_ready(run, action, time.monotonic())
+        self._sample()
+
+    def _terminate(self, run: Run, *, reason: str) -> None:
+        """SIGTERM to the run's process group now, SIGKILL after the action's grace."""
+        if run.state in ("ready", "armed"):
+            self.timers.pop(f"start:{run.run}", None)
+            self._finish(run, "stopped", error=None if reason == "stop" else reason)
+            return
+        if run.state != "running" or run.pid is None:
+            return
+        if reason == "deadline":
+            run.error = "deadline exceeded: process group killed"
+        else:
+            run.stop_requested = True
+        _signal_group(run.pid, signal.SIGTERM)
+        grace = self.cfg.actions[run.action].stop_grace_s
+        self._timer(f"kill:{run.run}", time.monotonic_ns() + int(grace * 1e9),
+                    lambda: _signal_group(run.pid or 0, signal.SIGKILL))
+
+    def reap(self) -> None:
+        """Collect every run whose leading process has exited."""
+        for run in list(self.runs.values()):
+            if run.proc is None or run.state != "running":
+                continue
+            rc = run.proc.poll()
+            if rc is None:
+                continue
+            if _group_alive(run.pid or 0):
+                _signal_group(run.pid or 0, signal.SIGTERM)
+                grace = self.cfg.actions[run.action].stop_grace_s
+                self._timer(f"kill:{run.run}", time.monotonic_ns() + int(grace * 1e9),
+                            functools.partial(_signal_group, run.pid or 0, signal.SIGKILL))
+            state = "stopped" if run.stop_requested else "failed" if run.error else "exited"
+            self._finish(run, state, rc=rc, error=run.error)
+
+    def _finish(self, run: Run, state: str, *, rc: int | None = None, error: str | None = None) -> None:
+        run.state, run.rc, run.error = state, rc, error
+        run.end_wall = time.time_ns()
+        run.proc = None
+        for stream in run.files:
+            stream.close()
+        run.files = []
+        self.timers.pop(f"deadline:{run.run}", None)
+        self.timers.pop(f"ready:{run.run}", None)
+        if run.dir and os.path.isdir(run.dir):
+            with open(os.path.join(run.dir, "run.json"), "w") as handle:
+                json.dump(run.record(), handle)
+        self._queue_done(run)
+        self._persist()
+        self._sample()
+
+    def _shutdown_run(self, run: Run) -> None:
+        """The agent is exiting: kill the group now (short grace) and record it stopped."""
+        if run.state == "running" and run.pid:
+            _signal_group(run.pid, signal.SIGTERM)
+            deadline = time.monotonic() + min(2.0, self.cfg.actions[run.action].stop_grace_s)
+            while _group_alive(run.pid) and time.monotonic() < deadline:
+                if run.proc is not None:
+                    run.proc.poll()
+                time.sleep(0.01)
+            _signal_group(run.pid, signal.SIGKILL)
+            rc = run.proc.wait() if run.proc is not None else None
+            self._finish(run, "stopped", rc=rc, error="agent shut down")
+        else:
+            self._finish(run, "stopped", error="agent shut down")
+
+    # ── readiness ──────────────────────────────────────────────────────────
+
+    def _watch_ready(self, run: Run, action: Action, since: float) -> None:
+        listen = action.listen_port(run.params)
+        if run.state != "running":
+            return
+        if listen is None or _listening(*listen):
+            self._queue_event(f"{run.run}:ready", {"kind": "ready", "run": run.run, "pid": run.pid})
+            return
+        elapsed = time.monotonic() - since
+        if elapsed > READY_GIVE_UP_S:
+            return
+        pause = READY_POLL_S if elapsed < 0.2 else 0.02
+        self._timer(f"ready:{run.run}", time.monotonic_ns() + int(pause * 1e9),
+                    lambda: self._watch_ready(run, action, since))
+
+    # ── events (agent → coordinator, retransmitted until ACKed) ─────────────
+
+    def _queue_done(self, run: Run) -> None:
+        if not run.reported:
+            self._queue_event(f"{run.run}:done", {"kind": "done", "rec": run.record()})
+
+    def _queue_event(self, event_id: str, payload: dict[str, Any]) -> None:
+        payload["ev"] = event_id
+        self.events[event_id] = {"payload": payload, "next": 0, "interval": EVENT_FIRST_S,
+                                 "first": time.monotonic()}
+        self._send_events()
+
+    def _send_events(self) -> None:
+        now = time.monotonic()
+        for event_id, event in list(self.events.items()):
+            if now - event["first"] > EVENT_GIVE_UP_S:
+                del self.events[event_id]
+                continue
+            if self.coord is None or event["next"] > now:
+                continue
+            if event["next"]:
+                self.counters["retx"] += 1
+            self._send(MessageType.EVENT, event["payload"], self.coord)
+            event["next"] = now + event["interval"]
+            event["interval"] = min(event["interval"] * 2, EVENT_MAX_S)
+        self._arm_event_timer()
+
+    def _arm_event_timer(self) -> None:
+        due = [e["next"] for e in self.events.values()]
+        if due and self.coord is not None:
+            when = min(due) - time.monotonic()
+            self._timer("events", time.monotonic_ns() + max(0, int(when * 1e9)), self._send_events)
+        else:
+            self.timers.pop("events", None)
+
+    def _acked(self, event_ids: list[str]) -> None:
+        changed = False
+        for event_id in event_ids:
+            if self.events.pop(event_id, None) is None:
+                continue
+            run_id, _, kind = event_id.rpartition(":")
+            run = self.runs.get(run_id)
+            if kind == "done" and run is not None:
+                run.reported, changed = True, True
+        if changed:
+            self._persist()
+        self._arm_event_timer()
+
+    # ── samples (local only: no traffic while measuring) ────────────────────
+
+    def _sample(self) -> None:
+        running = [r for r in self.runs.values() if r.state == "running" and r.dir]
+        if not running:
+            self.timers.pop("sample", None)
+            return
+        line = json.dumps(_system_sample()) + "\n"
+        for run in running:
+            with open(os.path.join(run.dir, "samples.jsonl"), "a") as handle:
+                handle.write(line)
+        self._timer("sample", time.monotonic_ns() + int(self.cfg.sample_interval_s * 1e9), self._sample)
+
+    # ── timers ─────────────────────────────────────────────────────────────
+
+    def _timer(self, key: str, when_mono_ns: int, action: Callable[[], None]) -> None:
+        self.timers[key] = (when_mono_ns, action)
+
+    def next_timer(self) -> int | None:
+        return min((when for when, _ in self.timers.values()), default=None)
+
+    def run_timers(self) -> None:
+        now = time.monotonic_ns()
+        for key, (when, action) in sorted(self.timers.items(), key=lambda item: item[1][0]):
+            if when <= now and self.timers.get(key, (0, None))[1] is action:
+                del self.timers[key]
+                action()
+
+
+def _run_id(payload: dict[str, Any]) -> str:
+    run_id = payload.get("run")
+    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+        raise ActionError("run must be 1-48 characters of letters, digits, . _ : -")
+    return run_id
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    if pgid <= 1:
+        return
+    try:
+        os.killpg(pgid, sig)
+    except OSError as exc:
+        if exc.errno not in (errno.ESRCH, errno.EPERM):
+            raise
+
+
+def _group_alive(pgid: int) -> bool:
+    if pgid <= 1:
+        return False
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot): tells a recycled pid from ours."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _kill_orphan(run: Run) -> None:
+    """A previous agent instance died while ``run`` ran: kill its group if it is still ours."""
+    if run.pid and run.ticks is not None and _start_ticks(run.pid) == run.ticks:
+        _signal_group(run.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 2.0
+        while _group_alive(run.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _signal_group(run.pid, signal.SIGKILL)
+
+
+def _listening(proto: str, port: int) -> bool:
+    """Whether something in this network namespace listens on ``proto`` ``port``."""
+    wanted = f":{port:04X}"
+    for family in ("", "6"):
+        try:
+            with open(f"/proc/net/{proto}{family}") as handle:
+                next(handle, None)
+                for line in handle:
+                    fields = line.split()
+                    if len(fields) > 3 and fields[1].endswith(wanted) and (proto == "udp" or fields[3] == "0A"):
+                        return True
+        except OSError:
+            continue
+    return False
+
+
+def _system_sample() -> dict[str, Any]:
+    """CPU jiffies (/proc/stat ``cpu`` line) and interface counters (/proc/net/dev)."""
+    sample: dict[str, Any] = {"t": time.time_ns()}
+    try:
+        with open("/proc/stat") as handle:
+            sample["cpu"] = [int(v) for v in handle.readline().split()[1:]]
+        with open("/proc/net/dev") as handle:
+            lines = handle.readlines()[2:]
+        sample["net"] = {name.strip(): [int(v) for v in rest.split()]
+                         for name, _, rest in (line.partition(":") for line in lines)}
+    except (OSError, ValueError) as exc:
+        sample["error"] = str(exc)
+    return sample
+
+
+def serve(agents: Sequence[Agent], *, ready: Callable[[], None] | None = None) -> None:
+    """Run the agents until SIGTERM or SIGINT; their runs are stopped on the way out."""
+    stopping: list[int] = []
+    sel = selectors.DefaultSelector()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+    for agent in agents:
+        sel.register(agent.sock, selectors.EVENT_READ, agent)
+    sel.register(wake_r, selectors.EVENT_READ, None)
+    if ready is not None:
+        ready()
+    try:
+        while not stopping:
+            _turn(agents, sel, wake_r)
+    finally:
+        for agent in agents:
+            agent.close()
+        signal.set_wakeup_fd(-1)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def _turn(agents: Sequence[Agent], sel: selectors.BaseSelector, wake_r: int) -> None:
+    due = [t for t in (a.next_timer() for a in agents) if t is not None]
+    timeout = None if not due else max(0.0, (min(due) - time.monotonic_ns()) / 1e9)
+    for key, _ in sel.select(timeout):
+        if key.data is None:
+            try:
+                while os.read(wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+            for agent in agents:
+                agent.reap()
+        else:
+            key.data.drain()
+    for agent in agents:
+        agent.run_timers()

@@ -1,0 +1,112 @@
+"""The agent's config file and the default action catalogue (iperf3, s2n-netbench).
+
+The Ansible role ``enosnet_agent`` templates exactly the document
+``agent_config`` returns; docs/coordinator.md describes every field.
+
+>>> cfg = agent_config("client-0", role="client", secret="0" * 32, env_id="demo", actions=iperf3_actions())
+>>> sorted(cfg["actions"])
+['iperf3-client', 'iperf3-server']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+DEFAULT_PORT = 7700
+DEFAULT_WORKDIR = "/var/lib/enosnet-agent"
+CONGESTION = r"[a-z0-9_]{1,16}"
+
+
+def agent_config(worker_id: str, *, role: str, secret: str, env_id: str, actions: Mapping[str, Any],
+                 port: int = DEFAULT_PORT, workdir: str = DEFAULT_WORKDIR, bind: str = "0.0.0.0",
+                 replay_window_s: float = 30.0, sample_interval_s: float = 1.0) -> dict[str, Any]:
+    """The agent's JSON config: one flat object (see docs/coordinator.md)."""
+    return {
+        "worker_id": worker_id,
+        "role": role,
+        "env_id": env_id,
+        "secret": secret,
+        "port": port,
+        "bind": bind,
+        "workdir": workdir,
+        "replay_window_s": replay_window_s,
+        "sample_interval_s": sample_interval_s,
+        "actions": dict(actions),
+    }
+
+
+def iperf3_actions(*, binary: str = "iperf3") -> dict[str, Any]:
+    """``iperf3-server`` (a service until stopped) and ``iperf3-client`` (a job, JSON output)."""
+    port = {"type": "int", "min": 1, "max": 65535, "default": 5201}
+    return {
+        "iperf3-server": {
+            "kind": "service",
+            "argv": [binary, "-s", "-p", "{port}", ["-B", "{bind}"], ["-1", "{one_off}"]],
+            "params": {"port": port, "bind": {"type": "host", "default": None},
+                       "one_off": {"type": "bool", "default": False}},
+            "listen": "tcp:{port}",
+        },
+        "iperf3-client": {
+            "kind": "job",
+            "argv": [binary, "-c", "{host}", "-p", "{port}", "-t", "{duration}", "-J",
+                     "-P", "{parallel}", ["-C", "{congestion}"], ["-R", "{reverse}"], ["-u", "{udp}"],
+                     ["-b", "{bitrate}"], ["-l", "{length}"], ["--logfile", "{logfile}"]],
+            "params": {
+                "host": {"type": "host"},
+                "port": port,
+                "duration": {"type": "int", "min": 1, "max": 86400, "default": 10},
+                "parallel": {"type": "int", "min": 1, "max": 128, "default": 1},
+                "congestion": {"type": "string", "pattern": CONGESTION, "default": None},
+                "reverse": {"type": "bool", "default": False},
+                "udp": {"type": "bool", "default": False},
+                "bitrate": {"type": "string", "pattern": r"[0-9]{1,12}[KMG]?", "default": None},
+                "length": {"type": "string", "pattern": r"[0-9]{1,8}[KM]?", "default": None},
+                "logfile": {"type": "string", "pattern": r"/[A-Za-z0-9_./-]{1,200}", "default": None},
+            },
+        },
+    }
+
+
+def netbench_actions(*, bin_dir: str = "/usr/local/bin", scenario_dir: str = "/var/lib/enosnet/scenarios",
+                     collector: str = "s2n-netbench-collector", interval: str = "1s") -> dict[str, Any]:
+    """``netbench-server`` / ``netbench-client``: a driver run under s2n-netbench-collector.
+
+    The driver is chosen by file name inside ``bin_dir``; the scenario by file
+    name inside ``scenario_dir``. Servers get ``PORT``, ``SERVER_ID`` (the
+    host's index in its role), ``SCENARIO``; clients also get ``CLIENT_ID`` and
+    ``SERVER_<i>=host:port`` for every server of the scenario.
+    """
+    collector_path = collector if "/" in collector else f"{bin_dir.rstrip('/')}/{collector}"
+    common = {
+        "port": {"type": "int", "min": 1, "max": 65535, "default": 4433},
+        "scenario": {"type": "file", "dir": scenario_dir, "pattern": r"[A-Za-z0-9_.-]+\.json"},
+        "trace": {"type": "choice", "values": ["disabled", "throughput", "stdio"], "default": None},
+    }
+
+    def driver(side: str) -> dict[str, Any]:
+        return {"type": "file", "dir": bin_dir, "pattern": rf"s2n-netbench-driver-{side}-[a-z0-9-]+"}
+
+    argv = [collector_path, "{driver}", "--scenario", "{scenario}", "--interval", interval]
+    return {
+        "netbench-server": {
+            "kind": "service",
+            "argv": argv,
+            "env": {"PORT": "{port}", "SERVER_ID": "{index}", "SCENARIO": "{scenario}", "TRACE": "{trace}"},
+            "params": {"driver": driver("server"), **common},
+            "listen": None,
+        },
+        "netbench-client": {
+            "kind": "job",
+            "argv": argv,
+            "env": {"PORT": "{port}", "CLIENT_ID": "{index}", "SCENARIO": "{scenario}", "TRACE": "{trace}"},
+            "env_each": {"SERVER_": "servers"},
+            "params": {"driver": driver("client"), **common,
+                       "servers": {"type": "hostports", "max_items": 256}},
+        },
+    }
+
+
+def default_actions(**netbench: Any) -> dict[str, Any]:
+    """The iperf3 and netbench actions together (``netbench`` options go to ``netbench_actions``)."""
+    return {**iperf3_actions(), **netbench_actions(**netbench)}

@@ -1,0 +1,223 @@
+"""Putting agents on hosts without Ansible: over plain ssh/scp, or as local processes.
+
+The Ansible role ``enosnet_agent`` is the normal way; these helpers serve tests,
+experiments on hosts without Ansible, and the loopback benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from enosnet.coordinator.catalogue import DEFAULT_PORT, agent_config
+from enosnet.coordinator.core import Worker
+from enosnet.coordinator.zipapp import build_agent_zipapp
+from enosnet.errors import ConfigError, HostsFailed, RemoteError
+from enosnet.model import Host, Roles
+
+REMOTE_DIR = "/var/lib/enosnet-agent"
+
+
+@dataclass(frozen=True)
+class SshResult:
+    """One host's outcome of an ssh step."""
+
+    host: Host
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    def __repr__(self) -> str:
+        return f"SshResult({self.host.name}, rc={self.rc})"
+
+
+def ssh_base(host: Host) -> list[str]:
+    """ssh options for ``host`` from its fields (key, port, ``ansible_ssh_common_args``)."""
+    opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+    if host.keyfile:
+        opts += ["-i", host.keyfile]
+    opts += shlex.split(str(host.extra.get("ansible_ssh_common_args", "")))
+    return opts
+
+
+def ssh(host: Host, command: str, *, timeout: float = 60.0) -> SshResult:
+    """Run ``command`` (a shell line) on ``host`` over ssh."""
+    argv = ["ssh", *ssh_base(host), "-p", str(host.port), f"{host.user}@{host.address}", command]
+    return _run(host, argv, timeout)
+
+
+def scp(host: Host, files: Mapping[str, Path], *, timeout: float = 60.0) -> SshResult:
+    """Copy local files to ``host``: remote path → local path (one scp per file)."""
+    for remote, local in files.items():
+        argv = ["scp", "-q", *ssh_base(host), "-P", str(host.port), str(local),
+                f"{host.user}@{_scp_host(host.address)}:{remote}"]
+        result = _run(host, argv, timeout)
+        if not result.ok:
+            return result
+    return SshResult(host, 0, "", "")
+
+
+def _scp_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def _run(host: Host, argv: list[str], timeout: float) -> SshResult:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return SshResult(host, 124, "", f"timed out after {timeout:g} s: {shlex.join(argv[:1])}")
+    return SshResult(host, done.returncode, done.stdout, done.stderr)
+
+
+def _fan_out(hosts: Sequence[Host], step: Any) -> dict[Host, SshResult]:
+    with ThreadPoolExecutor(max_workers=min(32, max(1, len(hosts)))) as pool:
+        return dict(zip(hosts, pool.map(step, hosts), strict=True))
+
+
+def start_agents_over_ssh(roles: Roles, *, env_id: str, secret: str, actions: Mapping[str, Any],
+                          port: int = DEFAULT_PORT, remote_dir: str = REMOTE_DIR,
+                          python: str = "python3") -> list[Worker]:
+    """Copy the agent zipapp and a config to every host of ``roles`` and start it as a supervised daemon.
+
+    Returns the workers to give a ``Coordinator``. Raises ``HostsFailed`` with
+    the per-host results when some hosts fail. Re-running restarts the agents
+    (runs they finished stay recorded in their workdir).
+    """
+    hosts = roles.all()
+    with tempfile.TemporaryDirectory(prefix="enosnet-agent-") as tmp:
+        pyz = build_agent_zipapp(Path(tmp) / "agent.pyz")
+
+        def install(host: Host) -> SshResult:
+            host_roles = roles.roles_of(host)
+            config = agent_config(host.name, role=",".join(host_roles), secret=secret, env_id=env_id,
+                                  actions=actions, port=int(host.extra.get("enosnet_agent_port", port)),
+                                  workdir=f"{remote_dir}/work", bind="0.0.0.0")
+            local_cfg = Path(tmp) / f"{host.name}.json"
+            local_cfg.write_text(json.dumps(config, indent=1))
+            local_cfg.chmod(0o600)
+            pidfile = f"{remote_dir}/agent.pid"
+            prep = ssh(host, f"mkdir -p {shlex.quote(remote_dir)} && chmod 700 {shlex.quote(remote_dir)} && "
+                             f"{_stop_line(pidfile)}")
+            if not prep.ok:
+                return prep
+            copied = scp(host, {f"{remote_dir}/agent.pyz": pyz, f"{remote_dir}/agent.json": local_cfg})
+            if not copied.ok:
+                return copied
+            return ssh(host, f"{shlex.quote(python)} {remote_dir}/agent.pyz --config {remote_dir}/agent.json "
+                             f"--daemon --pidfile {pidfile}")
+
+        results = _fan_out(hosts, install)
+    if not all(r.ok for r in results.values()):
+        raise HostsFailed(results, _failure_text("starting agents", results))
+    from enosnet.coordinator.core import workers_from_roles
+    return workers_from_roles(roles, port=port)
+
+
+def stop_agents_over_ssh(hosts: Sequence[Host], *, remote_dir: str = REMOTE_DIR) -> dict[Host, SshResult]:
+    """Stop the supervised agents (their running actions are killed); per-host results."""
+    return _fan_out(hosts, lambda host: ssh(host, _stop_line(f"{remote_dir}/agent.pid")))
+
+
+def _stop_line(pidfile: str) -> str:
+    """A shell line: SIGTERM the supervisor in ``pidfile`` and wait (5 s) until it is gone."""
+    quoted = shlex.quote(pidfile)
+    return (f"if [ -f {quoted} ]; then p=$(cat {quoted}); kill $p 2>/dev/null; "
+            f"for i in $(seq 50); do kill -0 $p 2>/dev/null || break; sleep 0.1; done; "
+            f"kill -9 $p 2>/dev/null; rm -f {quoted}; fi; true")
+
+
+def _failure_text(what: str, results: Mapping[Host, SshResult]) -> str:
+    failed = [f"{h.name}: {(r.stderr or r.stdout).strip()[-300:]}" for h, r in results.items() if not r.ok]
+    return f"{what} failed on {len(failed)} of {len(results)} hosts:\n  " + "\n  ".join(failed)
+
+
+class LocalAgents:
+    """Agents as processes on this machine (loopback tests, benchmarks); stop them with ``close``."""
+
+    def __init__(self, configs: Sequence[dict[str, Any]], *, folder: Path, per_process: int = 1,
+                 python: str = sys.executable) -> None:
+        if not configs:
+            raise ConfigError("LocalAgents needs at least one agent config")
+        self.folder = Path(folder)
+        self.configs = list(configs)
+        self.pyz = build_agent_zipapp(self.folder / "agent.pyz")
+        self.procs: list[subprocess.Popen[bytes]] = []
+        groups = [self.configs[i:i + per_process] for i in range(0, len(self.configs), per_process)]
+        try:
+            for group in groups:
+                self.procs.append(self._spawn(group, python))
+            self._wait_listening(timeout=30.0)
+        except BaseException:
+            self.close()
+            raise
+
+    def _spawn(self, group: Sequence[dict[str, Any]], python: str) -> subprocess.Popen[bytes]:
+        argv = [python, str(self.pyz)]
+        for config in group:
+            path = self.folder / f"{config['worker_id']}.json"
+            path.write_text(json.dumps(config))
+            argv += ["--config", str(path)]
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+
+    def _wait_listening(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = [Path(c["workdir"]) / "agent.pid" for c in self.configs]
+        while pending and time.monotonic() < deadline:
+            pending = [p for p in pending if not p.exists()]
+            dead = [p for p in self.procs if p.poll() is not None]
+            if dead:
+                err = dead[0].stderr.read().decode(errors="replace") if dead[0].stderr else ""
+                raise RemoteError(f"a local agent exited at start (rc {dead[0].returncode}): {err[-500:]}")
+            time.sleep(0.01)
+        if pending:
+            raise RemoteError(f"local agents not listening within {timeout:g} s: {len(pending)} missing")
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def close(self) -> None:
+        """SIGTERM every agent process (they stop their runs), then SIGKILL stragglers."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            if proc.stderr is not None:
+                proc.stderr.close()
+
+    def __enter__(self) -> LocalAgents:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextmanager
+def local_agents(configs: Sequence[dict[str, Any]], *, folder: Path, per_process: int = 1) -> Iterator[LocalAgents]:
+    """``LocalAgents`` as a context manager."""
+    agents = LocalAgents(configs, folder=folder, per_process=per_process)
+    try:
+        yield agents
+    finally:
+        agents.close()
