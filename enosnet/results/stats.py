@@ -264,7 +264,7 @@ def _beta_fraction(x: float, a: float, b: float) -> float:
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm–Bonferroni adjusted p-values, in the input order (NaN stays NaN and does not count).
 
-    >>> holm([0.01, 0.04, 0.03, 0.005])
+    >>> [round(p, 6) for p in holm([0.01, 0.04, 0.03, 0.005])]
     [0.03, 0.06, 0.06, 0.02]
     """
     indexed = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
@@ -272,7 +272,7 @@ def holm(p_values: Sequence[float]) -> list[float]:
     running = 0.0
     for rank, (p, i) in enumerate(indexed):
         running = max(running, min(1.0, (len(indexed) - rank) * p))
-        adjusted[i] = round(running, 12)
+        adjusted[i] = running
     return adjusted
 
 
