@@ -64,20 +64,32 @@ def parse_yaml(text: str, source: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         at = f"{source}:{mark.line + 1}" if mark is not None else source
         problem = getattr(exc, "problem", None) or str(exc)
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start is not None:
+            problem += f" ({context} that starts at line {start.line + 1})"
         raise ConfigError(f"{at}: not valid YAML: {problem}") from None
 
 
-def validation_problems(exc: ValidationError, source: str, lines: dict[Loc, int]) -> list[tuple[str, str]]:
-    problems = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not _is_tag(p))
-        problems.append((where(source, lines, loc), _reason(err)))
-    return problems
+def validation_problems(exc: ValidationError, data: Any, source: str,
+                        lines: dict[Loc, int]) -> list[tuple[str, str]]:
+    return [(where(source, lines, data_path(data, err["loc"])), _reason(err)) for err in exc.errors()]
 
 
-def _is_tag(part: str | int) -> bool:
-    # pydantic puts union member names (e.g. "int", "function-after[...]") into locations
-    return isinstance(part, str) and ("[" in part or part in {"int", "str", "float", "bool"})
+def data_path(data: Any, loc: Loc) -> Loc:
+    """``loc`` without the parts pydantic adds that are not in the data (union tags and member names)."""
+    path: list[str | int] = []
+    node = data
+    for n, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif n < len(loc) - 1 and node is not None:
+            continue  # a tag pydantic inserted; the field itself comes next
+        else:
+            node = None  # a missing field: keep the rest of the path as given
+        path.append(part)
+    return tuple(path)
 
 
 def _reason(err: Any) -> str:
@@ -97,7 +109,7 @@ def load_model_text(model: type[M], text: str, *, source: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = validation_problems(exc, source, line_map(text))
+        problems = validation_problems(exc, data, source, line_map(text))
         raise ConfigError(f"{source}: invalid configuration", problems) from None
 
 

@@ -60,6 +60,7 @@ class Provider(abc.ABC):
 
     def init(self, *, force: bool = False) -> tuple[Roles, Networks]:
         """Acquire the hosts the config asks for, reusing what exists; idempotent."""
+        self.check()
         self.env.create()
         state = self.env.load_state() or {}
         if not force and state.get("roles") and state.get("acquired") and not state.get("released"):
@@ -96,6 +97,9 @@ class Provider(abc.ABC):
         return [HostStatus(h, roles.roles_of(h), ok, detail) for h, (ok, detail) in zip(hosts, probes, strict=True)]
 
     # ── for subclasses ─────────────────────────────────────────────────────
+
+    def check(self) -> None:
+        """Fail before anything is written or acquired when the provider cannot work here."""
 
     @abc.abstractmethod
     def _acquire(self) -> tuple[Roles, Networks]:

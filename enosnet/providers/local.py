@@ -91,8 +91,10 @@ class LocalProvider(Provider):
         assert isinstance(self.config.provider, LocalProviderConfig)
         return self.config.provider
 
-    def _acquire(self) -> tuple[Roles, Networks]:
+    def check(self) -> None:
         require_root_and_tools()
+
+    def _acquire(self) -> tuple[Roles, Networks]:
         self._release()  # leftovers of an earlier, different or broken deployment
         names = Names(prefix_from_env(), self.env.tag)
         plan = [(role, i) for role, spec in self.config.roles.items() for i in range(spec.count)]

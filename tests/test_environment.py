@@ -1,0 +1,56 @@
+"""The environment directory: atomic state, the current link, keys and the secret."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from enosnet.environment import Environment
+from enosnet.errors import EnvironmentNotFound
+
+
+def test_state_round_trip_and_update(tmp_path: Path) -> None:
+    env = Environment(tmp_path / "e").create()
+    assert env.load_state() is None
+    env.save_state({"a": 1})
+    assert env.update_state(b=2) == {"a": 1, "b": 2}
+    assert not [p for p in env.root.iterdir() if p.name.startswith(".state")]
+
+
+def test_find_by_path_and_current_link(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(EnvironmentNotFound, match="enosnet deploy"):
+        Environment.find()
+    env = Environment.for_name("demo").create()
+    env.save_state({})
+    env.mark_current()
+    assert Environment.find().root == env.root
+    assert Environment.find(env.root).root == env.root
+    assert os.readlink(tmp_path / ".enosnet" / "current") == "demo"
+    with pytest.raises(EnvironmentNotFound, match="not an enosnet environment"):
+        Environment.find(tmp_path / "elsewhere")
+
+
+def test_unreadable_state_is_reported(tmp_path: Path) -> None:
+    env = Environment(tmp_path / "e").create()
+    env.state_file.write_text("{half")
+    with pytest.raises(EnvironmentNotFound, match="unreadable state"):
+        env.load_state()
+
+
+def test_keypair_and_secret_are_made_once(tmp_path: Path) -> None:
+    env = Environment(tmp_path / "e")
+    key = env.ensure_keypair()
+    assert env.public_key().startswith("ssh-ed25519 ")
+    assert env.ensure_keypair() == key and key.read_text() == env.key_file.read_text()
+    secret = env.secret()
+    assert len(secret) == 64 and env.secret() == secret
+    assert stat.S_IMODE(env.secret_file.stat().st_mode) == 0o600
+
+
+def test_tag_is_stable_per_directory(tmp_path: Path) -> None:
+    assert Environment(tmp_path / "a").tag == Environment(tmp_path / "a").tag
+    assert Environment(tmp_path / "a").tag != Environment(tmp_path / "b").tag

@@ -1,0 +1,138 @@
+"""Local namespace hosts: reachable over SSH, isolated from each other and from the machine, fully removed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from enosnet.config import parse_config
+from enosnet.environment import Environment
+from enosnet.errors import ProviderError
+from enosnet.model import Host
+from enosnet.providers.local import LocalProvider, Names, destroy_all, prefix_from_env
+from tests.conftest import PREFIX, LocalDeployment
+
+pytestmark = pytest.mark.hosts
+
+
+def ssh(host: Host, command: str, *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    argv = ["ssh", "-i", str(host.keyfile), "-p", str(host.port), *shlex.split(host.extra["ansible_ssh_common_args"]),
+            "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", f"{host.user}@{host.address}", command]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=check)
+
+
+def machine_leftovers(tag: str) -> list[str]:
+    """Namespaces, links, mounts and processes of our prefix and this tag still on the machine."""
+    names = Names(PREFIX, tag)
+    left = [n for n in os.listdir("/run/netns") if n.startswith(f"{PREFIX}-{tag}")] if Path("/run/netns").exists() else []
+    links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True).stdout)
+    left += [link["ifname"] for link in links if link["ifname"].startswith((names.bridge, f"{PREFIX}{tag}"))]
+    left += [line for line in Path("/proc/mounts").read_text().splitlines() if f"{PREFIX}-{tag}" in line]
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    left += [line for line in ps.splitlines() if f"{PREFIX}-{tag}" in line and "ps -eo" not in line]
+    return left
+
+
+def test_hosts_answer_over_ssh_with_their_own_hostname(local_hosts: Callable[..., LocalDeployment]) -> None:
+    dep = local_hosts({"server": 1, "client": 2})
+    assert [h.name for h in dep.roles.all()] == ["server-0", "client-0", "client-1"]
+    names = [ssh(h, "hostname").stdout.strip() for h in dep.roles.all()]
+    assert names == ["server-0", "client-0", "client-1"]
+    assert subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip() not in names
+    server = dep.roles["server"][0]
+    assert ssh(server, "getent hosts client-1").stdout.split()[0] == dep.roles["client"][1].address
+    assert ssh(server, f"ping -c1 -W2 {dep.roles['client'][0].address}").returncode == 0
+
+
+def test_files_and_processes_are_private(local_hosts: Callable[..., LocalDeployment], tmp_path: Path) -> None:
+    dep = local_hosts({"node": 2})
+    one, two = dep.roles["node"]
+    marker = f"/root/enosnet-test-{tmp_path.name}"
+    ssh(one, f"echo hello > {marker}; nohup sleep 600 </dev/null >/dev/null 2>&1 &")
+    assert ssh(one, f"cat {marker}").stdout == "hello\n"
+    assert ssh(two, f"test -e {marker}", check=False).returncode == 1
+    assert not Path(marker).exists()
+    assert "sleep 600" in ssh(one, "ps -eo args").stdout
+    assert "sleep 600" not in ssh(two, "ps -eo args").stdout
+    assert ssh(one, "cat /proc/1/cmdline | tr '\\0' ' '").stdout.startswith(sys.executable)
+
+
+def test_orphans_are_reaped(local_hosts: Callable[..., LocalDeployment]) -> None:
+    (host,) = local_hosts({"node": 1}).roles["node"]
+    ssh(host, "for i in 1 2 3; do (sleep 0.1 &) ; done; sleep 0.5")
+    zombies = ssh(host, "ps -eo stat,args | awk '$1 ~ /^Z/'").stdout
+    assert zombies == ""
+
+
+def test_init_is_idempotent_and_reuses_hosts(local_hosts: Callable[..., LocalDeployment]) -> None:
+    dep = local_hosts({"node": 2})
+    pids = [h["pid"] for h in dep.provider.provider_state["hosts"]]
+    again = LocalProvider(parse_config(dep.config_text), dep.env)
+    roles, _ = again.init()
+    assert roles == dep.roles
+    assert [h["pid"] for h in again.provider_state["hosts"]] == pids
+
+
+def test_destroy_leaves_nothing_behind(local_hosts: Callable[..., LocalDeployment]) -> None:
+    dep = local_hosts({"server": 1, "client": 2})
+    ssh(dep.roles["server"][0], "nohup sleep 600 </dev/null >/dev/null 2>&1 &")
+    assert machine_leftovers(dep.env.tag)
+    dep.provider.destroy()
+    assert machine_leftovers(dep.env.tag) == []
+    assert not dep.env.inventory_file.exists()
+    dep.provider.destroy()  # idempotent
+    assert (dep.env.load_state() or {})["released"] is True
+
+
+def test_destroy_all_removes_a_stateless_leftover(local_hosts: Callable[..., LocalDeployment]) -> None:
+    dep = local_hosts({"node": 2})
+    dep.env.state_file.unlink()
+    assert machine_leftovers(dep.env.tag)
+    removed = destroy_all(PREFIX)
+    assert f"{PREFIX}-{dep.env.tag}-0" in removed
+    assert machine_leftovers(dep.env.tag) == []
+
+
+def test_a_host_that_fails_to_boot_is_reported_and_cleaned(tmp_path: Path) -> None:
+    text = "name: slow\nprovider: {kind: local, boot_timeout: 0.001}\nroles: {node: 2}\n"
+    env = Environment(tmp_path / "slow")
+    provider = LocalProvider(parse_config(text), env)
+    try:
+        with pytest.raises(ProviderError, match=r"did not answer on SSH within 0.001 s: .*node-0") as err:
+            provider.init()
+        assert "logs/node-0.log" in str(err.value)
+        assert machine_leftovers(env.tag)  # the state named everything; destroy releases it
+    finally:
+        provider.destroy()
+    assert machine_leftovers(env.tag) == []
+
+
+def test_context_manager_releases_on_error(tmp_path: Path) -> None:
+    env = Environment(tmp_path / "cm")
+    provider = LocalProvider(parse_config("name: cm\nprovider: {kind: local}\nroles: {node: 1}\n"), env)
+    with pytest.raises(RuntimeError), provider as (roles, _):
+        assert ssh(roles["node"][0], "true").returncode == 0
+        raise RuntimeError("experiment failed")
+    assert machine_leftovers(env.tag) == []
+
+
+def test_inventory_is_usable_by_plain_ansible(local_hosts: Callable[..., LocalDeployment]) -> None:
+    dep = local_hosts({"server": 1, "client": 1})
+    ansible = Path(sys.executable).with_name("ansible")
+    out = subprocess.run([str(ansible), "all", "-i", str(dep.env.inventory_file), "-m", "ping", "-o"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("SUCCESS") == 2
+
+
+def test_prefix_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENOSNET_LOCAL_PREFIX", "Bad-Prefix")
+    with pytest.raises(ProviderError, match="ENOSNET_LOCAL_PREFIX"):
+        prefix_from_env()
