@@ -80,9 +80,7 @@ def data_path(data: Any, loc: Loc) -> Loc:
     path: list[str | int] = []
     node = data
     for n, part in enumerate(loc):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        if _has(node, part):
             node = node[part]
         elif n < len(loc) - 1 and node is not None:
             continue  # a tag pydantic inserted; the field itself comes next
@@ -90,6 +88,12 @@ def data_path(data: Any, loc: Loc) -> Loc:
             node = None  # a missing field: keep the rest of the path as given
         path.append(part)
     return tuple(path)
+
+
+def _has(node: Any, part: str | int) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(node, list) and isinstance(part, int) and part < len(node)
 
 
 def _reason(err: Any) -> str:

@@ -18,7 +18,8 @@ def enosnet(*args: str, cwd: Path, check: bool = False, user: str | None = None)
     argv = [ENOSNET, *args]
     if user:
         argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
-    out = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    env = {**os.environ, "COLUMNS": "200"}
+    out = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
     if check:
         assert out.returncode == 0, out.stdout + out.stderr
     return out

@@ -31,7 +31,8 @@ def ssh(host: Host, command: str, *, check: bool = True) -> subprocess.Completed
 def machine_leftovers(tag: str) -> list[str]:
     """Namespaces, links, mounts and processes of our prefix and this tag still on the machine."""
     names = Names(PREFIX, tag)
-    left = [n for n in os.listdir("/run/netns") if n.startswith(f"{PREFIX}-{tag}")] if Path("/run/netns").exists() else []
+    netns = os.listdir("/run/netns") if Path("/run/netns").exists() else []
+    left = [n for n in netns if n.startswith(f"{PREFIX}-{tag}")]
     links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True).stdout)
     left += [link["ifname"] for link in links if link["ifname"].startswith((names.bridge, f"{PREFIX}{tag}"))]
     left += [line for line in Path("/proc/mounts").read_text().splitlines() if f"{PREFIX}-{tag}" in line]

@@ -98,7 +98,7 @@ class Provider(abc.ABC):
 
     # ── for subclasses ─────────────────────────────────────────────────────
 
-    def check(self) -> None:
+    def check(self) -> None:  # noqa: B027  (a hook: most providers need no check)
         """Fail before anything is written or acquired when the provider cannot work here."""
 
     @abc.abstractmethod
