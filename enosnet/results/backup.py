@@ -94,7 +94,7 @@ class VerifyResult:
     def describe(self) -> str:
         """``local: 12 files OK`` or the names of what is wrong."""
         if self.ok:
-            return f"{self.where}: {self.checked} files OK" + (f" ({len(self.extra)} not in the manifest: "
+            return f"{self.where}: all {self.checked} files match the manifest" + (f" ({len(self.extra)} not in the manifest: "
                                                                 f"{', '.join(self.extra)})" if self.extra else "")
         parts = [f"{label}: {', '.join(names)}" for label, names in
                  (("differ", self.differing), ("missing", self.missing)) if names]
@@ -346,14 +346,17 @@ def playbook_collector(env: Environment, playbook: Path, *, timeout: int = 600) 
             return HostCollection(False, f"no playbook {playbook}")
         if not env.inventory_file.is_file():
             return HostCollection(False, f"no inventory {env.inventory_file}: no hosts deployed")
+        import sys
         import tempfile
 
         import ansible_runner
 
+        # ansible-playbook lives beside this interpreter (a virtualenv need not be activated)
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', os.defpath)}"
         with tempfile.TemporaryDirectory(prefix="enosnet-backup-") as private:
             run = ansible_runner.run(private_data_dir=private, playbook=str(playbook.absolute()),
                                      inventory=str(env.inventory_file), extravars={"enosnet_backup_dir": str(dest)},
-                                     quiet=True, timeout=timeout)
+                                     envvars={"PATH": path}, quiet=True, timeout=timeout)
         if run.rc != 0:
             return HostCollection(False, f"{playbook.name} failed: status {run.status}, rc {run.rc}")
         hosts = sorted(p.name for p in dest.iterdir() if p.is_dir())

@@ -98,10 +98,14 @@ def _same_checksum(stored: str | None, expected: str) -> bool:
 
 
 def make_client() -> Any:
-    """A boto3 S3 client configured from the environment (AWS_* variables, profiles, AWS_ENDPOINT_URL)."""
+    """A boto3 S3 client configured from the environment (AWS_* variables, profiles, AWS_ENDPOINT_URL).
+
+    A fresh session each time: boto3's default session would keep credentials
+    it found earlier.
+    """
     import boto3
 
-    return boto3.client("s3")
+    return boto3.session.Session().client("s3")
 
 
 class _Translate:
@@ -170,9 +174,9 @@ def _upload_file(s3: Any, location: S3Location, path: Path, key: str, part_size:
         emit(UploadEvent("skipped", key))
         return
     size = path.stat().st_size
-    metadata = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest() if size <= part_size else "",
-                "part-size": str(part_size)}
+    metadata = {"part-size": str(part_size)}
     if size <= part_size:
+        metadata["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
         s3.put_object(Bucket=location.bucket, Key=key, Body=path.read_bytes(), ChecksumAlgorithm="SHA256",
                       ChecksumSHA256=expected, Metadata=metadata)
     else:
@@ -181,16 +185,22 @@ def _upload_file(s3: Any, location: S3Location, path: Path, key: str, part_size:
 
 
 def _stored_checksum(s3: Any, bucket: str, key: str) -> str | None:
+    head = _head(s3, bucket, key)
+    checksum = head.get("ChecksumSHA256") if head else None
+    return str(checksum) if checksum else None
+
+
+def _head(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    """The object's headers with its checksum, or None when there is no such object."""
     from botocore.exceptions import ClientError
 
     try:
-        head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        head: dict[str, Any] = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return None
         raise
-    checksum = head.get("ChecksumSHA256")
-    return str(checksum) if checksum else None
+    return head
 
 
 def _multipart(s3: Any, bucket: str, key: str, path: Path, part_size: int, metadata: dict[str, str],
@@ -235,7 +245,8 @@ def _part_matches(part: dict[str, Any], chunk: bytes, checksum: str) -> bool:
     return bool(str(part.get("ETag", "")).strip('"') == hashlib.md5(chunk, usedforsecurity=False).hexdigest())
 
 
-def verify_s3(backup: Path, location: S3Location, *, client: Any = None, part_size: int = PART_SIZE) -> VerifyResult:
+def verify_s3(backup: Path, location: S3Location, *, client: Any = None,
+              part_size: int = PART_SIZE) -> VerifyResult:
     """Compare the checksums S3 holds for a backup with the manifest.
 
     S3 computes and checks an object's SHA-256 when it arrives; this compares
@@ -251,10 +262,13 @@ def verify_s3(backup: Path, location: S3Location, *, client: Any = None, part_si
     with _Translate(location):
         s3.head_bucket(Bucket=location.bucket)
         for rel, digest in sorted(entries.items()):
-            stored = _stored_checksum(s3, location.bucket, location.key(env_name, name, rel))
-            if stored is None:
+            head = _head(s3, location.bucket, location.key(env_name, name, rel))
+            if head is None:
                 missing.append(rel)
-            elif not _same_checksum(stored, _expected_from_manifest(backup / rel, digest, part_size)):
+                continue
+            size = int(head.get("Metadata", {}).get("part-size") or part_size)  # as uploaded
+            expected = _expected_from_manifest(backup / rel, digest, size)
+            if not _same_checksum(head.get("ChecksumSHA256"), expected):
                 differing.append(rel)
     return VerifyResult(backup, len(entries), differing, missing, where=str(location))
 

@@ -1,0 +1,268 @@
+"""Backups: round trip, corruption found by --verify, incremental links, consistent DB copy, S3 via moto's server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import boto3
+import pytest
+
+from enosnet.environment import Environment
+from enosnet.errors import ResultsError
+from enosnet.results.backup import (
+    MANIFEST,
+    HostCollection,
+    backups,
+    make_backup,
+    playbook_collector,
+    read_manifest,
+    verify_backup,
+)
+from enosnet.results.s3 import MIN_PART, S3Location, UploadEvent, make_client, upload_backup, verify_s3
+from enosnet.results.store import ResultsStore
+from enosnet.results.synthetic import fill_synthetic
+
+ENOSNET = [sys.executable, "-c", "from enosnet.cli import main; main()"]
+NOW = datetime(2026, 11, 22, 3, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Environment:
+    environment = Environment(tmp_path / "incast").create()
+    environment.config_file.write_text("name: incast\nprovider: {kind: local}\nroles: {server: 1, client: 4}\n")
+    environment.save_state({"provider": "local", "hosts": ["s", "c"]})
+    environment.inventory_file.write_text("all: {hosts: {server-0: {ansible_host: 198.18.0.2}}}\n")
+    (environment.root / "incast.yaml").write_text("name: incast\ndriver: iperf3\n")
+    environment.ensure_keypair()
+    environment.secret()
+    run = environment.runs_dir / "20261122T020000Z-bench" / "client-0"
+    run.mkdir(parents=True)
+    (run / "iperf3.json").write_text('{"end": {"sum_received": {"bits_per_second": 9.4e9}}}\n')
+    (environment.logs_dir / "bench.log").write_text("started\n")
+    with ResultsStore.open(environment.db_file) as store:
+        fill_synthetic(store, repetitions=2)
+    return environment
+
+
+def _writable(path: Path) -> Path:
+    path.chmod(0o644)
+    return path
+
+
+def test_round_trip_copies_everything_but_secrets(env: Environment) -> None:
+    made = make_backup(env, now=NOW)
+    assert made.path == env.root / "backup" / "20261122T030000Z" and made.previous is None
+    names = set(read_manifest(made.path))
+    assert {"results.db", "config.yaml", "state.json", "inventory.yaml", "incast.yaml", "BACKUP.json",
+            "runs/20261122T020000Z-bench/client-0/iperf3.json", "logs/bench.log"} == names
+    assert not any(n.startswith("ssh") or n == "secret" for n in names)
+    assert verify_backup(made.path).ok
+    assert "skipped (no host collector given)" in made.notes[-1]
+    with ResultsStore.open(made.path / "results.db", create=False) as copy:
+        assert len(copy.runs()) == 8
+    checked = subprocess.run(["sha256sum", "--strict", "-c", MANIFEST], cwd=made.path, capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_verify_names_corrupted_and_missing_files(env: Environment) -> None:
+    made = make_backup(env, now=NOW)
+    with _writable(made.path / "runs/20261122T020000Z-bench/client-0/iperf3.json").open("r+b") as f:
+        f.write(b"X")
+    (made.path / "logs/bench.log").unlink()
+    (made.path / "stray.txt").write_text("?")
+    result = verify_backup(made.path)
+    assert not result.ok
+    assert result.differing == ["runs/20261122T020000Z-bench/client-0/iperf3.json"]
+    assert result.missing == ["logs/bench.log"] and result.extra == ["stray.txt"]
+    done = subprocess.run([*ENOSNET, "backup", "--env", str(env.root), "--verify"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1
+    assert "iperf3.json" in done.stdout and "bench.log" in done.stdout and "BAD" in done.stdout
+
+
+def test_second_backup_links_what_did_not_change(env: Environment) -> None:
+    first = make_backup(env, now=NOW)
+    env.config_file.write_text("name: incast\n# edited\n")
+    newer = env.runs_dir / "20261122T030000Z-bench" / "client-0"
+    newer.mkdir(parents=True)
+    (newer / "iperf3.json").write_text("{}\n")
+    second = make_backup(env, now=NOW)  # same second: a new name, never the old folder
+    assert second.path.name == "20261122T030000Z-1" and second.previous == first.path
+    assert backups(env) == [first.path, second.path]
+    old_run = "runs/20261122T020000Z-bench/client-0/iperf3.json"
+    assert os.stat(first.path / old_run).st_ino == os.stat(second.path / old_run).st_ino
+    assert os.stat(first.path / "results.db").st_ino == os.stat(second.path / "results.db").st_ino
+    assert os.stat(first.path / "config.yaml").st_ino != os.stat(second.path / "config.yaml").st_ino
+    assert "edited" in (second.path / "config.yaml").read_text() and "edited" not in (
+        first.path / "config.yaml").read_text()
+    assert second.new_files == 3  # config.yaml, the new run file, BACKUP.json
+    assert verify_backup(first.path).ok and verify_backup(second.path).ok
+
+
+def test_database_copy_is_consistent_during_a_write(env: Environment) -> None:
+    writer = sqlite3.connect(env.db_file, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("DELETE FROM samples")  # uncommitted: must not be in the copy
+        made = make_backup(env, now=NOW)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    with sqlite3.connect(made.path / "results.db") as copy:
+        assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert copy.execute("SELECT count(*) FROM samples").fetchone()[0] > 0
+
+
+def test_host_collector_is_pluggable(env: Environment) -> None:
+    def collect(dest: Path) -> HostCollection:
+        (dest / "client-0").mkdir()
+        (dest / "client-0" / "agent.log").write_text("ready\n")
+        return HostCollection(True, "1 host")
+
+    made = make_backup(env, collect_hosts=collect, now=NOW)
+    assert "hosts/client-0/agent.log" in read_manifest(made.path)
+    assert made.notes[-1] == "host logs and agent state: collected: 1 host"
+
+    def broken(dest: Path) -> HostCollection:
+        raise RuntimeError("ssh: host unreachable")
+
+    again = make_backup(env, collect_hosts=broken, now=NOW)
+    assert "FAILED: ssh: host unreachable" in again.notes[-1] and verify_backup(again.path).ok
+    missing = make_backup(env, collect_hosts=playbook_collector(env, env.root / "nope.yml"), now=NOW)
+    assert "skipped: no playbook" in missing.notes[-1]
+
+
+def test_playbook_collector_runs_ansible(env: Environment, tmp_path: Path) -> None:
+    """The default collector, with a real ansible-runner on a local-connection host (no network)."""
+    env.inventory_file.write_text(
+        f"all:\n  hosts:\n    here:\n      ansible_connection: local\n"
+        f"      ansible_python_interpreter: {sys.executable}\n")
+    source = tmp_path / "agent.state"
+    source.write_text("state: ready\n")
+    playbook = tmp_path / "backup.yml"
+    playbook.write_text(
+        "- hosts: all\n  gather_facts: false\n  tasks:\n"
+        f"    - ansible.builtin.fetch:\n        src: {source}\n"
+        "        dest: \"{{ enosnet_backup_dir }}/{{ inventory_hostname }}/agent.state\"\n        flat: true\n")
+    made = make_backup(env, collect_hosts=playbook_collector(env, playbook), now=NOW)
+    assert (made.path / "hosts/here/agent.state").read_text() == "state: ready\n"
+    assert "collected: 1 hosts (here)" in made.notes[-1]
+
+
+def test_an_interrupted_backup_leaves_nothing(env: Environment) -> None:
+    def interrupted(dest: Path) -> HostCollection:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        make_backup(env, collect_hosts=interrupted, now=NOW)
+    assert list((env.root / "backup").iterdir()) == []
+
+
+# ── S3, against moto's server over HTTP ──────────────────────────────────────
+
+
+def _bucket(name: str = "enosnet-backups") -> S3Location:
+    boto3.client("s3").create_bucket(Bucket=name)
+    return S3Location.parse(f"s3://{name}/lab")
+
+
+def test_s3_upload_verify_and_skip(env: Environment, aws: object) -> None:
+    location = _bucket()
+    made = make_backup(env, now=NOW)
+    first = upload_backup(made.path, location)
+    assert first.uploaded == len(read_manifest(made.path)) + 1 and first.skipped == 0
+    keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="enosnet-backups")["Contents"]}
+    assert "lab/incast/20261122T030000Z/results.db" in keys and "lab/incast/20261122T030000Z/MANIFEST.sha256" in keys
+    assert verify_s3(made.path, location).ok
+    again = upload_backup(made.path, location)
+    assert again.uploaded == 0 and again.skipped == first.uploaded
+
+
+def test_s3_verify_names_corrupted_and_missing_objects(env: Environment, aws: object) -> None:
+    location = _bucket()
+    made = make_backup(env, now=NOW)
+    upload_backup(made.path, location)
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket="enosnet-backups", Key="lab/incast/20261122T030000Z/config.yaml", Body=b"tampered",
+                  ChecksumAlgorithm="SHA256")
+    s3.delete_object(Bucket="enosnet-backups", Key="lab/incast/20261122T030000Z/logs/bench.log")
+    result = verify_s3(made.path, location)
+    assert result.differing == ["config.yaml"] and result.missing == ["logs/bench.log"]
+    done = subprocess.run([*ENOSNET, "backup", "--env", str(env.root), "--verify", "--s3", str(location)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "config.yaml" in done.stdout and "OK" in done.stdout  # local copy is fine
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_multipart_upload_resumes(env: Environment, aws: object) -> None:
+    location = _bucket()
+    big = env.runs_dir / "20261122T020000Z-bench" / "client-0" / "pcap.bin"
+    big.write_bytes(os.urandom(2 * MIN_PART + 1024 * 1024))  # three parts: 5 + 5 + 1 MiB
+    made = make_backup(env, now=NOW)
+    events: list[UploadEvent] = []
+
+    def stop_after_first_part(event: UploadEvent) -> None:
+        events.append(event)
+        if event.kind == "part":
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        upload_backup(made.path, location, part_size=MIN_PART, on_event=stop_after_first_part)
+    assert [e.kind for e in events if "pcap" in e.key] == ["part"]
+    events.clear()
+    resumed = upload_backup(made.path, location, part_size=MIN_PART, on_event=events.append)
+    big_events = [(e.kind, e.part) for e in events if e.key.endswith("pcap.bin")]
+    assert big_events == [("part-reused", 1), ("part", 2), ("part", 3), ("uploaded", 0)]
+    assert resumed.parts_reused == 1 and resumed.parts_sent == 2
+    body = boto3.client("s3").get_object(Bucket="enosnet-backups",
+                                         Key="lab/incast/20261122T030000Z/runs/20261122T020000Z-bench/client-0/"
+                                             "pcap.bin")["Body"].read()
+    assert hashlib.sha256(body).digest() == hashlib.sha256(big.read_bytes()).digest()
+    assert verify_s3(made.path, location).ok
+    assert upload_backup(made.path, location, part_size=MIN_PART).uploaded == 0  # everything already there
+
+
+def test_missing_bucket_is_clear_and_keeps_the_local_backup(env: Environment, aws: object) -> None:
+    made = make_backup(env, now=NOW)
+    with pytest.raises(ResultsError, match="bucket does not exist.*local backup is intact"):
+        upload_backup(made.path, S3Location.parse("s3://no-such-bucket/x"))
+    assert verify_backup(made.path).ok
+
+
+def test_missing_credentials_are_clear(env: Environment, aws: object, monkeypatch: pytest.MonkeyPatch,
+                                       tmp_path: Path) -> None:
+    made = make_backup(env, now=NOW)
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with pytest.raises(ResultsError, match="no AWS credentials"):
+        upload_backup(made.path, S3Location("enosnet-backups", "x"), client=make_client())
+    assert verify_backup(made.path).ok
+
+
+def test_cli_backup_to_s3_then_verify(env: Environment, aws: object) -> None:
+    location = _bucket()
+    done = subprocess.run([*ENOSNET, "backup", "--env", str(env.root), "--s3", str(location)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "uploaded" in done.stdout and "skipped" in done.stdout  # the host step is skipped with a note
+    checked = subprocess.run([*ENOSNET, "backup", "--env", str(env.root), "--verify", "--s3", str(location)],
+                             capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert [line.split()[0] for line in checked.stdout.splitlines()] == ["OK", "OK"]
+
+
+def test_s3_url_is_validated() -> None:
+    with pytest.raises(ValueError, match="s3://BUCKET"):
+        S3Location.parse("https://bucket/x")
