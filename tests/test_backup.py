@@ -234,7 +234,7 @@ def test_interrupted_multipart_upload_resumes(env: Environment, aws: object) -> 
 
 def test_missing_bucket_is_clear_and_keeps_the_local_backup(env: Environment, aws: object) -> None:
     made = make_backup(env, now=NOW)
-    with pytest.raises(ResultsError, match="bucket does not exist.*local backup is intact"):
+    with pytest.raises(ResultsError, match=r"bucket does not exist.*local backup is intact"):
         upload_backup(made.path, S3Location.parse("s3://no-such-bucket/x"))
     assert verify_backup(made.path).ok
 

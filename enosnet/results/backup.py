@@ -92,10 +92,10 @@ class VerifyResult:
         return not (self.differing or self.missing)
 
     def describe(self) -> str:
-        """``local: 12 files OK`` or the names of what is wrong."""
+        """``local: all 12 files match the manifest`` or the names of what is wrong."""
         if self.ok:
-            return f"{self.where}: all {self.checked} files match the manifest" + (f" ({len(self.extra)} not in the manifest: "
-                                                                f"{', '.join(self.extra)})" if self.extra else "")
+            extra = f" ({len(self.extra)} not in it: {', '.join(self.extra)})" if self.extra else ""
+            return f"{self.where}: all {self.checked} files match the manifest{extra}"
         parts = [f"{label}: {', '.join(names)}" for label, names in
                  (("differ", self.differing), ("missing", self.missing)) if names]
         return f"{self.where}: {len(self.differing) + len(self.missing)} of {self.checked} files bad; " + \
