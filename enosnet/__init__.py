@@ -25,10 +25,23 @@ from enosnet.errors import (
 )
 from enosnet.model import Host, Network, Networks, Roles
 from enosnet.providers import HostStatus, Provider, make_provider
+from enosnet.remote import (
+    AnsibleOptions,
+    AnsibleResults,
+    HostEvent,
+    HostResult,
+    Results,
+    SshOptions,
+    Status,
+    actions,
+    run_playbook,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnsibleOptions",
+    "AnsibleResults",
     "BenchError",
     "CheckFailed",
     "ConfigError",
@@ -38,6 +51,8 @@ __all__ = [
     "Environment",
     "EnvironmentNotFound",
     "Host",
+    "HostEvent",
+    "HostResult",
     "HostStatus",
     "HostsFailed",
     "Network",
@@ -46,12 +61,17 @@ __all__ = [
     "Provider",
     "ProviderError",
     "RemoteError",
+    "Results",
     "ResultsError",
     "Roles",
+    "SshOptions",
+    "Status",
     "SyncTimeout",
     "UsageError",
     "WorkerLost",
+    "actions",
     "load_config",
     "make_provider",
     "parse_config",
+    "run_playbook",
 ]

@@ -1,0 +1,35 @@
+"""Driving hosts: Ansible through ansible-runner, and a fast SSH fan-out for commands and files.
+
+Both share one SSH connection setup (``ssh.py``), so connections opened by one
+are reused by the other.
+"""
+
+from enosnet.remote.ansible import Actions, AnsibleOptions, actions, run_playbook
+from enosnet.remote.results import (
+    AnsibleHostResult,
+    AnsibleResults,
+    EventKind,
+    HostEvent,
+    HostResult,
+    Results,
+    Status,
+    TaskResult,
+)
+from enosnet.remote.ssh import SshOptions, close_connections
+
+__all__ = [
+    "Actions",
+    "AnsibleHostResult",
+    "AnsibleOptions",
+    "AnsibleResults",
+    "EventKind",
+    "HostEvent",
+    "HostResult",
+    "Results",
+    "SshOptions",
+    "Status",
+    "TaskResult",
+    "actions",
+    "close_connections",
+    "run_playbook",
+]
