@@ -17,7 +17,16 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from enosnet.errors import ConfigError
 from enosnet.yamlfile import line_map, load_model_text, parse_yaml, where
@@ -107,6 +116,95 @@ class StaticProviderConfig(Strict):
         return self
 
 
+# ── EC2 provider ────────────────────────────────────────────────────────────
+
+AL2023_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+AmiRef = Annotated[str, StringConstraints(pattern=r"^(ami-[0-9a-f]{8,17}|/[A-Za-z0-9_./-]+)$")]
+InstanceType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")]
+Zone = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-\d[a-z](-[a-z0-9-]+)?$")]
+
+
+def _cidr(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError as exc:
+        raise ValueError(f"not an address range: {exc}") from None
+
+
+class Ec2RoleSpec(Strict):
+    """The EC2 hosts of one role: ``{count: 4, instance_type: c5n.4xlarge, az: us-west-2a, placement: cluster}``.
+
+    ``az`` is one zone for every host, or a list with one zone per host; ``ami``
+    an image id or an SSM public parameter path (default: the provider's).
+    """
+
+    count: int = Field(1, ge=0, le=1024)
+    instance_type: InstanceType = "c5.large"
+    az: Zone | list[Zone] | None = None
+    placement: Literal["cluster", "spread"] | None = None
+    ami: AmiRef | None = None
+    user: str | None = None
+    root_volume_gb: int | None = Field(None, ge=8, le=16384)
+    spot: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_int(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a host count or a mapping")
+        return {"count": value} if isinstance(value, int) else value
+
+    @model_validator(mode="after")
+    def _one_zone_per_host(self) -> Ec2RoleSpec:
+        if isinstance(self.az, list) and len(self.az) != self.count:
+            raise ValueError(f"`az` lists {len(self.az)} zones for {self.count} hosts: give one zone, "
+                             "or exactly one per host")
+        return self
+
+    def zones(self) -> list[str | None]:
+        """The zone of each host, in order (None: the region's first default subnet)."""
+        return list(self.az) if isinstance(self.az, list) else [self.az] * self.count
+
+
+class Ec2ProviderConfig(Strict):
+    """Hosts on Amazon EC2 (``provider: {kind: ec2, region: us-west-2, allow_cidr: 203.0.113.7/32}``)."""
+
+    kind: Literal["ec2"] = "ec2"
+    region: str | None = None
+    allow_cidr: str | None = None
+    key_name: str | None = None
+    keyfile: str | None = None
+    subnet_id: str | None = None
+    subnet_tags: dict[str, str] = Field(default_factory=dict)
+    ami: AmiRef = AL2023_PARAMETER
+    user: str | None = None
+    python: str = "/usr/bin/python3"
+    max_lifetime_hours: float = Field(4.0, gt=0, le=168)
+    wait_ssh: bool = True
+    running_timeout: float = Field(600.0, gt=0)
+    ssh_timeout: float = Field(300.0, gt=0)
+    destroy_timeout: float = Field(600.0, gt=0)
+    retry_mode: Literal["standard", "adaptive"] = "standard"
+    max_attempts: int | None = Field(None, ge=1, le=20)
+    prices: dict[InstanceType, float] = Field(default_factory=dict)
+
+    _allow_cidr = field_validator("allow_cidr")(_cidr)
+
+    @model_validator(mode="after")
+    def _key_pair(self) -> Ec2ProviderConfig:
+        if self.keyfile and not self.key_name:
+            raise ValueError("`keyfile` is the private key of `key_name`: give `key_name` too")
+        if self.subnet_id and self.subnet_tags:
+            raise ValueError("give `subnet_id` or `subnet_tags`, not both")
+        return self
+
+
+_COUNT_ROLES: TypeAdapter[dict[str, CountRole]] = TypeAdapter(dict[RoleName, CountRole])
+_EC2_ROLES: TypeAdapter[dict[str, Ec2RoleSpec]] = TypeAdapter(dict[RoleName, Ec2RoleSpec])
+
+
 # ── the whole file ──────────────────────────────────────────────────────────
 
 PROVIDER_KINDS = ("local", "static", "ec2")
@@ -116,15 +214,26 @@ class EnvConfig(Strict):
     """A whole environment config file."""
 
     name: Name
-    provider: LocalProviderConfig | StaticProviderConfig = Field(discriminator="kind")
-    roles: dict[RoleName, CountRole] = Field(default_factory=dict)
+    provider: LocalProviderConfig | StaticProviderConfig | Ec2ProviderConfig = Field(discriminator="kind")
+    roles: dict[RoleName, CountRole | Ec2RoleSpec] = Field(default_factory=dict)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     install: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("roles", mode="wrap")
+    @classmethod
+    def _roles_for_provider(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
+        # the provider decides what a role may say: a host count, or an EC2 spec
+        provider = info.data.get("provider")
+        if isinstance(provider, Ec2ProviderConfig):
+            return _EC2_ROLES.validate_python(value)
+        return _COUNT_ROLES.validate_python(value)
 
     @model_validator(mode="after")
     def _roles_given(self) -> EnvConfig:
         if self.provider.kind == "local" and not self.roles:
             raise ValueError("the local provider needs `roles` with a host count for each")
+        if self.provider.kind == "ec2" and not self.roles:
+            raise ValueError("the ec2 provider needs `roles`, e.g. {server: {count: 1, instance_type: c5.large}}")
         return self
 
     @property

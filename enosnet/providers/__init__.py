@@ -18,6 +18,10 @@ def provider_class(kind: str) -> type[Provider]:
         from enosnet.providers.static import StaticProvider
 
         return StaticProvider
+    if kind == "ec2":
+        from enosnet.providers.ec2 import Ec2Provider
+
+        return Ec2Provider
     raise ConfigError(f"unknown provider kind {kind!r}")
 
 
