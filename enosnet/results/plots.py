@@ -23,12 +23,13 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from enosnet.results.stats import Analysis, Combo, combo_text, level_key
+from enosnet.results.stats import Analysis, Combo, combo_text, hashable, level_key
 from enosnet.results.store import ResultsStore, SampleRow
 
 DPI = 110
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
           "#bcbd22"]
+MAX_PANELS = 8
 _PREFIXES = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
 
 
@@ -90,14 +91,17 @@ def metric_boxplot(analysis: Analysis, metric: str, out_dir: Path) -> Plot | Non
         return None
     unit = cells[0].unit
     factor, label = scale([v for vals in values.values() for v in vals], unit)
-    fig = _figure(max(6.0, 1.3 * len(cells) + 2))
+    fig = _figure(min(12.0, max(6.0, 1.3 * len(cells) + 2)), 4.8 if len(cells) <= 10 else 6.0)
     ax = fig.add_subplot()
     data = [np.asarray(values[s.combo]) / factor for s in cells]
     ax.boxplot(data, widths=0.5, showfliers=False, medianprops={"color": "black", "linewidth": 2})
     jitter = np.random.default_rng(0)
     for i, vals in enumerate(data, start=1):
         ax.scatter(i + jitter.uniform(-0.12, 0.12, len(vals)), vals, s=22, alpha=0.75, color=COLORS[0], zorder=3)
-    ax.set_xticks(range(1, len(cells) + 1), ["\n".join(f"{k}={v}" for k, v in s.combo) or "all runs" for s in cells])
+    many = len(cells) > 10  # then one rotated line per label, or they would overlap
+    ax.set_xticks(range(1, len(cells) + 1), [(", " if many else "\n").join(f"{k}={v}" for k, v in s.combo)
+                                             or "all runs" for s in cells], rotation=60 if many else 0,
+                  ha="right" if many else "center", fontsize=8 if many else 10)
     ax.set_ylabel(_axis_label(metric, label))
     ax.set_xlabel("parameter combination")
     ax.set_title(f"{metric} per combination (each point is one run)")
@@ -129,14 +133,15 @@ def timeseries(samples: Sequence[SampleRow], parameters: Sequence[str], out_dir:
     if not samples:
         return None
     by_combo = _by_combo(samples, parameters)
+    shown = dict(list(by_combo.items())[:MAX_PANELS])
     factor, label = scale([s.value for s in samples], samples[0].unit)
     hosts = sorted({s.host or "run" for s in samples})
     colour = {h: COLORS[i % len(COLORS)] for i, h in enumerate(hosts)}
-    cols = min(2, len(by_combo))
-    rows = math.ceil(len(by_combo) / cols)
+    cols = min(2, len(shown))
+    rows = math.ceil(len(shown) / cols)
     fig = _figure(9.0, 2.6 * rows + 0.8)
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
-    for ax, (combo, rows_) in zip(axes.flat, by_combo.items(), strict=False):
+    for ax, (combo, rows_) in zip(axes.flat, shown.items(), strict=False):
         lines: dict[tuple[int, str], list[SampleRow]] = defaultdict(list)
         for s in rows_:
             lines[(s.run_id, s.host or "run")].append(s)
@@ -145,7 +150,7 @@ def timeseries(samples: Sequence[SampleRow], parameters: Sequence[str], out_dir:
                     linewidth=1.2)
         ax.set_title(combo_text(combo) or "all runs", fontsize=10)
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(by_combo):]:
+    for ax in axes.flat[len(shown):]:
         ax.set_visible(False)
     fig.supxlabel("time since the run started (s)")
     fig.supylabel(_axis_label(what, label))
@@ -154,7 +159,9 @@ def timeseries(samples: Sequence[SampleRow], parameters: Sequence[str], out_dir:
     title = f"{what} over time per host"
     series = samples[0].series
     named = "" if series == what else f" (series {series})"
-    caption = f"{what}{named} sampled during each run; one line per host and run."
+    more = f" Only the first {len(shown)} of {len(by_combo)} combinations are drawn." if len(by_combo) > len(
+        shown) else ""
+    caption = f"{what}{named} sampled during each run; one line per host and run.{more}"
     return _save(fig, out_dir, name, title, caption)
 
 
@@ -167,7 +174,7 @@ def _line(color: str, label: str) -> Any:
 def _by_combo(samples: Sequence[SampleRow], parameters: Sequence[str]) -> dict[Combo, list[SampleRow]]:
     groups: dict[Combo, list[SampleRow]] = defaultdict(list)
     for s in samples:
-        groups[tuple((p, s.params.get(p)) for p in parameters)].append(s)
+        groups[tuple((p, hashable(s.params.get(p))) for p in parameters)].append(s)
     return dict(sorted(groups.items(), key=lambda item: [level_key(v) for _, v in item[0]]))
 
 

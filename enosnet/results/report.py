@@ -30,10 +30,20 @@ from pathlib import Path
 from enosnet.environment import Environment, write_atomic
 from enosnet.errors import ResultsError
 from enosnet.results.plots import Plot, all_plots, scale
-from enosnet.results.stats import Analysis, Comparison, StatsOptions, analyze, ci_text, combo_text
+from enosnet.results.stats import (
+    Analysis,
+    Comparison,
+    StatsOptions,
+    analyze,
+    ci_text,
+    combo_text,
+    hashable,
+    level_key,
+)
 from enosnet.results.store import HostRow, MetadataRow, ResultsStore
 
 HEADLINE = ("throughput", "goodput")
+COLLAPSE = 6
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,8 @@ class Page:
     def overview(self) -> list[tuple[str, str]]:
         e, runs = self.a.experiment, self.a.runs
         failed = sum(r.status != "ok" for r in runs)
-        levels = {p: sorted({str(r.params.get(p)) for r in runs}) for p in self.a.parameters}
+        levels = {p: [str(v) for v in sorted({hashable(r.params.get(p)) for r in runs}, key=level_key)]
+                  for p in self.a.parameters}
         reps = sorted({s.n for s in self.a.summaries}) or [0]
         return [
             ("experiment", f"{e.name} (id {e.id})"),
@@ -117,6 +128,7 @@ class Page:
             ("runs", f"{len(runs)} ({len(runs) - failed} ok, {failed} failed), order {e.order or '—'}, "
                      f"seed {e.seed if e.seed is not None else '—'}"),
             ("parameters", "; ".join(f"{p}: {', '.join(v)}" for p, v in levels.items()) or "—"),
+            ("fixed in every run", ", ".join(f"{k}={v}" for k, v in self.a.constants.items()) or "—"),
             ("repetitions per combination", f"{reps[0]}" if reps[0] == reps[-1] else f"{reps[0]}–{reps[-1]}"),
             ("experiment file", f"sha256 {e.file_hash or '—'}"),
             ("enosnet", e.enosnet_version or "—"),
@@ -211,9 +223,14 @@ class Page:
     def _html_findings(self) -> str:
         parts = []
         for metric, comparisons in self.findings():
-            items = "".join(f'<li class="{"yes" if c.practically_significant else "no"}">{_h(c.sentence)}</li>'
-                            for c in comparisons)
-            parts.append(f"<h3>{_h(metric)}</h3><ul class=findings>{items}</ul>")
+            yes = [c for c in comparisons if c.practically_significant]
+            no = [c for c in comparisons if not c.practically_significant]
+            items = "".join(f'<li class="yes">{_h(c.sentence)}</li>' for c in yes)
+            rest = "".join(f'<li class="no">{_h(c.sentence)}</li>' for c in no)
+            if len(no) > COLLAPSE:  # a long list of non-findings would bury the findings
+                rest = (f'<li class="no"><details><summary>{len(no)} comparisons without a practically '
+                        f"significant difference</summary><ul>{rest}</ul></details></li>")
+            parts.append(f"<h3>{_h(metric)}</h3><ul class=findings>{items}{rest}</ul>")
         return "".join(parts) or "<p>Nothing to compare: each parameter has a single level.</p>"
 
     def _html_warnings(self) -> str:

@@ -21,6 +21,7 @@ default), and its Holm-corrected p-value is below ``alpha``.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import zlib
@@ -148,6 +149,7 @@ class Analysis:
     options: StatsOptions
     runs: list[RunRow] = field(default_factory=list)
     values: dict[tuple[str, Combo], list[float]] = field(default_factory=dict)
+    constants: dict[str, Any] = field(default_factory=dict)
 
     @property
     def metrics(self) -> list[str]:
@@ -323,11 +325,23 @@ def ci_text(ci: Interval) -> str:
     return f"{_signed(ci.low)} to {_signed(ci.high)} %"
 
 
+def level_name(parameter: str, value: Any) -> str:
+    """``reno`` for a word, ``loss=0.01`` or ``delay=20ms`` for anything that needs its parameter's name.
+
+    >>> level_name("cc", "reno"), level_name("loss", 0.01), level_name("delay", "20ms")
+    ('reno', 'loss=0.01', 'delay=20ms')
+    """
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z][\w.+-]*", value):
+        return value
+    return f"{parameter}={value}"
+
+
 def describe(c: Comparison) -> str:
     """One line: what differs, by how much, how sure, and whether it matters."""
     where = f" at {combo_text(c.at)}" if c.at else ""
+    other, baseline = level_name(c.parameter, c.other), level_name(c.parameter, c.baseline)
     if math.isnan(c.rel_diff) or math.isnan(c.p_value):
-        return (f"{c.metric}: {c.other} vs {c.baseline}{where}: not enough data to compare "
+        return (f"{c.metric}: {other} vs {baseline}{where}: not enough data to compare "
                 f"(n = {c.n_baseline} and {c.n_other}; 2 successful runs each needed)")
     if c.rel_diff >= 1:
         size, than = f"{c.rel_diff + 1:.3g}× as high", "as"
@@ -335,11 +349,17 @@ def describe(c: Comparison) -> str:
         size, than = f"{_pct(c.rel_diff)} % {'higher' if c.rel_diff > 0 else 'lower'}", "than"
     stats = f"95 % CI {ci_text(c.ci)}, Holm p {_p(c.p_adjusted)}"
     if c.practically_significant:
-        return f"{c.metric}: {c.other} is {size} {than} {c.baseline}{where} ({stats}), practically significant"
-    why = ("difference below the " f"{c.threshold * 100:g} % threshold" if c.ci.excludes_zero()
-           and c.p_adjusted < c.alpha else "not distinguishable from noise")
-    return (f"{c.metric}: no practically significant difference between {c.other} and {c.baseline}{where} "
-            f"({c.other} {size}, {stats}; {why})")
+        return f"{c.metric}: {other} is {size} {than} {baseline}{where} ({stats}), practically significant"
+    return (f"{c.metric}: no practically significant difference between {other} and {baseline}{where} "
+            f"({other} {size}, {stats}; {_why_not(c)})")
+
+
+def _why_not(c: Comparison) -> str:
+    if not c.ci.excludes_zero():
+        return "not distinguishable from noise"
+    if abs(c.rel_diff) <= c.threshold:
+        return f"below the {c.threshold * 100:g} % threshold"
+    return "not significant once corrected for the number of comparisons (Holm): more repetitions would tell"
 
 
 def _p(p: float) -> str:
@@ -373,7 +393,7 @@ def run_values(rows: Iterable[MetricRow]) -> dict[tuple[str, str], dict[int, tup
     combos: dict[int, Combo] = {}
     for row in rows:
         per_run[(row.name, row.unit, row.run_id)][row.host].append(row.value)
-        combos[row.run_id] = tuple(row.params.items())
+        combos[row.run_id] = tuple((k, hashable(v)) for k, v in row.params.items())
     result: dict[tuple[str, str], dict[int, tuple[Combo, float]]] = defaultdict(dict)
     for (name, unit, run_id), by_host in per_run.items():
         if None in by_host:
@@ -383,6 +403,11 @@ def run_values(rows: Iterable[MetricRow]) -> dict[tuple[str, str], dict[int, tup
             value = float(np.sum(host_values) if aggregation(unit) == "sum" else np.mean(host_values))
         result[(name, unit)][run_id] = (combos[run_id], value)
     return result
+
+
+def hashable(value: Any) -> Any:
+    """Parameter values become dictionary keys: lists and mappings are spelled as JSON."""
+    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, list | dict) else value
 
 
 def level_key(value: Any) -> tuple[int, float, str]:
@@ -407,7 +432,7 @@ def analyze(store: ResultsStore, *, experiment: int | str | None = None, metrics
     values = run_values(store.metrics(experiment=exp.id))
     if metrics:
         values = {k: v for k, v in values.items() if k[0] in metrics}
-    parameters = tuple(dict.fromkeys(k for run in runs for k in run.params))
+    parameters, constants = split_parameters(runs)
     summaries: list[Summary] = []
     comparisons: list[Comparison] = []
     cells: dict[tuple[str, Combo], list[float]] = {}
@@ -422,7 +447,18 @@ def analyze(store: ResultsStore, *, experiment: int | str | None = None, metrics
     if metrics:
         missing = [m for m in metrics if m not in {s.metric for s in summaries}]
         warnings += [StatWarning("missing metric", f"no values of metric {m!r} in successful runs") for m in missing]
-    return Analysis(exp, parameters, summaries, comparisons, warnings, options, runs, cells)
+    return Analysis(exp, parameters, summaries, comparisons, warnings, options, runs, cells, constants)
+
+
+def split_parameters(runs: Sequence[RunRow]) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """Parameters that vary between runs (in file order), and the constant ones with their value.
+
+    Constants are no dimension of the analysis: they would only clutter every combination's name.
+    """
+    names = list(dict.fromkeys(k for run in runs for k in run.params))
+    levels = {n: {hashable(run.params.get(n)) for run in runs} for n in names}
+    varying = tuple(n for n in names if len(levels[n]) > 1)
+    return varying, {n: runs[0].params.get(n) for n in names if n not in varying}
 
 
 def _groups(by_run: Mapping[int, tuple[Combo, float]], parameters: Sequence[str]) -> dict[Combo, list[float]]:

@@ -447,6 +447,18 @@ class ResultsStore:
                  None if record.spec is None else json.dumps(record.spec, default=str)))
             return int(cursor.lastrowid or 0)
 
+    def add_checks(self, experiment_id: int, checks: Iterable[CheckResult], *, forced: bool = False,
+                   at: float | None = None) -> None:
+        """Append environment-check results to an experiment; ``forced`` sticks once set."""
+        stamp = at if at is not None else time.time()
+        with self.transaction() as db:
+            row = db.execute("SELECT checks FROM experiments WHERE id = ?", (experiment_id,)).fetchone()
+            if row is None:
+                raise ResultsError(f"{self.path}: no experiment with id {experiment_id}")
+            merged = json.loads(row["checks"]) + [dataclasses.asdict(c) | {"at": stamp} for c in checks]
+            db.execute("UPDATE experiments SET checks = ?, forced = max(forced, ?) WHERE id = ?",
+                       (json.dumps(merged), int(forced), experiment_id))
+
     def end_experiment(self, experiment_id: int, *, ended: float | None = None) -> None:
         """Mark the experiment finished (``ended`` defaults to now)."""
         with self.transaction() as db:
