@@ -1,0 +1,89 @@
+"""What a benchmark driver is: which agent actions it runs on which hosts, and how it reads their output.
+
+A driver is given one run's substituted section; it starts servers, schedules
+clients through the coordinator and returns the agents' records (with labels
+naming the folders the outputs are pulled into). After the pull it parses
+those folders into metrics and samples.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from enosnet.coordinator import Coordinator, WorkerRecord
+from enosnet.model import Host, Roles
+from enosnet.results.store import Metric, Sample
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """A worker record and the folder name its outputs get under ``runs/<run-id>/<host>/``."""
+
+    label: str
+    host: str
+    role: str
+    record: WorkerRecord
+
+
+@dataclass(frozen=True)
+class Executed:
+    """What a driver ran in one run: every process record, servers and clients."""
+
+    records: Sequence[Labelled]
+    scheduled_ns: int | None = None
+
+    @property
+    def clients(self) -> list[Labelled]:
+        return [r for r in self.records if r.record.action.endswith("-client")]
+
+
+@dataclass
+class Measured:
+    """What a driver read from one run's outputs; ``problems`` make the run fail."""
+
+    metrics: list[Metric] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    headline: tuple[str, float, str] | None = None
+
+
+class Driver(abc.ABC):
+    """One benchmark tool. Subclasses say how to lay it out on hosts, run it and parse it."""
+
+    name: ClassVar[str]
+    actions: ClassVar[tuple[str, ...]]
+
+    def __init__(self, roles: Roles) -> None:
+        self.roles = roles
+
+    @abc.abstractmethod
+    def validate(self, section: Mapping[str, Any]) -> None:
+        """Raise ``ConfigError`` if this run's section cannot work on these hosts (before anything runs)."""
+
+    @abc.abstractmethod
+    def extra_roles(self, section: Mapping[str, Any]) -> Roles:
+        """Coordinator roles beyond the environment's (e.g. one role per server port)."""
+
+    @abc.abstractmethod
+    def server_ports(self, section: Mapping[str, Any]) -> dict[Host, list[int]]:
+        """The TCP/UDP ports each server host listens on (checked free before measuring)."""
+
+    @abc.abstractmethod
+    async def execute(self, coordinator: Coordinator, section: Mapping[str, Any], *, duration_s: float,
+                      timeout_s: float) -> Executed:
+        """Start servers, run clients at one scheduled instant, stop servers."""
+
+    @abc.abstractmethod
+    def parse(self, executed: Executed, folder: Path, *, started_ns: int | None) -> Measured:
+        """Metrics and samples from the pulled outputs in ``folder`` (``<host>/<label>/``)."""
+
+    def prepare(self, section: Mapping[str, Any]) -> None:  # noqa: B027  (optional hook)
+        """Anything to do on the hosts before the first run (e.g. copy a scenario file)."""
+
+    @property
+    def headline_metric(self) -> str:
+        return "throughput"

@@ -1,0 +1,95 @@
+"""The agents' own instrumentation: CPU and interface counters sampled at 1 s into each run folder.
+
+Each line of ``samples.jsonl`` is ``{"t": ns, "cpu": [/proc/stat jiffies], "net": {iface: [/proc/net/dev
+counters]}}``; consecutive lines give CPU use (%) and interface rates (bit/s).
+
+>>> lines = ['{"t": 0, "cpu": [10, 0, 10, 80, 0], "net": {"eth0": [0, 0,0,0,0,0,0,0, 0]}}',
+...          '{"t": 1000000000, "cpu": [30, 0, 30, 140, 0], "net": {"eth0": [125, 0,0,0,0,0,0,0, 250]}}']
+>>> [(s.series, s.t, s.value) for s in parse_agent_samples(lines, host="h", start_ns=0)]
+[('cpu', 1.0, 40.0), ('net_rx', 1.0, 1000.0), ('net_tx', 1.0, 2000.0)]
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from enosnet.results.store import Metric, Sample
+
+IDLE_FIELDS = (3, 4)  # idle, iowait in /proc/stat's cpu line
+RX_BYTES, TX_BYTES = 0, 8
+
+
+def parse_agent_samples(lines: Iterable[str], *, host: str, start_ns: int | None) -> list[Sample]:
+    """CPU use and the busiest interface's receive/transmit rates between consecutive samples."""
+    points = [p for p in (_load(line) for line in lines) if p is not None]
+    if len(points) < 2:
+        return []
+    origin = start_ns if start_ns is not None else int(points[0]["t"])
+    iface = _busiest(points)
+    samples: list[Sample] = []
+    for before, after in itertools.pairwise(points):
+        dt = (int(after["t"]) - int(before["t"])) / 1e9
+        if dt <= 0:
+            continue
+        t = round((int(after["t"]) - origin) / 1e9, 3)
+        cpu = _cpu_percent(before.get("cpu"), after.get("cpu"))
+        if cpu is not None:
+            samples.append(Sample(host, "cpu", t, cpu, "%"))
+        if iface is not None:
+            rx, tx = _delta(before, after, iface, RX_BYTES), _delta(before, after, iface, TX_BYTES)
+            if rx is not None and tx is not None:
+                samples.append(Sample(host, "net_rx", t, rx * 8 / dt, "bit/s"))
+                samples.append(Sample(host, "net_tx", t, tx * 8 / dt, "bit/s"))
+    return samples
+
+
+def cpu_metric(samples: Iterable[Sample], host: str) -> list[Metric]:
+    """The mean CPU use of a host over the run, as a metric."""
+    values = [s.value for s in samples if s.series == "cpu" and s.host == host]
+    return [Metric(host, "cpu_host", sum(values) / len(values), "%")] if values else []
+
+
+def read_agent_samples(path: Path, *, host: str, start_ns: int | None) -> list[Sample]:
+    try:
+        return parse_agent_samples(path.read_text().splitlines(), host=host, start_ns=start_ns)
+    except OSError:
+        return []
+
+
+def _load(line: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("t"), int) else None
+
+
+def _cpu_percent(before: Any, after: Any) -> float | None:
+    if not isinstance(before, list) or not isinstance(after, list) or len(before) != len(after) or len(before) < 5:
+        return None
+    total = sum(after) - sum(before)
+    idle = sum(after[i] - before[i] for i in IDLE_FIELDS)
+    return round(100.0 * (total - idle) / total, 2) if total > 0 else None
+
+
+def _busiest(points: list[dict[str, Any]]) -> str | None:
+    first, last = points[0].get("net") or {}, points[-1].get("net") or {}
+    moved = {name: _bytes(last.get(name)) - _bytes(first.get(name)) for name in last if name != "lo"}
+    return max(moved, key=lambda name: moved[name]) if moved else None
+
+
+def _bytes(counters: Any) -> int:
+    if not isinstance(counters, list) or len(counters) <= TX_BYTES:
+        return 0
+    return int(counters[RX_BYTES]) + int(counters[TX_BYTES])
+
+
+def _delta(before: dict[str, Any], after: dict[str, Any], iface: str, index: int) -> int | None:
+    a, b = (before.get("net") or {}).get(iface), (after.get("net") or {}).get(iface)
+    if not isinstance(a, list) or not isinstance(b, list) or len(a) <= index or len(b) <= index:
+        return None
+    return int(b[index]) - int(a[index])

@@ -1,0 +1,402 @@
+"""Running an experiment: checks, then each run (netem, servers, scheduled clients, pull, parse, commit).
+
+A run and everything measured in it commit to the results database at once;
+a failed run is recorded with its reason and the experiment goes on;
+``resume`` skips runs already committed, so nothing is ever measured or
+stored twice.
+
+>>> BenchOptions(resume=True).force
+False
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from enosnet.bench import checks as chk
+from enosnet.bench import conditions as netem
+from enosnet.bench.drivers import make_driver
+from enosnet.bench.drivers.base import Driver, Executed, Labelled, Measured
+from enosnet.bench.events import (
+    ChecksDone,
+    Event,
+    ExperimentFinished,
+    ExperimentStarted,
+    Listener,
+    RunFinished,
+    RunStarted,
+    event_json,
+)
+from enosnet.bench.hostio import Shell, fan_out
+from enosnet.bench.instrument import cpu_metric, read_agent_samples
+from enosnet.bench.metadata import collect
+from enosnet.bench.plan import Plan, PlannedRun, make_plan
+from enosnet.bench.spec import Experiment
+from enosnet.coordinator import Coordinator, Timeouts, workers_from_roles
+from enosnet.coordinator.agent.wire import MessageType
+from enosnet.environment import Environment
+from enosnet.errors import BenchError, CheckFailed, EnosnetError, UsageError
+from enosnet.model import Host, Roles
+from enosnet.results.store import (
+    ExperimentRecord,
+    HostMeta,
+    HostRecord,
+    Metric,
+    ProcessRecord,
+    ResultsStore,
+    RunRecord,
+    Sample,
+    Status,
+)
+
+DEFAULT_AGENT_PORT = 7700
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """How to run: ``resume`` skips committed runs, ``force`` goes on past failed checks, ``only`` filters."""
+
+    resume: bool = False
+    force: bool = False
+    only: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """What an experiment did: counts, where the results are."""
+
+    experiment_id: int
+    name: str
+    done: int
+    failed: int
+    skipped: int
+    database: Path
+    runs_dir: Path
+    seconds: float
+    checks: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class AgentAccess:
+    """How the controller reaches the environment's agents."""
+
+    env_id: str
+    secret: str
+    port: int
+
+
+def agent_access(env: Environment) -> AgentAccess:
+    """The agents' id, secret and port as deployed for ``env`` (state ``agent`` entry, else the defaults)."""
+    state = env.load_state() or {}
+    agent: dict[str, Any] = state["agent"] if isinstance(state.get("agent"), dict) else {}
+    config_port = ((state.get("config") or {}).get("agent") or {}).get("port", DEFAULT_AGENT_PORT)
+    return AgentAccess(str(agent.get("env_id") or env.name), env.secret(), int(agent.get("port") or config_port))
+
+
+def environment_roles(env: Environment) -> Roles:
+    state = env.load_state() or {}
+    if not state.get("roles") or state.get("released"):
+        raise BenchError(f"{env.root}: no hosts acquired; run `enosnet deploy` first")
+    return Roles.from_dict(state["roles"])
+
+
+def run_experiment(env: Environment, spec: Experiment, *, options: BenchOptions | None = None,
+                   on_event: Listener | None = None, roles: Roles | None = None) -> BenchResult:
+    """Run ``spec`` on the hosts of ``env`` and store everything in ``env.db_file``.
+
+    Raises ``CheckFailed`` (before the first run) when an environment check
+    fails and ``options.force`` is not set; ``ConfigError`` when the
+    experiment does not fit the hosts.
+    """
+    bench = _Bench(env, spec, options or BenchOptions(), on_event, roles or environment_roles(env))
+    return asyncio.run(bench.main())
+
+
+class _Bench:
+    def __init__(self, env: Environment, spec: Experiment, options: BenchOptions, on_event: Listener | None,
+                 roles: Roles) -> None:
+        self.env, self.spec, self.options, self.roles = env, spec, options, roles
+        self.listener = on_event
+        self.driver: Driver = make_driver(spec.driver, roles)
+        self.plan: Plan = make_plan(spec, only=options.only)
+        self.sections = {r.key: spec.driver_section(r.params) for r in self.plan.runs}
+        self.netem = {r.key: _conditions(spec.netem_section(r.params)) for r in self.plan.runs}
+        for section in self.sections.values():
+            self.driver.validate(section)
+        self.shell = Shell(env.root)
+        self.events_file = env.runs_dir / f"{spec.name}.events.jsonl"
+
+    # ── the experiment ──────────────────────────────────────────────────────
+
+    async def main(self) -> BenchResult:
+        started = time.monotonic()
+        self.env.runs_dir.mkdir(parents=True, exist_ok=True)
+        with ResultsStore.open(self.env.db_file) as store:
+            try:
+                async with self._coordinator() as coordinator:
+                    return await self._experiment(store, coordinator, started)
+            finally:
+                self.shell.close()
+
+    def _coordinator(self) -> Coordinator:
+        access = agent_access(self.env)
+        extra = Roles()
+        for section in self.sections.values():
+            extra = extra | self.driver.extra_roles(section)
+        workers = workers_from_roles(self.roles | extra, port=access.port)
+        return Coordinator(workers, env_id=access.env_id, secret=access.secret, timeouts=Timeouts(request=5.0))
+
+    async def _experiment(self, store: ResultsStore, coordinator: Coordinator, started: float) -> BenchResult:
+        record = ExperimentRecord(name=self.spec.name, file_hash=self.spec.file_hash, seed=self.plan.seed,
+                                  order=self.plan.order, enosnet_version=_version(),
+                                  spec=self.spec.model_dump(mode="json"))
+        existing = _existing(store, record.key)
+        done = store.committed_runs(existing) if existing is not None else set()
+        if done and not self.options.resume:
+            raise UsageError(f"experiment {self.spec.name!r} (same file, seed {self.plan.seed}) already has "
+                             f"{len(done)} committed runs in {self.env.db_file}: pass --resume to run the rest, "
+                             "or change the name or seed to start a new experiment")
+        if self.options.resume:
+            await self._stop_leftover_runs(coordinator)
+        todo = self.plan.without(done)
+        checks, metadata = await self._checks(coordinator)
+        forced = bool(checks.failed) and self.options.force
+        results = checks.forced() if forced else checks.results
+        exp_id = store.begin_experiment(replace(record, started=time.time(), checks=results, forced=forced))
+        self._emit(ChecksDone(tuple(results), forced))
+        if checks.failed and not self.options.force:
+            raise CheckFailed(checks.summary() + "\n(results stored; fix the environment, or pass --force to "
+                              "measure anyway, which the report will flag)")
+        store.add_hosts(exp_id, self._host_records())
+        store.add_metadata(exp_id, metadata)
+        self._emit(ExperimentStarted(self.spec.name, exp_id, len(todo.runs), len(self.plan.runs) - len(todo.runs),
+                                     self.plan.seed, self.plan.order, todo.estimate_s()))
+        ok = failed = 0
+        for index, run in enumerate(todo.runs):
+            status = await self._one(store, coordinator, exp_id, run, index, len(todo.runs))
+            ok, failed = ok + (status == "ok"), failed + (status != "ok")
+        store.end_experiment(exp_id)
+        seconds = time.monotonic() - started
+        self._emit(ExperimentFinished(self.spec.name, ok, failed, str(self.env.db_file), str(self.env.runs_dir),
+                                      seconds))
+        return BenchResult(exp_id, self.spec.name, ok, failed, len(self.plan.runs) - len(todo.runs),
+                           self.env.db_file, self.env.runs_dir, seconds, tuple(results))
+
+    async def _stop_leftover_runs(self, coordinator: Coordinator) -> None:
+        """A killed bench may have left servers running on the agents: stop every run they have."""
+        links = list(coordinator.links.values())
+        try:
+            await coordinator._fan_out(links, MessageType.STOP, lambda _l: {"claim": True, "all": True},
+                                       timeout=5.0, what="stopping leftover runs")
+        except EnosnetError:
+            return  # the agent check names hosts that do not answer
+        await asyncio.sleep(0.3)
+
+    # ── checks ──────────────────────────────────────────────────────────────
+
+    async def _checks(self, coordinator: Coordinator) -> tuple[chk.Checks, list[HostMeta]]:
+        checks = chk.Checks()
+        hosts = list(self.roles.all())
+        reachable = await asyncio.to_thread(chk.check_reachable, self.shell, hosts, checks)
+        metadata, errors = await asyncio.to_thread(collect, self.shell, reachable, "experiment")
+        for host, why in errors.items():
+            checks.add("metadata", False, why, host)
+        metadata += self._controller_metadata(reachable)
+        try:
+            offsets = await coordinator.ready(list(self.roles))
+            chk.check_clocks(offsets, self.spec.checks, checks)
+        except EnosnetError as exc:
+            checks.add("agent", False, f"{exc} (are the agents installed? `enosnet deploy` starts them)")
+        ports: dict[Host, list[int]] = {}
+        for section in self.sections.values():
+            for server, used in self.driver.server_ports(section).items():
+                ports[server] = sorted(set(ports.get(server, [])) | set(used))
+        await asyncio.to_thread(chk.check_leftovers, self.shell, reachable, ports, checks)
+        chk.check_mtu(metadata, reachable, checks)
+        await asyncio.to_thread(self._network_checks, checks)
+        return checks, metadata
+
+    def _network_checks(self, checks: chk.Checks) -> None:
+        settings = list({c: None for c in self.netem.values() if c is not None})
+        groups = settings[0].between if settings else self._driver_groups()
+        if groups is None:
+            return
+        baseline = chk.check_base_rtt(self.shell, chk.pairs_between(self.roles, *groups), self.spec.checks, checks)
+        if self.spec.checks.netem and settings:
+            chk.check_netem(self.shell, self.roles, settings, self.spec.checks, baseline, checks,
+                            apply=lambda c: netem.apply(self.shell, self.roles, c),
+                            clear=lambda c: netem.clear(self.shell, self.roles, c))
+
+    def _driver_groups(self) -> tuple[str, str] | None:
+        section = next(iter(self.sections.values()), {})
+        if "client_role" in section and "server_role" in section:
+            return str(section["client_role"]), str(section["server_role"])
+        return None
+
+    def _controller_metadata(self, hosts: Sequence[Host]) -> list[HostMeta]:
+        items = {"enosnet.version": _version(), "experiment.file_hash": self.spec.file_hash,
+                 "experiment.file": self.spec.source_path or ""}
+        return [HostMeta(h.name, k, v, "controller") for h in hosts for k, v in items.items() if v]
+
+    def _host_records(self) -> list[HostRecord]:
+        return [HostRecord(h.name, h.address, ",".join(self.roles.roles_of(h)),
+                           str(h.extra.get("enosnet_provider") or "") or None,
+                           h.extra.get("enosnet_instance_type"), h.extra.get("enosnet_az"))
+                for h in self.roles.all()]
+
+    # ── one run ─────────────────────────────────────────────────────────────
+
+    async def _one(self, store: ResultsStore, coordinator: Coordinator, exp_id: int, run: PlannedRun, index: int,
+                   total: int) -> str:
+        t0 = time.monotonic()
+        folder = self.env.runs_dir / f"{self.spec.name}-{run.position:04d}-{run.key[:8]}"
+        if folder.exists():
+            shutil.rmtree(folder)  # an attempt killed before its commit: nothing of it was stored
+        folder.mkdir(parents=True)
+        self._emit(RunStarted(run.position, index, total, run.label()), folder)
+        record, measured = await self._measure(coordinator, run, folder)
+        store.record_run(exp_id, record)
+        self._emit(RunFinished(run.position, index, total, run.label(), record.status, record.reason,
+                               measured.headline, time.monotonic() - t0, str(folder)), folder)
+        return record.status
+
+    async def _measure(self, coordinator: Coordinator, run: PlannedRun, folder: Path) -> tuple[RunRecord, Measured]:
+        conditions = self.netem[run.key]
+        executed: Executed | None = None
+        problems: list[str] = []
+        try:
+            if conditions is not None:
+                await asyncio.to_thread(netem.apply, self.shell, self.roles, conditions)
+            executed = await self.driver.execute(coordinator, self.sections[run.key], duration_s=self.spec.duration_s,
+                                                 timeout_s=self._timeout())
+        except EnosnetError as exc:
+            problems.append(str(exc))
+        metadata = await asyncio.to_thread(self._after_run, executed, folder, conditions, problems)
+        measured = self._parse(executed, folder, problems)
+        return self._record(run, executed, measured, metadata), measured
+
+    def _timeout(self) -> float:
+        return float(self.spec.timeout) if self.spec.timeout else self.spec.duration_s + 30.0
+
+    def _after_run(self, executed: Executed | None, folder: Path, conditions: netem.Conditions | None,
+                   problems: list[str]) -> list[HostMeta]:
+        """Per host, in parallel: per-run metadata (netem still in place), clear netem, pull outputs."""
+        hosts = list(self.roles.all())
+        metadata, _ = collect(self.shell, hosts, "run")
+        if conditions is not None:
+            try:
+                netem.clear(self.shell, self.roles, conditions)
+            except EnosnetError as exc:
+                problems.append(str(exc))
+        records = list(executed.records) if executed else []
+        by_host: dict[str, list[Labelled]] = {}
+        for item in records:
+            if item.record.run_dir:
+                by_host.setdefault(item.host, []).append(item)
+        pulled = fan_out([self.roles.find(h) for h in by_host], lambda h: self._pull(h, by_host[h.name], folder))
+        problems += [why for why in pulled.values() if why]
+        return metadata
+
+    def _pull(self, host: Host, items: Sequence[Labelled], folder: Path) -> str | None:
+        parents = {str(Path(i.record.run_dir or "").parent) for i in items}
+        try:
+            for parent in parents:
+                mine = [i for i in items if str(Path(i.record.run_dir or "").parent) == parent]
+                names = [Path(i.record.run_dir or "").name for i in mine]
+                self.shell.pull_dirs(host, parent, names, folder / host.name / ".pull")
+                for item, name in zip(mine, names, strict=True):
+                    (folder / host.name / ".pull" / name).rename(folder / host.name / item.label)
+            (folder / host.name / ".pull").rmdir()
+        except (OSError, EnosnetError) as exc:
+            return f"{host.name}: pulling outputs failed: {exc}"
+        return None
+
+    def _parse(self, executed: Executed | None, folder: Path, problems: list[str]) -> Measured:
+        if executed is None:
+            return Measured(problems=problems)
+        started = _start_ns(executed.clients)
+        measured = self.driver.parse(executed, folder, started_ns=started)
+        measured.problems = problems + measured.problems
+        for item in executed.records:
+            rec = item.record
+            if not rec.ok and rec.action.endswith("-client"):
+                measured.problems.append(f"{item.host}: {rec.action} {rec.state} rc={rec.rc} {rec.error or ''}".strip())
+        seen: set[str] = set()
+        for item in sorted(executed.records, key=lambda i: not i.record.action.endswith("-client")):
+            if item.host in seen:
+                continue
+            seen.add(item.host)
+            samples = read_agent_samples(folder / item.host / item.label / "samples.jsonl", host=item.host,
+                                         start_ns=started)
+            measured.samples += samples
+            measured.metrics += cpu_metric(samples, item.host)
+        return measured
+
+    def _record(self, run: PlannedRun, executed: Executed | None, measured: Measured,
+                metadata: list[HostMeta]) -> RunRecord:
+        processes = [_process(item) for item in (executed.records if executed else [])]
+        clients = executed.clients if executed else []
+        starts = [p.started for p, item in zip(processes, executed.records if executed else [], strict=True)
+                  if p.started is not None and item in clients]
+        ends = [p.ended for p in processes if p.ended is not None]
+        status: Status = "failed" if measured.problems or not clients else "ok"
+        reason = "; ".join(measured.problems)[:2000] or (None if clients else "no client ran")
+        return RunRecord(
+            key=run.key, params=dict(run.params), repetition=run.repetition, position=run.position,
+            seed=self.plan.seed, status=status, reason=reason if status == "failed" else None,
+            scheduled_start=executed.scheduled_ns / 1e9 if executed and executed.scheduled_ns else None,
+            started=min(starts) if starts else None, ended=max(ends) if ends else None,
+            start_skew=max(starts) - min(starts) if starts else None, processes=processes,
+            metrics=_finite(measured.metrics), samples=_finite(measured.samples), metadata=metadata)
+
+    def _emit(self, event: Event, folder: Path | None = None) -> None:
+        line = json.dumps(event_json(event), default=str) + "\n"
+        for path in (self.events_file, folder / "events.jsonl" if folder else None):
+            if path is not None:
+                with path.open("a") as out:
+                    out.write(line)
+        if self.listener is not None:
+            self.listener(event)
+
+
+def _conditions(section: Mapping[str, Any] | None) -> netem.Conditions | None:
+    return netem.Conditions.from_section(section) if section else None
+
+
+def _existing(store: ResultsStore, key: str) -> int | None:
+    for exp in store.experiments():
+        if f"{exp.name}:{exp.file_hash or '-'}:{exp.seed if exp.seed is not None else '-'}" == key:
+            return exp.id
+    return None
+
+
+def _start_ns(clients: Sequence[Labelled]) -> int | None:
+    starts = [r.record.start_coordinator_ns for r in clients if r.record.start_coordinator_ns is not None]
+    return min(starts) if starts else None
+
+
+def _process(item: Labelled) -> ProcessRecord:
+    rec, offset = item.record, item.record.offset_ns or 0
+
+    def seconds(ns: int | None) -> float | None:
+        return None if ns is None else (ns - offset) / 1e9
+
+    return ProcessRecord(item.host, rec.action, item.role, seconds(rec.scheduled_ns), seconds(rec.start_ns),
+                         seconds(rec.end_ns), rec.rc)
+
+
+def _finite(values: list[Any]) -> list[Any]:
+    return [v for v in values if isinstance(v, Metric | Sample) and v.value == v.value and abs(v.value) != float("inf")]
+
+
+def _version() -> str:
+    from enosnet import __version__
+
+    return __version__
