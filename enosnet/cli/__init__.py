@@ -11,6 +11,7 @@ import sys
 
 import typer
 
+from enosnet.cli import bench as bench_commands
 from enosnet.cli import env as env_commands
 from enosnet.cli import results as results_commands
 from enosnet.cli.common import err_console, print_error
@@ -33,6 +34,7 @@ app = typer.Typer(
 
 env_commands.register(app)
 results_commands.register(app)
+bench_commands.register(app)
 
 
 def main() -> None:
