@@ -211,3 +211,13 @@ def test_missing_optional_package_is_a_clear_error(store: ResultsStore, tmp_path
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if not installed
     with pytest.raises(ResultsError, match="pip install"):
         export(store, tmp_path / "x", fmt="parquet")
+
+
+def test_checks_can_be_added_later(store: ResultsStore, exp: int) -> None:
+    store.add_checks(exp, [CheckResult("mtu", False, "1500 vs 9000", host="client-0", forced=True)], forced=True,
+                     at=5.0)
+    row = store.experiment(exp)
+    assert row.forced and row.checks[-1] == {"name": "mtu", "ok": False, "detail": "1500 vs 9000", "host": "client-0",
+                                             "forced": True, "at": 5.0}
+    with pytest.raises(ResultsError, match="no experiment"):
+        store.add_checks(999, [])

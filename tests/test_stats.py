@@ -171,3 +171,17 @@ def test_clean_data_has_no_warnings() -> None:
 def test_too_few_runs_to_compare_says_so() -> None:
     c = compare_levels([1.0], [2.0, 3.0], options=StatsOptions(), seed_key="x", metric="m", levels=("a", "b"))
     assert not c.practically_significant and "not enough data" in c.sentence
+
+
+def test_constant_and_list_parameters() -> None:
+    store = ResultsStore.open(":memory:")
+    exp = store.begin_experiment(ExperimentRecord(name="e"))
+    for rep in range(3):
+        for loss, value in ((0, 100.0), (0.01, 80.0)):
+            params = {"loss": loss, "sizes": [1, 2], "driver": "tcp"}
+            store.record_run(exp, RunRecord(run_key(params, rep), params, rep, rep * 2 + (loss > 0), metrics=[
+                Metric(None, "goodput", value + rep, "bit/s")]))
+    analysis = analyze(store)
+    assert analysis.parameters == ("loss",) and analysis.constants == {"sizes": [1, 2], "driver": "tcp"}
+    [c] = analysis.comparisons
+    assert c.sentence.startswith("goodput: loss=0.01 is 20 % lower than loss=0 (95 % CI")
