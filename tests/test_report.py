@@ -51,14 +51,13 @@ def test_report_files_and_findings(report_dir: Path) -> None:
         assert "failed runs excluded" in text and "only 4 to 5 successful repetitions" in text
         assert "netem applied" in text and "6.1.0-28-amd64" in text and "198.18.0.2" in text
     assert sorted(p.name for p in (report_dir / "plots").iterdir()) == sorted(
-        ["metric-throughput.png", "metric-retransmits.png", "metric-rtt.png", "throughput-time.png",
-         "throughput-cdf.png", "start-skew.png", "cpu-time.png"])
+        ["metric-throughput.png", "throughput-time.png", "throughput-cdf.png", "start-skew.png", "cpu-time.png"])
     assert md.index("### throughput") < md.index("### retransmits")  # the headline metric first
 
 
 def test_html_is_self_contained(report_dir: Path) -> None:
     html = (report_dir / "report.html").read_text()
-    assert html.count('src="data:image/png;base64,') == 7
+    assert html.count('src="data:image/png;base64,') == 5
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
     assert "<script" not in html and "<link" not in html and "@import" not in html
 
@@ -77,6 +76,7 @@ def test_rebuilding_gives_the_same_numbers(database: Path, report_dir: Path, tmp
 def test_metric_selection_and_threshold(database: Path, tmp_path: Path) -> None:
     report = build_report(database, tmp_path, metrics=["rtt"], threshold=0.5)
     assert report.analysis.metrics == ["rtt"]
+    assert report.plots[0].name == "metric-rtt"
     assert all(c.threshold == 0.5 for c in report.analysis.comparisons)
     assert "throughput" not in report.markdown.read_text().split("## Plots")[0]
 
@@ -114,7 +114,7 @@ def test_chromium_renders_every_plot(report_dir: Path, tmp_path: Path) -> None:
     match = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert match, dom[-2000:]
     sizes = json.loads(match.group(1).replace("&quot;", '"'))
-    assert len(sizes) == 7
+    assert len(sizes) == 5
     for alt, width, height, shown in sizes:
         assert width > 400 and height > 300 and shown > 300, (alt, width, height, shown)
 

@@ -5,8 +5,8 @@ Every function draws from the results database (through an
 ``matplotlib.figure.Figure`` (no pyplot, no global state) and returns a
 :class:`Plot`, or ``None`` when there is nothing to draw.
 
-Sample series are recognised by name: ``throughput*`` (or any series in
-bit/s or B/s) is throughput, ``cpu*`` is CPU use.
+Sample series are recognised by name: ``throughput*`` and ``goodput*`` are
+throughput, ``cpu*`` is CPU use.
 """
 
 from __future__ import annotations
@@ -120,7 +120,8 @@ def _cell_values(analysis: Analysis, metric: str) -> dict[Combo, list[float]]:
 
 
 def is_throughput(series: str, unit: str) -> bool:
-    return series.lower().startswith("throughput") or bool(re.match(r"^(bit|bits|B|bytes)/s$", unit))
+    """Throughput or goodput as the tool measured it (interface counters such as ``net_rx`` are not)."""
+    return series.lower().startswith(("throughput", "goodput"))
 
 
 def is_cpu(series: str, unit: str) -> bool:
@@ -231,9 +232,14 @@ def start_skew(analysis: Analysis, out_dir: Path) -> Plot | None:
                  "How far apart the processes of each run actually started; lower is better.")
 
 
-def all_plots(store: ResultsStore, analysis: Analysis, out_dir: Path) -> list[Plot]:
-    """Every plot the report shows, in order: metrics, throughput over time and CDF, start skew, CPU."""
-    plots = [metric_boxplot(analysis, m, out_dir) for m in analysis.metrics]
+def all_plots(store: ResultsStore, analysis: Analysis, out_dir: Path, *, headline: Sequence[str] = ()) -> list[Plot]:
+    """Every plot the report shows, in order: the headline metrics, throughput over time and its CDF,
+    start skew, CPU use over time.
+
+    ``headline`` names the metrics drawn as box plots (default: the first metric of the analysis).
+    """
+    chosen = list(headline) or analysis.metrics[:1]
+    plots = [metric_boxplot(analysis, m, out_dir) for m in chosen]
     series = store.series_names(experiment=analysis.experiment.id)
     for kind, test, what in (("throughput", is_throughput, "throughput"), ("cpu", is_cpu, "CPU use")):
         for index, (name, unit) in enumerate(s for s in series if test(*s)):

@@ -71,7 +71,8 @@ def build_report(source: Environment | str | Path, out_dir: str | Path | None = 
         analysis = analyze(store, experiment=experiment, metrics=metrics, options=opts)
         if not analysis.runs:
             raise ResultsError(f"{db}: experiment {analysis.experiment.name!r} has no runs yet")
-        plots = all_plots(store, analysis, out / "plots")
+        headline = [m for m in metrics if m in analysis.metrics] or _headline(analysis.metrics)
+        plots = all_plots(store, analysis, out / "plots", headline=headline)
         hosts = store.hosts(experiment=analysis.experiment.id)
         metadata = store.host_metadata(experiment=analysis.experiment.id)
         others = [e.name for e in store.experiments() if e.id != analysis.experiment.id]
@@ -81,6 +82,11 @@ def build_report(source: Environment | str | Path, out_dir: str | Path | None = 
     write_atomic(html_path, page.html())
     write_atomic(md_path, page.markdown())
     return Report(html_path, md_path, plots, analysis)
+
+
+def _headline(names: Sequence[str]) -> list[str]:
+    """The metric a reader looks at first: throughput (or goodput) when measured, else the first one."""
+    return [m for m in HEADLINE if m in names][:1] or list(names[:1])
 
 
 def _time(t: float | None) -> str:
@@ -111,7 +117,7 @@ class Page:
 
     def _metric_order(self, chosen: Sequence[str]) -> list[str]:
         names = self.a.metrics
-        first = [m for m in chosen if m in names] or [m for m in HEADLINE if m in names]
+        first = [m for m in chosen if m in names] or _headline(names)
         return first + [m for m in names if m not in first]
 
     # ── pieces shared by both renderings ─────────────────────────────────────
