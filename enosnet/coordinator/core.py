@@ -226,6 +226,7 @@ class Coordinator:
             self.roles.setdefault(worker.role, []).append(worker)
         self._pending: dict[tuple[str, int], _Pending] = {}
         self._records: dict[tuple[str, str], WorkerRecord] = {}
+        self._delivered: set[tuple[str, str]] = set()
         self._ready: set[tuple[str, str]] = set()
         self._active: dict[str, str] = {}
         self._deferred: dict[str, list[str]] = {}
@@ -494,10 +495,14 @@ class Coordinator:
 
         replies = await self._fan_out(self._links(workers), MessageType.PREPARE, payload,
                                       timeout=self.timeouts.request, what=f"prepare {action}")
-        refused = {w: m.payload["error"] for w, m in replies.items() if m.payload.get("error")}
+        refused = {w: m.payload["error"] for w, m in replies.items() if "state" not in m.payload}
         if refused:
             text = "; ".join(f"{w}: {why}" for w, why in sorted(refused.items()))
             raise CoordinatorError(f"agents refused {action}: {text}")
+        done = sorted(w for w, m in replies.items() if m.payload["state"] != "ready")
+        if done:
+            raise CoordinatorError(f"run {run_id} already exists on {', '.join(done)}: nothing started again; "
+                                   "use a new run id (or collect() its results)")
         return replies
 
     async def _ensure_clocks(self, links: Sequence[_Link]) -> None:
@@ -544,8 +549,10 @@ class Coordinator:
             await self._wait_until(lambda: all((run_id, w.id) in self._records for w in others),
                                    self.timeouts.report_slack)
             lost = sorted({w.id for w in missing} | set(restarted))
+            self._delivered.update((run_id, w.id) for w in others)
             raise WorkerLost(lost, f"run {run_id}: {len(lost)} agent(s) lost"
                              f"{' (the rest was stopped)' if active or others else ''}")
+        self._delivered.update((run_id, w.id) for w in workers)
         return [self._records[(run_id, w.id)] for w in workers]
 
     def _error_of(self, run_id: str, worker_id: str) -> str:
@@ -658,7 +665,8 @@ class Coordinator:
     async def collect(self, *, timeout: float = 30.0) -> list[WorkerRecord]:
         """Re-attach: take over the agents and gather every run they finished but never reported.
 
-        Runs still active are waited for (up to ``timeout``); nothing is started again.
+        Runs still active are waited for (up to ``timeout``); nothing is started
+        again. Returns every record this coordinator has not returned yet.
         """
         links = list(self.links.values())
         payload = {"force": True, "resend": True, "claim": True}
@@ -670,7 +678,9 @@ class Coordinator:
         if not ok:
             late = sorted({worker for run, worker in expected if (run, worker) not in self._records})
             raise SyncTimeout(late, f"collect: runs not finished within {timeout:g} s on")
-        return [self._records[key] for key in sorted(expected)]
+        fresh = sorted(set(self._records) - self._delivered)
+        self._delivered.update(fresh)
+        return [self._records[key] for key in fresh]
 
 
 class _NoAnswer(Exception):

@@ -426,20 +426,31 @@ class Agent:
                     lambda: _signal_group(run.pid or 0, signal.SIGKILL))
 
     def reap(self) -> None:
-        """Collect every run whose leading process has exited."""
+        """Notice runs whose leading process exited; they finish once their whole group is gone."""
         for run in list(self.runs.values()):
             if run.proc is None or run.state != "running":
                 continue
             rc = run.proc.poll()
             if rc is None:
                 continue
-            if _group_alive(run.pid or 0):
-                _signal_group(run.pid or 0, signal.SIGTERM)
-                grace = self.cfg.actions[run.action].stop_grace_s
-                self._timer(f"kill:{run.run}", time.monotonic_ns() + int(grace * 1e9),
-                            functools.partial(_signal_group, run.pid or 0, signal.SIGKILL))
+            run.proc, run.rc = None, rc
+            grace = self.cfg.actions[run.action].stop_grace_s
+            self._drain_group(run, time.monotonic() + grace, signalled=False)
+
+    def _drain_group(self, run: Run, kill_at: float, *, signalled: bool) -> None:
+        """SIGTERM what is left of the group, SIGKILL it at ``kill_at``, finish when it is empty."""
+        now = time.monotonic()
+        members = _group_members(run.pid or 0)
+        if not members or now > kill_at + 2.0:
             state = "stopped" if run.stop_requested else "failed" if run.error else "exited"
-            self._finish(run, state, rc=rc, error=run.error)
+            self._finish(run, state, rc=run.rc, error=run.error)
+            return
+        if now >= kill_at:
+            _signal_group(run.pid or 0, signal.SIGKILL)
+        elif not signalled:
+            _signal_group(run.pid or 0, signal.SIGTERM)
+        self._timer(f"drain:{run.run}", time.monotonic_ns() + 10_000_000,
+                    functools.partial(self._drain_group, run, kill_at, signalled=True))
 
     def _finish(self, run: Run, state: str, *, rc: int | None = None, error: str | None = None) -> None:
         run.state, run.rc, run.error = state, rc, error
@@ -583,13 +594,25 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
+    return bool(_group_members(pgid))
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of group ``pgid`` in this PID namespace."""
     if pgid <= 1:
-        return False
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except OSError:
-        return False
+        return []
+    members = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as handle:
+                fields = handle.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            members.append(int(name))
+    return members
 
 
 def _start_ticks(pid: int) -> int | None:

@@ -1,0 +1,307 @@
+"""Agents and coordinator on loopback: the whole cycle with real iperf3, deadlines, crashes, forgeries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enosnet.coordinator import (
+    Coordinator,
+    SyncCoordinator,
+    Timeouts,
+    Worker,
+    agent_config,
+    iperf3_actions,
+)
+from enosnet.coordinator.agent.wire import MessageType, encode, env_hash
+from enosnet.coordinator.install import LocalAgents
+from enosnet.errors import CoordinatorError, WorkerLost
+
+SECRET = "loopback-secret-0123456789abcdef"
+ENV_ID = "loopback"
+TEST_ACTIONS: dict[str, Any] = {
+    **iperf3_actions(),
+    "sleep": {"argv": ["sleep", "{seconds}"], "params": {"seconds": {"type": "float", "min": 0, "max": 600}}},
+    "group": {"kind": "service", "argv": ["sh", "-c", "sleep 300 & sleep 300 & wait"]},
+    "true": {"argv": ["true"]},
+}
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Cluster:
+    workers: list[Worker]
+    configs: list[dict[str, Any]]
+    folder: Path
+    agents: LocalAgents | None = None
+
+    def start(self, per_process: int = 1) -> LocalAgents:
+        self.agents = LocalAgents(self.configs, folder=self.folder, per_process=per_process)
+        return self.agents
+
+    def coordinator(self, **options: Any) -> SyncCoordinator:
+        return SyncCoordinator(self.workers, env_id=ENV_ID, secret=SECRET, **options)
+
+    def workdir(self, worker: str) -> Path:
+        return self.folder / worker
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    made: list[Cluster] = []
+
+    def make(roles: dict[str, int], *, per_process: int = 1, actions: dict[str, Any] | None = None) -> Cluster:
+        workers, configs = [], []
+        for role, count in roles.items():
+            for index in range(count):
+                name, port = f"{role}-{index}", free_udp_port()
+                workers.append(Worker(name, role, "127.0.0.1", port, index))
+                configs.append(agent_config(name, role=role, secret=SECRET, env_id=ENV_ID,
+                                            actions=actions or TEST_ACTIONS, port=port,
+                                            workdir=str(tmp_path / name), bind="127.0.0.1"))
+        made.append(Cluster(workers, configs, tmp_path))
+        made[-1].start(per_process)
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for item in made:
+            if item.agents is not None:
+                item.agents.close()
+
+
+def iperf_ports(count: int) -> list[int]:
+    return [free_tcp_port() for _ in range(count)]
+
+
+def test_iperf3_pair_runs_with_scheduled_start(cluster: Callable[..., Cluster]) -> None:
+    c = cluster({"server": 2, "client": 2})
+    ports = iperf_ports(2)
+    with c.coordinator() as coord:
+        result = coord.run_pair(servers="server", server_action="iperf3-server",
+                                server_params=lambda w: {"port": ports[w.index]},
+                                clients="client", client_action="iperf3-client",
+                                client_params=lambda w: {"host": "127.0.0.1", "port": ports[w.index], "duration": 1},
+                                start_in=0.3)
+    assert [r.state for r in result.clients] == ["exited", "exited"], result.clients
+    assert all(r.ok for r in result.clients)
+    assert [r.state for r in result.servers] == ["stopped", "stopped"]
+    starts = [r.start_ns for r in result.clients]
+    scheduled = [r.scheduled_ns for r in result.clients]
+    assert None not in starts and None not in scheduled
+    assert max(abs(s - t) for s, t in zip(starts, scheduled, strict=True)) < 5_000_000  # type: ignore[operator]
+    for record in result.clients:
+        report = json.loads(Path(record.stdout or "").read_text())
+        assert report["end"]["sum_received"]["bytes"] > 0
+        samples = [json.loads(line) for line in Path(record.samples or "").read_text().splitlines()]
+        assert samples and "cpu" in samples[0] and "lo" in samples[0]["net"]
+
+
+def test_deadline_kills_a_process_that_never_exits(cluster: Callable[..., Cluster]) -> None:
+    c = cluster({"client": 1})
+    with c.coordinator() as coord:
+        began = time.monotonic()
+        [record] = coord.run("client", "sleep", {"seconds": 300}, deadline_s=1.0, start_in=0.1)
+        elapsed = time.monotonic() - began
+    assert record.state == "failed" and "deadline" in (record.error or "")
+    assert record.rc == -signal.SIGTERM
+    assert elapsed < 4
+    assert not _group_alive(record.pid or 0)
+
+
+def test_stop_kills_the_whole_process_group(cluster: Callable[..., Cluster]) -> None:
+    c = cluster({"server": 1})
+    with c.coordinator() as coord:
+        coord.start("server", "group")
+        coord.wait_ready("server", timeout=5)
+        [status] = coord.status(force=True)
+        assert status.state == "running"
+        [record] = coord.stop("server")
+    assert record.state == "stopped"
+    assert not _group_alive(record.pid or 0)
+
+
+def test_bad_parameters_are_refused_naming_the_host(cluster: Callable[..., Cluster]) -> None:
+    c = cluster({"client": 2})
+    with c.coordinator() as coord, pytest.raises(CoordinatorError, match="client-0.*host") as info:
+        coord.run("client", "iperf3-client", {"host": "127.0.0.1; rm -rf /", "duration": 1})
+    assert "client-1" in str(info.value)
+    with c.coordinator() as coord, pytest.raises(CoordinatorError, match="no action"):
+        coord.run("client", "rm", {})
+
+
+def test_status_is_refused_during_the_timed_phase_unless_forced(cluster: Callable[..., Cluster]) -> None:
+    c = cluster({"client": 1})
+
+    async def scenario() -> None:
+        async with Coordinator(c.workers, env_id=ENV_ID, secret=SECRET) as driver, \
+                Coordinator(c.workers, env_id=ENV_ID, secret=SECRET, claim=False) as onlooker:
+            run = asyncio.create_task(driver.run("client", "sleep", {"seconds": 1.0}, start_in=0.1))
+            await asyncio.sleep(0.4)
+            sent_early = driver.links["client-0"].stats.sent
+            with pytest.raises(CoordinatorError, match="timed phase"):
+                await driver.status()
+            [refused] = await onlooker.status()
+            [forced] = await onlooker.status(force=True)
+            await asyncio.sleep(0.4)
+            assert driver.links["client-0"].stats.sent == sent_early, "the coordinator spoke in the timed phase"
+            [record] = await run
+            assert record.ok
+            assert refused.state == "busy" and "timed phase" in (refused.error or "")
+            assert forced.state == "running"
+
+    asyncio.run(scenario())
+
+
+def test_agent_killed_mid_run_is_reported_lost_and_never_runs_twice(cluster: Callable[..., Cluster]) -> None:
+    c = cluster({"client": 2})
+    assert c.agents is not None
+    victim = c.agents.procs[0]
+    timeouts = Timeouts(report_slack=1.0, request=2.0)
+    with c.coordinator(timeouts=timeouts) as coord:
+        coord.ready()
+        threading_kill = _kill_later(victim.pid, 0.8)
+        began = time.monotonic()
+        with pytest.raises(WorkerLost, match="client-0") as info:
+            coord.run("client", "sleep", {"seconds": 1.5}, start_in=0.2, run_id="lost-run", deadline_s=2.0)
+        threading_kill.join()
+        assert info.value.workers == ["client-0"]
+        # start_in + deadline + report slack + the request that finds it silent, plus scheduling noise
+        assert time.monotonic() - began < 0.2 + 2.0 + 1.0 + 2.0 + 2.0
+        [survivor] = coord.records("lost-run")
+        assert survivor.worker == "client-1" and survivor.ok
+        # The orphaned sleep keeps running until a new agent instance kills it and reports the failure.
+        c.agents.procs[0].wait()
+        restarted = LocalAgents([c.configs[0]], folder=c.folder)
+        try:
+            [late] = coord.collect(timeout=5)
+            assert (late.worker, late.run, late.state) == ("client-0", "lost-run", "failed")
+            assert "agent restarted" in (late.error or "")
+            assert not _group_alive(late.pid or 0)
+            state = json.loads((c.workdir("client-0") / "state.json").read_text())
+            before = next(r for r in state["runs"] if r["run"] == "lost-run")
+            # Asking again for the same run changes nothing: it is answered, not re-applied.
+            with pytest.raises(CoordinatorError, match="already exists on client-0, client-1"):
+                coord.run("client", "sleep", {"seconds": 0.1}, run_id="lost-run", start_in=0.2)
+            state = json.loads((c.workdir("client-0") / "state.json").read_text())
+            after = next(r for r in state["runs"] if r["run"] == "lost-run")
+            assert after["start_wall"] == before["start_wall"] and after["state"] == "failed"
+            [record] = coord.run("client", "true", {}, start_in=0.2)[:1]
+            assert record.ok
+        finally:
+            restarted.close()
+
+
+def test_coordinator_killed_mid_run_then_a_new_one_collects(cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+    c = cluster({"client": 2})
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        from enosnet.coordinator import SyncCoordinator, Worker
+        workers = [Worker(w, "client", "127.0.0.1", p, i) for i, (w, p) in enumerate({[(w.id, w.port) for w in c.workers]!r})]
+        with SyncCoordinator(workers, env_id={ENV_ID!r}, secret={SECRET!r}) as coord:
+            coord.ready()
+            print("armed", flush=True)
+            coord.run("client", "sleep", {{"seconds": 1.0}}, start_in=0.1, run_id="crash-run")
+    """))
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout is not None and driver.stdout.readline().strip() == "armed"
+        time.sleep(0.6)
+        driver.kill()
+    finally:
+        driver.wait()
+    with c.coordinator() as coord:
+        records = coord.collect(timeout=10)
+        assert sorted((r.worker, r.run, r.state, r.rc) for r in records) == [
+            ("client-0", "crash-run", "exited", 0), ("client-1", "crash-run", "exited", 0)]
+        assert coord.collect(timeout=2) == []  # reported once, never again
+        with pytest.raises(CoordinatorError, match="already exists"):
+            coord.run("client", "sleep", {"seconds": 1.0}, start_in=0.2, run_id="crash-run")
+    for worker in ("client-0", "client-1"):
+        state = json.loads((c.workdir(worker) / "state.json").read_text())
+        [run] = [r for r in state["runs"] if r["run"] == "crash-run"]
+        assert run["reported"] and run["start_wall"] == next(r.start_ns for r in records if r.worker == worker)
+
+
+def test_forged_garbled_truncated_oversized_replayed_datagrams_are_counted(cluster: Callable[..., Cluster]) -> None:
+    c = cluster({"client": 1})
+    worker = c.workers[0]
+    target = (worker.address, worker.port)
+    good = encode(MessageType.STATUS, {"force": True}, key=SECRET.encode(), env=env_hash(ENV_ID),
+                  worker=worker.id, session=77, seq=1)
+    stale = encode(MessageType.STATUS, {}, key=SECRET.encode(), env=env_hash(ENV_ID), worker=worker.id,
+                   session=78, seq=1, ts=time.time_ns() - 10**12)
+    forged = encode(MessageType.STOP, {"all": True}, key=b"not-the-secret-at-all", env=env_hash(ENV_ID),
+                    worker=worker.id, session=79, seq=1)
+    garbage = [b"NOPE" + os.urandom(150), good[:60], good[:-3], good + b"\0" * 1300, forged, stale,
+               good[:90] + bytes([good[90] ^ 0xFF]) + good[91:]]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2)
+        sock.sendto(good, target)
+        sock.recvfrom(2048)
+        for data in [*garbage, good, good]:
+            sock.sendto(data, target)
+        with c.coordinator() as coord:
+            [status] = coord.status()
+            for data in garbage:
+                sock.sendto(data, coord.coordinator.address)
+            time.sleep(0.2)
+            rejected = dict(coord.coordinator.rejected)
+    drops = status.counters["drop"]
+    assert drops == {"bad_magic": 1, "truncated": 2, "oversized": 1, "bad_mac": 2, "stale": 1, "replayed": 2}
+    assert status.state == "idle"
+    assert sum(rejected.values()) == len(garbage) and rejected["bad_mac"] == 2
+
+
+def test_many_agents_in_few_processes_complete_a_cycle(cluster: Callable[..., Cluster]) -> None:
+    c = cluster({"client": 40}, per_process=20)
+    with c.coordinator() as coord:
+        coord.ready()
+        records = coord.run("client", "true", {}, start_in=0.2)
+    assert len(records) == 40 and all(r.ok for r in records)
+    starts = [r.start_ns or 0 for r in records]
+    assert max(starts) - min(starts) < 2_000_000_000  # agents sharing a process start one after another
+
+
+def _group_alive(pgid: int) -> bool:
+    from enosnet.coordinator.agent.runtime import _group_members
+
+    return bool(_group_members(pgid))
+
+
+def _kill_later(pid: int, delay: float) -> Any:
+    import threading
+
+    def kill() -> None:
+        time.sleep(delay)
+        os.kill(pid, signal.SIGKILL)
+
+    thread = threading.Thread(target=kill)
+    thread.start()
+    return thread
