@@ -148,7 +148,7 @@ def test_stop_kills_the_whole_process_group(cluster: Callable[..., Cluster]) -> 
 
 def test_bad_parameters_are_refused_naming_the_host(cluster: Callable[..., Cluster]) -> None:
     c = cluster({"client": 2})
-    with c.coordinator() as coord, pytest.raises(CoordinatorError, match="client-0.*host") as info:
+    with c.coordinator() as coord, pytest.raises(CoordinatorError, match=r"client-0.*host") as info:
         coord.run("client", "iperf3-client", {"host": "127.0.0.1; rm -rf /", "duration": 1})
     assert "client-1" in str(info.value)
     with c.coordinator() as coord, pytest.raises(CoordinatorError, match="no action"):
@@ -223,7 +223,8 @@ def test_coordinator_killed_mid_run_then_a_new_one_collects(cluster: Callable[..
     script.write_text(textwrap.dedent(f"""
         import sys
         from enosnet.coordinator import SyncCoordinator, Worker
-        workers = [Worker(w, "client", "127.0.0.1", p, i) for i, (w, p) in enumerate({[(w.id, w.port) for w in c.workers]!r})]
+        pairs = {[(w.id, w.port) for w in c.workers]!r}
+        workers = [Worker(w, "client", "127.0.0.1", p, i) for i, (w, p) in enumerate(pairs)]
         with SyncCoordinator(workers, env_id={ENV_ID!r}, secret={SECRET!r}) as coord:
             coord.ready()
             print("armed", flush=True)

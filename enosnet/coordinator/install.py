@@ -6,13 +6,14 @@ experiments on hosts without Ansible, and the loopback benchmark.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shlex
 import signal
 import subprocess
 import sys
-import tempfile
+import tarfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from enosnet.coordinator.catalogue import DEFAULT_PORT, agent_config
-from enosnet.coordinator.core import Worker
-from enosnet.coordinator.zipapp import build_agent_zipapp
+from enosnet.coordinator.core import Worker, workers_from_roles
+from enosnet.coordinator.zipapp import agent_zipapp_bytes, build_agent_zipapp
 from enosnet.errors import ConfigError, HostsFailed, RemoteError
 from enosnet.model import Host, Roles
 
@@ -56,10 +57,10 @@ def ssh_base(host: Host) -> list[str]:
     return opts
 
 
-def ssh(host: Host, command: str, *, timeout: float = 60.0) -> SshResult:
-    """Run ``command`` (a shell line) on ``host`` over ssh."""
+def ssh(host: Host, command: str, *, timeout: float = 60.0, stdin: bytes | None = None) -> SshResult:
+    """Run ``command`` (a shell line) on ``host`` over ssh, feeding it ``stdin``."""
     argv = ["ssh", *ssh_base(host), "-p", str(host.port), f"{host.user}@{host.address}", command]
-    return _run(host, argv, timeout)
+    return _run(host, argv, timeout, stdin)
 
 
 def scp(host: Host, files: Mapping[str, Path], *, timeout: float = 60.0) -> SshResult:
@@ -77,12 +78,12 @@ def _scp_host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def _run(host: Host, argv: list[str], timeout: float) -> SshResult:
+def _run(host: Host, argv: list[str], timeout: float, stdin: bytes | None = None) -> SshResult:
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        done = subprocess.run(argv, capture_output=True, timeout=timeout, input=stdin or b"")
     except subprocess.TimeoutExpired:
         return SshResult(host, 124, "", f"timed out after {timeout:g} s: {shlex.join(argv[:1])}")
-    return SshResult(host, done.returncode, done.stdout, done.stderr)
+    return SshResult(host, done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
 
 
 def _fan_out(hosts: Sequence[Host], step: Any) -> dict[Host, SshResult]:
@@ -95,38 +96,38 @@ def start_agents_over_ssh(roles: Roles, *, env_id: str, secret: str, actions: Ma
                           python: str = "python3") -> list[Worker]:
     """Copy the agent zipapp and a config to every host of ``roles`` and start it as a supervised daemon.
 
-    Returns the workers to give a ``Coordinator``. Raises ``HostsFailed`` with
+    One ssh connection per host (the files travel as a tar stream on stdin).
+    Returns the workers to give a ``Coordinator``; raises ``HostsFailed`` with
     the per-host results when some hosts fail. Re-running restarts the agents
     (runs they finished stay recorded in their workdir).
     """
-    hosts = roles.all()
-    with tempfile.TemporaryDirectory(prefix="enosnet-agent-") as tmp:
-        pyz = build_agent_zipapp(Path(tmp) / "agent.pyz")
+    pyz = agent_zipapp_bytes()
 
-        def install(host: Host) -> SshResult:
-            host_roles = roles.roles_of(host)
-            config = agent_config(host.name, role=",".join(host_roles), secret=secret, env_id=env_id,
-                                  actions=actions, port=int(host.extra.get("enosnet_agent_port", port)),
-                                  workdir=f"{remote_dir}/work", bind="0.0.0.0")
-            local_cfg = Path(tmp) / f"{host.name}.json"
-            local_cfg.write_text(json.dumps(config, indent=1))
-            local_cfg.chmod(0o600)
-            pidfile = f"{remote_dir}/agent.pid"
-            prep = ssh(host, f"mkdir -p {shlex.quote(remote_dir)} && chmod 700 {shlex.quote(remote_dir)} && "
-                             f"{_stop_line(pidfile)}")
-            if not prep.ok:
-                return prep
-            copied = scp(host, {f"{remote_dir}/agent.pyz": pyz, f"{remote_dir}/agent.json": local_cfg})
-            if not copied.ok:
-                return copied
-            return ssh(host, f"{shlex.quote(python)} {remote_dir}/agent.pyz --config {remote_dir}/agent.json "
-                             f"--daemon --pidfile {pidfile}")
+    def install(host: Host) -> SshResult:
+        config = agent_config(host.name, role=",".join(roles.roles_of(host)), secret=secret, env_id=env_id,
+                              actions=actions, port=int(host.extra.get("enosnet_agent_port", port)),
+                              workdir=f"{remote_dir}/work", bind="0.0.0.0")
+        bundle = _tar({"agent.pyz": (pyz, 0o755), "agent.json": (json.dumps(config, indent=1).encode(), 0o600)})
+        folder, pidfile = shlex.quote(remote_dir), shlex.quote(f"{remote_dir}/agent.pid")
+        command = (f"set -e; mkdir -p {folder}; chmod 700 {folder}; {_stop_line(f'{remote_dir}/agent.pid')}; "
+                   f"tar -x -C {folder}; exec {shlex.quote(python)} {folder}/agent.pyz "
+                   f"--config {folder}/agent.json --daemon --pidfile {pidfile}")
+        return ssh(host, command, stdin=bundle)
 
-        results = _fan_out(hosts, install)
+    results = _fan_out(hosts := roles.all(), install)
     if not all(r.ok for r in results.values()):
-        raise HostsFailed(results, _failure_text("starting agents", results))
-    from enosnet.coordinator.core import workers_from_roles
+        raise HostsFailed(results, _failure_text(f"starting agents on {len(hosts)} hosts", results))
     return workers_from_roles(roles, port=port)
+
+
+def _tar(files: Mapping[str, tuple[bytes, int]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, (data, mode) in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, 0
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def stop_agents_over_ssh(hosts: Sequence[Host], *, remote_dir: str = REMOTE_DIR) -> dict[Host, SshResult]:
