@@ -117,8 +117,11 @@ AWS_VARS = {
 def moto_server() -> Iterator[MotoServer]:
     """moto's server on 127.0.0.1 with a free port, as a subprocess; boto3 reaches it via AWS_ENDPOINT_URL."""
     port = _free_port()
+    # moto checks instance types, AMIs and key pairs in RunInstances only when asked to, as AWS always does
+    strict = {"MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION": "true", "MOTO_ENABLE_AMI_VALIDATION": "true",
+              "MOTO_ENABLE_KEYPAIR_VALIDATION": "true"}
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **strict})
     url = f"http://127.0.0.1:{port}"
     saved = {k: os.environ.get(k) for k in [*AWS_VARS, "AWS_ENDPOINT_URL", "AWS_PROFILE"]}
     try:

@@ -1,0 +1,236 @@
+"""The EC2 provider against a real local EC2 endpoint (moto's server over HTTP).
+
+The addresses moto hands out are not real hosts: every config here turns the
+SSH wait off, and a guard fails any test of this module that opens a socket
+to anything but loopback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+
+from enosnet.config import parse_config
+from enosnet.environment import Environment
+from enosnet.errors import ConfigError, ProviderError
+from enosnet.providers import make_provider
+from enosnet.providers.ec2 import Ec2Provider
+from enosnet.providers.ec2_aws import KILL_AFTER_CALL_VAR
+
+ENOSNET = str(Path(sys.executable).with_name("enosnet"))
+REGION = "us-west-2"
+TWO_ROLES = f"""\
+name: quic
+provider: {{kind: ec2, region: {REGION}, allow_cidr: 203.0.113.7/32, wait_ssh: false, running_timeout: 30,
+           destroy_timeout: 30}}
+roles:
+  server: {{count: 2, instance_type: c5n.large, az: {REGION}a, root_volume_gb: 20}}
+  client: {{count: 1, instance_type: t3.micro, az: {REGION}b, spot: true}}
+"""
+
+
+# ── guards and helpers ──────────────────────────────────────────────────────
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail any connection this process opens to an address other than loopback."""
+    real_connect = socket.socket.connect
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        host = address[0] if isinstance(address, tuple) else address
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            assert ipaddress.ip_address(host).is_loopback, f"test tried to connect to {address}"
+        real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+@pytest.fixture(scope="module")
+def endpoint(moto_server: Any) -> Any:
+    """moto, reset once for this module: re-creating its EC2 backend costs seconds, and every test here
+    releases what it creates (which each test checks)."""
+    moto_server.reset()
+    return moto_server
+
+
+@pytest.fixture
+def ec2(endpoint: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A boto3 EC2 client on the local endpoint, which holds nothing of enosnet at the start."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # a local endpoint does not throttle; fail fast
+    client = boto3.client("ec2", region_name=REGION)
+    assert leftovers(client) == {}, "an earlier test leaked"
+    return client
+
+
+def deploy(tmp_path: Path, text: str = TWO_ROLES, *, name: str = "env") -> Ec2Provider:
+    provider = make_provider(parse_config(text), Environment(tmp_path / name))
+    assert isinstance(provider, Ec2Provider)
+    return provider
+
+
+def leftovers(client: Any) -> dict[str, list[str]]:
+    """Everything of enosnet still there: live instances, security groups and key pairs (by tag or name)."""
+    live = ["pending", "running", "stopping", "stopped"]
+    reservations = client.describe_instances(Filters=[{"Name": "instance-state-name", "Values": live}])
+    instances = [i["InstanceId"] for r in reservations["Reservations"] for i in r["Instances"]
+                 if any(t["Key"].startswith("enosnet:") for t in i.get("Tags", []))]
+    groups = [g["GroupName"] for g in client.describe_security_groups()["SecurityGroups"]
+              if g["GroupName"].startswith("enosnet-") or "enosnet:env" in {t["Key"] for t in g.get("Tags", [])}]
+    keys = [k["KeyName"] for k in client.describe_key_pairs()["KeyPairs"] if k["KeyName"].startswith("enosnet-")]
+    return {k: v for k, v in {"instances": instances, "security_groups": groups, "key_pairs": keys}.items() if v}
+
+
+def tags(resource: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in resource.get("Tags", [])}
+
+
+def enosnet(*args: str, cwd: Path, extra_env: dict[str, str] | None = None,
+            stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", **(extra_env or {})}
+    return subprocess.run([ENOSNET, *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=env,
+                          input=stdin)
+
+
+# ── lifecycle ───────────────────────────────────────────────────────────────
+
+
+def test_full_lifecycle_two_roles_in_two_zones(ec2: Any, tmp_path: Path) -> None:
+    provider = deploy(tmp_path)
+    try:
+        roles, networks = provider.init()
+        state = provider.provider_state
+        ids = state["instances"]
+        assert len(ids) == 3 and sorted(roles) == ["client", "server"]
+        described = {i["InstanceId"]: i for r in ec2.describe_instances(InstanceIds=ids)["Reservations"]
+                     for i in r["Instances"]}
+        by_alias = {tags(i)["Name"]: i for i in described.values()}
+        assert sorted(by_alias) == ["quic-client-0", "quic-server-0", "quic-server-1"]
+        server, client = by_alias["quic-server-0"], by_alias["quic-client-0"]
+        assert server["Placement"]["AvailabilityZone"] == f"{REGION}a"
+        assert client["Placement"]["AvailabilityZone"] == f"{REGION}b"
+        assert server["InstanceType"] == "c5n.large" and client.get("InstanceLifecycle") == "spot"
+        for inst in described.values():
+            t = tags(inst)
+            assert t["enosnet:env"] == state["env_id"] and t["enosnet:owner"] == state["owner"]
+            assert t["enosnet:expires"] == state["expires"] and t["enosnet:role"] in ("server", "client")
+            assert inst["KeyName"] == state["key_pair"]
+        attribute = ec2.describe_instance_attribute(InstanceId=ids[0], Attribute="instanceInitiatedShutdownBehavior")
+        assert attribute["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
+
+        group = ec2.describe_security_groups(GroupIds=[state["security_group"]])["SecurityGroups"][0]
+        rules = {(p["IpProtocol"], p.get("FromPort")): p for p in group["IpPermissions"]}
+        assert rules[("tcp", 22)]["IpRanges"][0]["CidrIp"] == "203.0.113.7/32"
+        assert rules[("udp", 7700)]["IpRanges"][0]["CidrIp"] == "203.0.113.7/32"
+        assert rules[("-1", None)]["UserIdGroupPairs"][0]["GroupId"] == group["GroupId"]
+        assert set(rules) == {("tcp", 22), ("udp", 7700), ("-1", None)}
+        assert tags(group)["enosnet:env"] == state["env_id"]
+
+        key = ec2.describe_key_pairs(KeyNames=[state["key_pair"]])["KeyPairs"][0]
+        assert key["KeyType"] == "ed25519" and tags(key)["enosnet:env"] == state["env_id"]
+        public = Path(f"{provider.env.key_file}.pub").read_text().split()[1]
+        assert provider.env.key_file.stat().st_mode & 0o077 == 0 and public  # private key stays here
+
+        inventory = yaml.safe_load(provider.env.inventory_file.read_text())["all"]
+        assert set(inventory["children"]) == {"server", "client"}
+        assert set(inventory["children"]["server"]["hosts"]) == {"server-0", "server-1"}
+        host = inventory["hosts"]["server-0"]
+        assert host["ansible_host"] == server["PublicIpAddress"] and host["ansible_user"] == "ec2-user"
+        assert host["enosnet_private_address"] == server["PrivateIpAddress"]
+        assert host["ansible_ssh_private_key_file"] == str(provider.env.key_file)
+        assert {n.name for n in networks.values()} == {f"ec2-{REGION}a", f"ec2-{REGION}b"}
+    finally:
+        provider.destroy()
+    assert leftovers(ec2) == {}
+    assert provider.provider_state == {}
+    provider.destroy()  # idempotent
+
+
+def test_second_deploy_reuses_the_instances(ec2: Any, tmp_path: Path) -> None:
+    provider = deploy(tmp_path)
+    try:
+        first, _ = provider.init()
+        ids = sorted(provider.provider_state["instances"])
+        again = deploy(tmp_path)  # a new process would build a new provider from the same config
+        second, _ = again.init()
+        assert second == first and sorted(again.provider_state["instances"]) == ids
+        assert len(leftovers(ec2)["instances"]) == 3
+        # even when the state forgot the hosts, a forced deploy finds them by tag instead of launching more
+        third, _ = again.init(force=True)
+        assert third == first
+        assert len(leftovers(ec2)["instances"]) == 3
+    finally:
+        provider.destroy()
+    assert leftovers(ec2) == {}
+
+
+def test_a_changed_role_replaces_only_its_hosts(ec2: Any, tmp_path: Path) -> None:
+    provider = deploy(tmp_path)
+    try:
+        provider.init()
+        before = {h["alias"]: h["id"] for h in provider.provider_state["hosts"]}
+        changed = deploy(tmp_path, TWO_ROLES.replace("instance_type: t3.micro", "instance_type: t3.small"))
+        changed.init()
+        after = {h["alias"]: h["id"] for h in changed.provider_state["hosts"]}
+        assert after["server-0"] == before["server-0"] and after["server-1"] == before["server-1"]
+        assert after["client-0"] != before["client-0"]
+        old = ec2.describe_instances(InstanceIds=[before["client-0"]])["Reservations"][0]["Instances"][0]
+        assert old["State"]["Name"] in ("shutting-down", "terminated")
+    finally:
+        provider.destroy()
+    assert leftovers(ec2) == {}
+
+
+def test_dry_run_prints_the_plan_and_creates_nothing(ec2: Any, tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(TWO_ROLES)
+    out = enosnet("deploy", "-c", "c.yaml", "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "2 × c5n.large for role server in us-west-2a" in out.stdout
+    assert "1 × t3.micro (spot) for role client in us-west-2b" in out.stdout
+    assert "SSH and agent UDP from 203.0.113.7/32" in out.stdout
+    assert "~$0.23 (approx.) per hour" in out.stdout  # 2 × 0.108 + 0.0104
+    assert leftovers(ec2) == {}
+    assert not (tmp_path / ".enosnet" / "quic" / "inventory.yaml").exists()
+
+
+def test_cli_deploy_status_destroy(ec2: Any, tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(TWO_ROLES)
+    try:
+        out = enosnet("deploy", "-c", "c.yaml", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert "deployed 3 hosts (server: 2, client: 1)" in out.stdout
+        out = enosnet("status", cwd=tmp_path)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.stdout.count("running, up ") == 3 and "ssh:" not in out.stdout  # no SSH probe to moto
+        assert "cost: 3 hosts, ~$0.23 (approx.) per hour" in out.stdout
+        doc = yaml.safe_load(enosnet("status", "--json", cwd=tmp_path).stdout)
+        assert doc["cost"]["hosts"] == 3 and doc["cost"]["accrued"] > 0
+    finally:
+        out = enosnet("destroy", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert leftovers(ec2) == {}
+
+
+def test_status_never_probes_ssh_on_a_local_endpoint(ec2: Any, tmp_path: Path) -> None:
+    provider = deploy(tmp_path)
+    try:
+        provider.init()
+        # the same environment seen through a config that waits for SSH: status still must not probe moto's
+        # addresses (the loopback guard fails this test if it connects anywhere else)
+        checker = deploy(tmp_path, TWO_ROLES.replace("wait_ssh: false", "wait_ssh: true"))
+        rows = checker.status()
+        assert [r.reachable for r in rows] == [True, True, True]
+        assert all("ssh" not in r.detail for r in rows)
+    finally:
+        provider.destroy()
+    assert leftovers(ec2) == {}
