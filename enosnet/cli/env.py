@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from enosnet.cli.common import EnvOption, JsonOption, console, find_env
+from enosnet.cli.common import EnvOption, JsonOption, console, err_console, find_env
 from enosnet.config import load_config
 from enosnet.environment import Environment
-from enosnet.errors import UsageError
+from enosnet.errors import EnosnetError, UsageError
+from enosnet.model import Roles
 from enosnet.providers import make_provider, provider_class
-from enosnet.providers.base import HostStatus
+from enosnet.providers.base import HostStatus, Provider
+
+if TYPE_CHECKING:
+    from enosnet.providers.ec2 import Ec2Provider
 
 
 def register(app: typer.Typer) -> None:
@@ -27,13 +35,20 @@ def register(app: typer.Typer) -> None:
 def deploy(
     config: Annotated[Path, typer.Option("--config", "-c", help="Environment config file (YAML).")],
     env: EnvOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be created (on EC2 with the "
+                                                            "hourly cost estimate); create nothing.")] = False,
+    keep_on_error: Annotated[bool, typer.Option("--keep-on-error", help="When deploy fails, keep what it "
+                                                "acquired (to investigate) instead of releasing it.")] = False,
 ) -> None:
     """Acquire the hosts a config asks for (reusing what exists) and write the inventory."""
     cfg = load_config(config)
     environment = Environment(env) if env else Environment.for_name(cfg.name)
     provider = make_provider(cfg, environment)
+    if dry_run:
+        _print_plan(provider)
+        return
     with console.status(f"acquiring hosts ({cfg.kind} provider)"):
-        roles, _ = provider.init()
+        roles = _acquire(provider, keep_on_error=keep_on_error)
     environment.mark_current()
     counts = ", ".join(f"{role}: {len(hosts)}" for role, hosts in roles.items())
     console.print(f"[green]deployed[/green] {len(roles.all())} hosts ({counts}) in {environment.root}")
@@ -51,9 +66,13 @@ def _provider_for(environment: Environment):  # type: ignore[no-untyped-def]
 def status(env: EnvOption = None, as_json: JsonOption = False) -> None:
     """Show hosts, roles, addresses and whether each answers on SSH."""
     environment = find_env(env)
-    rows = _provider_for(environment).status()
+    provider = _provider_for(environment)
+    rows = provider.status()
     if as_json:
-        console.print_json(json.dumps({"environment": str(environment.root), "hosts": [_row(r) for r in rows]}))
+        doc: dict[str, object] = {"environment": str(environment.root), "hosts": [_row(r) for r in rows]}
+        if (ec2 := _ec2(provider)) is not None:
+            doc["cost"] = dataclasses.asdict(ec2.cost())
+        console.print_json(json.dumps(doc))
         return
     table = Table("host", "roles", "address", "ssh", "detail", title=str(environment.root))
     for r in rows:
@@ -62,6 +81,8 @@ def status(env: EnvOption = None, as_json: JsonOption = False) -> None:
     console.print(table)
     up = sum(r.reachable for r in rows)
     console.print(f"{up} reachable, {len(rows) - up} unreachable, {len(rows)} total")
+    if (ec2 := _ec2(provider)) is not None:
+        console.print(f"cost: {ec2.cost()}")
     if up < len(rows):
         raise typer.Exit(1)
 
@@ -82,9 +103,26 @@ def inventory(env: EnvOption = None) -> None:
 def destroy(
     env: EnvOption = None,
     all_: Annotated[bool, typer.Option("--all", help="Remove every enosnet local host on this machine, "
-                                                     "even without state.")] = False,
+                                                     "even without state (with --provider ec2: every EC2 "
+                                                     "resource enosnet created from here, found by tag).")] = False,
+    provider: Annotated[str, typer.Option("--provider", help="With --all: local or ec2.")] = "local",
+    region: Annotated[str | None, typer.Option("--region", help="With --all --provider ec2: the region "
+                                               "(default: AWS_DEFAULT_REGION / the profile's).")] = None,
+    expired: Annotated[bool, typer.Option("--expired", help="With --all --provider ec2: only what passed its "
+                                          "maximum lifetime.")] = False,
+    any_owner: Annotated[bool, typer.Option("--any-owner", help="With --all --provider ec2: every enosnet "
+                                            "resource of the account, whoever created it (asks first).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Release everything the environment's state names (idempotent)."""
+    if not all_ and (provider != "local" or region or expired or any_owner):
+        raise UsageError("--provider, --region, --expired and --any-owner go with --all")
+    if all_ and provider == "ec2":
+        _sweep_ec2(region=region, expired=expired, any_owner=any_owner, yes=yes)
+        return
+    if all_ and (provider != "local" or region or expired or any_owner):
+        raise UsageError(f"--all --provider {provider}: choose local or ec2 (--region, --expired and "
+                         "--any-owner are for ec2)")
     if all_:
         from enosnet.providers.local import destroy_all
 
@@ -99,3 +137,59 @@ def destroy(
     provider_class(state.get("kind", "local"))
     _provider_for(environment).destroy()
     console.print(f"[green]released[/green] everything of {environment.root}")
+
+
+def _acquire(provider: Provider, *, keep_on_error: bool) -> Roles:
+    """``provider.init()``; when it fails (or is interrupted), release what it acquired unless asked to keep it."""
+    try:
+        roles, _ = provider.init()
+    except BaseException:
+        if keep_on_error:
+            err_console.print(f"[yellow]deploy failed; kept what it acquired[/yellow] (release it with "
+                              f"`enosnet destroy --env {provider.env.root}`)")
+            raise
+        try:
+            provider.destroy()
+            err_console.print("deploy failed; released what it had acquired")
+        except EnosnetError as cleanup:
+            err_console.print(f"[red]deploy failed and releasing failed too:[/red] {escape(str(cleanup))}")
+        raise
+    return roles
+
+
+def _ec2(provider: Provider) -> Ec2Provider | None:
+    """The provider as an EC2 provider, or None (boto3 is imported only when EC2 is used)."""
+    if provider.kind != "ec2":
+        return None
+    from enosnet.providers.ec2 import Ec2Provider
+
+    return provider if isinstance(provider, Ec2Provider) else None
+
+
+def _print_plan(provider: Provider) -> None:
+    if (ec2 := _ec2(provider)) is not None:
+        lines = ec2.plan().lines()
+    else:
+        lines = [f"{spec.count} {provider.kind} hosts for role {role}" for role, spec in provider.config.roles.items()]
+    console.print(f"plan for {provider.env.root} (dry run: nothing created)", soft_wrap=True)
+    for line in lines:
+        console.print(f"  {escape(line)}", soft_wrap=True)
+
+
+def _sweep_ec2(*, region: str | None, expired: bool, any_owner: bool, yes: bool) -> None:
+    from enosnet.providers import ec2_resources as res
+    from enosnet.providers.ec2_aws import Aws
+
+    aws = Aws(region)
+    owner = None if any_owner else res.owner_id()
+    found, problems = res.find(aws, res.tag_filters(owner=owner), expired_at=datetime.now(UTC) if expired else None)
+    whose = "every owner" if any_owner else owner
+    console.print(f"found in {aws.region} ({whose}{', expired only' if expired else ''}): {found.summary()}")
+    if any_owner and found and not yes:
+        typer.confirm("Release all of these, whoever created them?", abort=True)
+    report = res.release(aws, found, deadline=time.monotonic() + 600)
+    console.print(f"[green]released[/green] {report.released.summary()}")
+    for problem in [*problems, *report.problems]:
+        err_console.print(f"[red]not released:[/red] {escape(problem)}", soft_wrap=True)
+    if problems or report.problems:
+        raise typer.Exit(1)
