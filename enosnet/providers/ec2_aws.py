@@ -24,6 +24,7 @@ import boto3
 import botocore.exceptions as bce
 from botocore.client import BaseClient
 from botocore.config import Config
+from botocore.parsers import ResponseParserError
 
 from enosnet.errors import ProviderError
 
@@ -95,6 +96,10 @@ def translated(action: str) -> Iterator[None]:
     except (bce.EndpointConnectionError, bce.ConnectTimeoutError, bce.ReadTimeoutError) as exc:
         raise ProviderError(f"{action}: cannot reach AWS: {exc}", code="EndpointUnreachable",
                             hint=hint_for("EndpointUnreachable")) from exc
+    except ResponseParserError as exc:
+        # e.g. an HTML error page: an endpoint that does not implement the operation, or a proxy in the way
+        raise ProviderError(f"{action}: the endpoint sent an answer that is not AWS's: {str(exc)[:200]}",
+                            code="UnreadableResponse", hint=hint_for("EndpointUnreachable")) from exc
     except bce.BotoCoreError as exc:
         raise ProviderError(f"{action} failed: {exc}", code=type(exc).__name__) from exc
 

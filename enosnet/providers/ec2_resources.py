@@ -160,17 +160,13 @@ def release(aws: Aws, found: Found, *, deadline: float) -> SweepReport:
 
 
 def _terminate(aws: Aws, ids: list[str], deadline: float, problems: list[str]) -> list[str]:
-    pending = list(ids)
-    if pending:
-        try:
+    try:
+        pending = [i for i, d in instance_states(aws, ids).items() if d["State"]["Name"] != "terminated"]
+        if pending:
             aws.call("terminate_instances", InstanceIds=pending)
-        except ProviderError as exc:
-            if exc.code != "InvalidInstanceID.NotFound":
-                problems.append(f"terminating {', '.join(pending)}: {exc}")
-                return []
-            pending = [i for i in pending if _exists(aws, i)]
-            if pending:
-                aws.call("terminate_instances", InstanceIds=pending)
+    except ProviderError as exc:
+        problems.append(f"terminating {', '.join(ids)}: {exc}")
+        return []
     left = wait_for_states(aws, pending, ("terminated",), deadline)
     if left:
         problems.append(f"instances not terminated before the deadline: {', '.join(sorted(left))}")
