@@ -149,8 +149,18 @@ def clear_commands(roles: Roles, conditions: Conditions) -> dict[Host, str]:
     return out
 
 
+def netem_supported(shell: Shell, host: Host) -> bool:
+    """Whether ``host``'s kernel has the netem qdisc (tried on its loopback interface, then removed)."""
+    out = shell.run(host, "tc qdisc add dev lo root handle 1: netem delay 0ms && tc qdisc del dev lo root", timeout=20)
+    return out.ok
+
+
 def _check(results: Mapping[Host, Any], what: str) -> None:
     failed = {h.name: r.stderr.strip()[-200:] for h, r in results.items() if not r.ok}
     if failed:
         detail = "; ".join(f"{name}: {why}" for name, why in sorted(failed.items()))
-        raise RemoteError(f"{what} failed on {len(failed)} host(s): {detail}")
+        hint = ""
+        if "qdisc kind is unknown" in detail:
+            hint = " (this kernel has no netem qdisc: load it with `modprobe sch_netem`, or use a kernel built " \
+                   "with CONFIG_NET_SCH_NETEM)"
+        raise RemoteError(f"{what} failed on {len(failed)} host(s): {detail}{hint}")

@@ -26,6 +26,7 @@ from enosnet.errors import RemoteError
 from enosnet.model import Host
 
 T = TypeVar("T")
+TAR_MARK = "@@ENOSNET-TAR@@"
 
 
 @dataclass(frozen=True)
@@ -81,17 +82,31 @@ class Shell:
         """One command per host, all hosts at once."""
         return fan_out(list(commands), lambda h: self.run(h, commands[h], timeout=timeout))
 
-    def pull_dirs(self, host: Host, parent: str, names: Sequence[str], dest: Path, *, timeout: float = 60.0) -> None:
-        """Copy ``parent/<name>`` folders of ``host`` into ``dest/<name>`` (one tar stream)."""
-        if not names:
-            return
-        command = f"cd {shlex.quote(parent)} && tar -cf - -- {' '.join(shlex.quote(n) for n in names)}"
+    def pull_dirs(self, host: Host, dirs: Sequence[str], dest: Path, *, before: str = "",
+                  timeout: float = 60.0) -> str:
+        """Copy the folders ``dirs`` of ``host`` into ``dest/<basename>`` in one tar stream.
+
+        ``before`` is a shell line run first in the same command; its output is returned.
+        """
+        groups: dict[str, list[str]] = {}
+        for path in dirs:
+            parent, _, name = path.rstrip("/").rpartition("/")
+            groups.setdefault(parent or "/", []).append(name)
+        members = " ".join(f"-C {shlex.quote(parent)} {' '.join(shlex.quote(n) for n in names)}"
+                           for parent, names in groups.items())
+        tar = f"tar -cf - {members}" if dirs else "true"
+        first = f"{{ {before}\n}} 2>&1; printf '\\n'; " if before else ""
+        command = f"{first}printf '{TAR_MARK}\\n'; {tar}"
         out = self.run(host, command, timeout=timeout)
-        if not out.ok:
-            raise RemoteError(f"{host.name}: pulling {', '.join(names)} from {parent} failed: {out.stderr.strip()}")
-        dest.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(fileobj=io.BytesIO(out.stdout), mode="r:") as tar:
-            tar.extractall(dest, filter="data")
+        head, mark, data = out.stdout.partition(f"{TAR_MARK}\n".encode())
+        if not out.ok or not mark:
+            raise RemoteError(f"{host.name}: pulling {', '.join(dirs) or 'nothing'} failed: "
+                              f"{out.stderr.strip() or head.decode(errors='replace')[-300:]}")
+        if dirs:
+            dest.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+                archive.extractall(dest, filter="data")
+        return head.decode(errors="replace").removesuffix("\n")
 
     def close(self) -> None:
         """Stop the master connections."""

@@ -12,6 +12,7 @@ run for what a run can change (qdisc, MTU, congestion control).
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Sequence
 from typing import Literal
@@ -78,6 +79,29 @@ if full:
         out["version." + tool] = text.splitlines()[0] if text else "not installed"
 print(json.dumps(out))
 '''
+
+
+# What a run can change, in plain shell (no interpreter start-up: this runs after every run).
+RUN_PROBE = (
+    "for d in /sys/class/net/*; do n=${d##*/}; [ \"$n\" = lo ] && continue; "
+    "echo \"mtu.$n=$(cat $d/mtu)\"; echo \"qdisc.$n=$(tc qdisc show dev $n 2>/dev/null | tr '\\n' '|')\"; done; "
+    "echo \"sysctl.net.ipv4.tcp_congestion_control=$(cat /proc/sys/net/ipv4/tcp_congestion_control)\"; "
+    "echo \"sysctl.net.core.default_qdisc=$(cat /proc/sys/net/core/default_qdisc)\""
+)
+
+
+def parse_run_probe(host: str, text: str) -> list[HostMeta]:
+    """``HostMeta`` items from ``RUN_PROBE``'s ``key=value`` lines.
+
+    >>> [(m.key, m.value) for m in parse_run_probe("h", "mtu.eth0=1500\\nqdisc.eth0=qdisc noqueue 0: root|")]
+    [('mtu.eth0', '1500'), ('qdisc.eth0', 'qdisc noqueue 0: root')]
+    """
+    items = []
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and re.fullmatch(r"[A-Za-z0-9_.:-]+", key) and value.strip(" |"):
+            items.append(HostMeta(host, key, value.strip(" |"), "probe:run"))
+    return items
 
 
 def probe_command(scope: Scope, address: str, python: str = "python3") -> str:

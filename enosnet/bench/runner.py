@@ -36,7 +36,7 @@ from enosnet.bench.events import (
 )
 from enosnet.bench.hostio import Shell, fan_out
 from enosnet.bench.instrument import cpu_metric, read_agent_samples
-from enosnet.bench.metadata import collect
+from enosnet.bench.metadata import RUN_PROBE, collect, parse_run_probe
 from enosnet.bench.plan import Plan, PlannedRun, make_plan
 from enosnet.bench.spec import Experiment
 from enosnet.coordinator import Coordinator, Timeouts, workers_from_roles
@@ -272,7 +272,7 @@ class _Bench:
         executed: Executed | None = None
         problems: list[str] = []
         try:
-            if conditions is not None:
+            if conditions is not None and conditions.active:
                 await asyncio.to_thread(netem.apply, self.shell, self.roles, conditions)
             executed = await self.driver.execute(coordinator, self.sections[run.key], duration_s=self.spec.duration_s,
                                                  timeout_s=self._timeout())
@@ -287,36 +287,34 @@ class _Bench:
 
     def _after_run(self, executed: Executed | None, folder: Path, conditions: netem.Conditions | None,
                    problems: list[str]) -> list[HostMeta]:
-        """Per host, in parallel: per-run metadata (netem still in place), clear netem, pull outputs."""
-        hosts = list(self.roles.all())
-        metadata, _ = collect(self.shell, hosts, "run")
-        if conditions is not None:
-            try:
-                netem.clear(self.shell, self.roles, conditions)
-            except EnosnetError as exc:
-                problems.append(str(exc))
-        records = list(executed.records) if executed else []
+        """One command per host, all in parallel: per-run metadata (netem still in place), clear netem, pull."""
         by_host: dict[str, list[Labelled]] = {}
-        for item in records:
+        for item in executed.records if executed else []:
             if item.record.run_dir:
                 by_host.setdefault(item.host, []).append(item)
-        pulled = fan_out([self.roles.find(h) for h in by_host], lambda h: self._pull(h, by_host[h.name], folder))
-        problems += [why for why in pulled.values() if why]
+        clear = netem.clear_commands(self.roles, conditions) if conditions is not None and conditions.active else {}
+        outcomes = fan_out(list(self.roles.all()),
+                           lambda h: self._pull(h, by_host.get(h.name, []), folder, clear.get(h)))
+        metadata: list[HostMeta] = []
+        for items, problem in outcomes.values():
+            metadata += items
+            if problem:
+                problems.append(problem)
         return metadata
 
-    def _pull(self, host: Host, items: Sequence[Labelled], folder: Path) -> str | None:
-        parents = {str(Path(i.record.run_dir or "").parent) for i in items}
+    def _pull(self, host: Host, items: Sequence[Labelled], folder: Path,
+              clear: str | None) -> tuple[list[HostMeta], str | None]:
+        before = RUN_PROBE + (f"; {clear}" if clear else "")
+        staging = folder / host.name / ".pull"
         try:
-            for parent in parents:
-                mine = [i for i in items if str(Path(i.record.run_dir or "").parent) == parent]
-                names = [Path(i.record.run_dir or "").name for i in mine]
-                self.shell.pull_dirs(host, parent, names, folder / host.name / ".pull")
-                for item, name in zip(mine, names, strict=True):
-                    (folder / host.name / ".pull" / name).rename(folder / host.name / item.label)
-            (folder / host.name / ".pull").rmdir()
+            text = self.shell.pull_dirs(host, [i.record.run_dir or "" for i in items], staging, before=before)
+            for item in items:
+                (staging / Path(item.record.run_dir or "").name).rename(folder / host.name / item.label)
+            if staging.exists():
+                staging.rmdir()
         except (OSError, EnosnetError) as exc:
-            return f"{host.name}: pulling outputs failed: {exc}"
-        return None
+            return [], f"{host.name}: pulling outputs failed: {exc}"
+        return parse_run_probe(host.name, text), None
 
     def _parse(self, executed: Executed | None, folder: Path, problems: list[str]) -> Measured:
         if executed is None:
