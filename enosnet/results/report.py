@@ -74,7 +74,7 @@ def build_report(source: Environment | str | Path, out_dir: str | Path | None = 
         headline = [m for m in metrics if m in analysis.metrics] or _headline(analysis.metrics)
         plots = all_plots(store, analysis, out / "plots", headline=headline)
         hosts = store.hosts(experiment=analysis.experiment.id)
-        metadata = store.host_metadata(experiment=analysis.experiment.id)
+        metadata = store.host_metadata(experiment=analysis.experiment.id, per_run=True)
         others = [e.name for e in store.experiments() if e.id != analysis.experiment.id]
     page = Page(analysis, plots, hosts, metadata, others, metrics)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,15 +184,24 @@ class Page:
                 for h in self.hosts]
 
     def metadata_table(self) -> tuple[list[str], list[list[str]]]:
-        """Keys as rows, hosts as columns; one ``all hosts`` column when every host agrees."""
+        """One row per key: the value when every host agrees, else each value with its hosts.
+
+        Facts collected per run appear once per host, as their value when it
+        never changed, else as the distinct values with their run counts.
+        """
         hosts = sorted({m.host for m in self.metadata})
         values: dict[str, dict[str, str]] = defaultdict(dict)
         for m in self.metadata:
-            values[m.key][m.host] = m.value
-        uniform = all(len(set(v.values())) == 1 and len(v) == len(hosts) for v in values.values())
-        if uniform:
-            return ["key", "all hosts"], [[k, next(iter(v.values()))] for k, v in sorted(values.items())]
-        return ["key", *hosts], [[k, *(v.get(h, "—") for h in hosts)] for k, v in sorted(values.items())]
+            if m.run_id is None:
+                values[m.key][m.host] = m.value
+        per_run: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for m in self.metadata:
+            if m.run_id is not None:
+                per_run[(f"{m.key} (per run)", m.host)][m.value] += 1
+        for (key, host), seen in per_run.items():
+            values[key][host] = next(iter(seen)) if len(seen) == 1 else "; ".join(
+                f"{v} ({n} runs)" for v, n in sorted(seen.items(), key=lambda x: -x[1]))
+        return ["key", "value (hosts, when they differ)"], [[k, _by_value(v, hosts)] for k, v in sorted(values.items())]
 
     def run_rows(self) -> list[list[str]]:
         return [[str(r.position), combo_text(tuple(r.params.items())), str(r.repetition), r.status, r.reason or "",
@@ -269,6 +278,16 @@ class Page:
                                              self.host_rows()), "", "### Host metadata", "",
                   *_md_table(*self.metadata_table()), ""]
         return "\n".join(lines)
+
+
+def _by_value(by_host: dict[str, str], hosts: Sequence[str]) -> str:
+    """``6.1`` when all hosts agree, else ``6.1 (client-0, client-1); 6.5 (server-0)``."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for host in hosts:
+        groups[by_host.get(host, "—")].append(host)
+    if len(groups) == 1:
+        return next(iter(groups))
+    return "; ".join(f"{value} ({', '.join(names)})" for value, names in groups.items())
 
 
 def _h(text: object) -> str:
