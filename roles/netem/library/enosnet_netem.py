@@ -1,0 +1,300 @@
+#!/usr/bin/python
+"""Ansible module: network emulation with tc, applied as a diff and cleared exactly."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: enosnet_netem
+short_description: Apply or clear tc network emulation (netem, htb, u32, ifb)
+description:
+  - Per interface, egress delay/jitter/loss/rate (htb class + netem leaf) and ingress
+    constraints (redirected through an ifb device created inside the host's network namespace).
+  - Per destination address (IPv4 or IPv6, single address or prefix), an htb class with its own
+    netem leaf selected by a u32 filter on the destination address.
+  - What was applied is recorded in O(state_file); a run with the same specification whose qdiscs
+    are still in place changes nothing, and C(state=absent) removes exactly what was recorded
+    (root and ingress qdiscs, ifb devices), nothing else.
+  - Every tc or ip command that fails is reported with its command line and error; a failed apply
+    removes what it had added so far.
+options:
+  state:
+    description: present (apply), absent (clear) or query (report, change nothing).
+    type: str
+    choices: [present, absent, query]
+    default: present
+  interfaces:
+    description: Per-interface constraints; keys device, delay, jitter, loss, rate, ingress (a dict of delay, jitter, loss, rate).
+    type: list
+    elements: dict
+    default: []
+  destinations:
+    description: Per-destination constraints; keys device, dest, delay, jitter, loss, rate.
+    type: list
+    elements: dict
+    default: []
+  state_file:
+    description: Where the applied specification and what it added are recorded.
+    type: path
+    default: /run/enosnet/netem.json
+  unlimited_rate:
+    description: Rate of htb classes that carry no rate limit.
+    type: str
+    default: 100gbit
+"""
+
+import ipaddress
+import json
+import os
+import re
+import subprocess
+
+from ansible.module_utils.basic import AnsibleModule
+
+TIME = re.compile(r"^\d+(\.\d+)?(us|ms|s)$")
+LOSS = re.compile(r"^\d+(\.\d+)?%$")
+RATE = re.compile(r"^\d+(\.\d+)?(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps|tbps)$")
+DEVICE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+SHAPE_KEYS = ("delay", "jitter", "loss", "rate")
+FORMATS = {"delay": (TIME, "like 20ms, 500us or 1s"), "jitter": (TIME, "like 5ms"),
+           "loss": (LOSS, "like 1% or 0.5%"), "rate": (RATE, "like 100mbit, 1gbit or 10mbps")}
+QUANTUM = "60000"
+
+
+class SpecError(ValueError):
+    """The caller's specification is invalid."""
+
+
+class TcError(RuntimeError):
+    """A tc or ip command failed."""
+
+
+def check_shape(where, shape):
+    """The shape's delay/jitter/loss/rate, each checked against its format."""
+    out = {}
+    for key, value in (shape or {}).items():
+        if key not in SHAPE_KEYS:
+            raise SpecError("%s: unknown key %r (expected %s)" % (where, key, ", ".join(SHAPE_KEYS)))
+        if value in (None, ""):
+            continue
+        pattern, example = FORMATS[key]
+        text = str(value).strip().lower()
+        if not pattern.match(text):
+            raise SpecError("%s.%s=%r: not a %s %s" % (where, key, value, key, example))
+        if key == "loss" and float(text[:-1]) > 100:
+            raise SpecError("%s.loss=%r: above 100%%" % (where, value))
+        out[key] = text
+    if "jitter" in out and "delay" not in out:
+        raise SpecError("%s: jitter needs a delay" % where)
+    return out
+
+
+def check_device(where, device):
+    if not DEVICE.match(str(device or "")):
+        raise SpecError("%s.device=%r: not an interface name (1-15 letters, digits, _.:-)" % (where, device))
+    return str(device)
+
+
+def normalise(interfaces, destinations):
+    """Validated, canonical form of the whole specification (what the state file records)."""
+    spec = {}
+    for i, item in enumerate(interfaces):
+        where = "interfaces[%d]" % i
+        unknown = set(item) - {"device", "ingress", *SHAPE_KEYS}
+        if unknown:
+            raise SpecError("%s: unknown keys %s" % (where, ", ".join(sorted(unknown))))
+        dev = spec.setdefault(check_device(where, item.get("device")), {"egress": {}, "ingress": {}, "dests": []})
+        dev["egress"] = check_shape(where, {k: item.get(k) for k in SHAPE_KEYS})
+        dev["ingress"] = check_shape(where + ".ingress", item.get("ingress"))
+    for i, item in enumerate(destinations):
+        where = "destinations[%d]" % i
+        unknown = set(item) - {"device", "dest", *SHAPE_KEYS}
+        if unknown:
+            raise SpecError("%s: unknown keys %s" % (where, ", ".join(sorted(unknown))))
+        try:
+            net = ipaddress.ip_network(str(item.get("dest")), strict=False)
+        except ValueError:
+            raise SpecError("%s.dest=%r: not an IPv4/IPv6 address or prefix" % (where, item.get("dest")))
+        shape = check_shape(where, {k: item.get(k) for k in SHAPE_KEYS})
+        if not shape:
+            raise SpecError("%s: no delay, loss or rate given" % where)
+        dev = spec.setdefault(check_device(where, item.get("device")), {"egress": {}, "ingress": {}, "dests": []})
+        dev["dests"].append({"dest": str(net), **shape})
+    return spec
+
+
+def ifb_name(device):
+    return ("ifb" + device.replace(".", "").replace(":", ""))[:15]
+
+
+def netem_args(shape):
+    args = []
+    if "delay" in shape:
+        args += ["delay", shape["delay"]] + ([shape["jitter"]] if "jitter" in shape else [])
+    if "loss" in shape:
+        args += ["loss", shape["loss"]]
+    return args
+
+
+def htb_commands(device, default_shape, dests, unlimited):
+    """tc argv lists shaping ``device``'s egress: a default class, one class per destination."""
+    cmds = [["qdisc", "add", "dev", device, "root", "handle", "1:", "htb", "default", "1"]]
+    for minor, shape in [(1, default_shape)] + [(i + 2, d) for i, d in enumerate(dests)]:
+        rate = shape.get("rate", unlimited)
+        cmds.append(["class", "add", "dev", device, "parent", "1:", "classid", "1:%x" % minor,
+                     "htb", "rate", rate, "ceil", rate, "quantum", QUANTUM])
+        if netem_args(shape):
+            cmds.append(["qdisc", "add", "dev", device, "parent", "1:%x" % minor, "handle", "%x:" % (minor + 16),
+                         "netem", "limit", "100000"] + netem_args(shape))
+    for i, dest in enumerate(dests):
+        net = ipaddress.ip_network(dest["dest"])
+        proto, match = ("ip", "ip") if net.version == 4 else ("ipv6", "ip6")
+        cmds.append(["filter", "add", "dev", device, "parent", "1:", "protocol", proto, "prio", str(net.version),
+                     "u32", "match", match, "dst", str(net), "flowid", "1:%x" % (i + 2)])
+    return cmds
+
+
+def plan(spec, unlimited):
+    """Steps to apply ``spec``: (argv, undo argv or None), in order."""
+    steps = []
+    for device, dev in sorted(spec.items()):
+        if dev["egress"] or dev["dests"]:
+            undo = ["tc", "qdisc", "del", "dev", device, "root"]
+            for i, cmd in enumerate(htb_commands(device, dev["egress"], dev["dests"], unlimited)):
+                steps.append((["tc"] + cmd, undo if i == 0 else None))
+        if dev["ingress"]:
+            ifb = ifb_name(device)
+            steps.append((["ip", "link", "add", ifb, "type", "ifb"], ["ip", "link", "del", ifb]))
+            steps.append((["ip", "link", "set", ifb, "up"], None))
+            steps.append((["tc", "qdisc", "add", "dev", device, "handle", "ffff:", "ingress"],
+                          ["tc", "qdisc", "del", "dev", device, "ingress"]))
+            steps.append((["tc", "filter", "add", "dev", device, "parent", "ffff:", "protocol", "all", "u32",
+                           "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", ifb], None))
+            for cmd in htb_commands(ifb, dev["ingress"], [], unlimited):
+                steps.append((["tc"] + cmd, None))
+    return steps
+
+
+def run(argv):
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    if proc.returncode != 0:
+        why = (proc.stderr or proc.stdout).strip()
+        if "qdisc kind is unknown" in why:
+            why += " (this kernel lacks that qdisc: load it, e.g. modprobe sch_%s, or use a kernel built with it)" % next(
+                (t for t in argv if t in ("netem", "htb", "ingress", "mirred")), "?")
+        raise TcError("`%s` failed (rc %d): %s" % (" ".join(argv), proc.returncode, why))
+    return proc.stdout
+
+
+def undo_all(undos):
+    """Run undo commands, last added first; returns the errors of those that failed."""
+    errors = []
+    for argv in reversed(undos):
+        try:
+            run(argv)
+        except TcError as exc:
+            errors.append(str(exc))
+    return errors
+
+
+def apply_steps(steps):
+    """Run every step; on a failure undo what was added and raise the failure."""
+    undos = []
+    for argv, undo in steps:
+        try:
+            run(argv)
+        except TcError as exc:
+            leftovers = undo_all(undos)
+            extra = ("; rollback also failed: " + "; ".join(leftovers)) if leftovers else ""
+            raise TcError(str(exc) + extra)
+        if undo:
+            undos.append(undo)
+    return undos
+
+
+def load_state(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def save_state(path, data):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def still_in_place(spec):
+    """Whether the qdiscs a recorded spec added are still there (a reboot or a hand `tc del` removes them)."""
+    for device, dev in spec.items():
+        shown = run(["tc", "qdisc", "show", "dev", device])
+        if (dev["egress"] or dev["dests"]) and "qdisc htb 1: root" not in shown:
+            return False
+        if dev["ingress"] and "qdisc ingress ffff:" not in shown:
+            return False
+    return True
+
+
+def show(spec):
+    devices = sorted(set(spec) | {ifb_name(d) for d, v in spec.items() if v["ingress"]})
+    return {d: run(["tc", "qdisc", "show", "dev", d]).strip() for d in devices}
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "state": {"type": "str", "choices": ["present", "absent", "query"], "default": "present"},
+            "interfaces": {"type": "list", "elements": "dict", "default": []},
+            "destinations": {"type": "list", "elements": "dict", "default": []},
+            "state_file": {"type": "path", "default": "/run/enosnet/netem.json"},
+            "unlimited_rate": {"type": "str", "default": "100gbit"},
+        },
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        spec = normalise(params["interfaces"], params["destinations"])
+        if not RATE.match(params["unlimited_rate"]):
+            raise SpecError("unlimited_rate=%r: not a rate like 100gbit" % params["unlimited_rate"])
+    except SpecError as exc:
+        module.fail_json(msg="invalid netem specification: %s" % exc)
+    recorded = load_state(params["state_file"])
+    try:
+        result = act(module, params, spec, recorded)
+    except TcError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+def act(module, params, spec, recorded):
+    path = params["state_file"]
+    if params["state"] == "query":
+        current = recorded["spec"] if recorded else {}
+        return {"changed": False, "spec": current, "tc": show(current)}
+    if params["state"] == "absent" or not spec:
+        if not recorded:
+            return {"changed": False, "spec": {}}
+        if not module.check_mode:
+            errors = undo_all(recorded["undo"])
+            if errors:
+                raise TcError("clearing netem: " + "; ".join(errors))
+            os.unlink(path)
+        return {"changed": True, "spec": {}, "removed": recorded["spec"]}
+    if recorded and recorded["spec"] == spec and still_in_place(spec):
+        return {"changed": False, "spec": spec}
+    steps = plan(spec, params["unlimited_rate"])
+    if module.check_mode:
+        return {"changed": True, "spec": spec, "commands": [" ".join(a) for a, _ in steps]}
+    if recorded:
+        undo_all(recorded["undo"])
+        os.unlink(path)
+    undos = apply_steps(steps)
+    save_state(path, {"spec": spec, "undo": undos})
+    return {"changed": True, "spec": spec, "commands": [" ".join(a) for a, _ in steps]}
+
+
+if __name__ == "__main__":
+    main()
