@@ -5,10 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBS := openssh-server openssh-client iproute2 iputils-ping util-linux iperf3 pssh tcpdump ethtool \
+DEBS := openssh-server openssh-client iproute2 iputils-ping util-linux iperf3 pssh tcpdump ethtool nftables \
         procps psmisc sqlite3 chromium
 
-.PHONY: deps venv demo test lint typecheck check clean
+.PHONY: deps venv demo test lint lint-ansible typecheck check clean
 
 deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -32,10 +32,13 @@ demo: deps venv
 lint: venv
 	$(BIN)/ruff check enosnet tests benchmarks examples
 
+lint-ansible: venv
+	$(BIN)/ansible-lint --profile production roles playbooks
+
 typecheck: venv
 	$(BIN)/mypy
 
-test: deps venv lint typecheck
+test: deps venv lint lint-ansible typecheck
 	$(BIN)/pytest
 
 clean:
