@@ -45,6 +45,7 @@ BARE_DOWN = r"""
 n=$1; dir=$2
 for i in $(seq 1 $n); do kill $(cat $dir/sshd$i.pid 2>/dev/null) 2>/dev/null; ip netns del bare$i; done
 ip link del bbare
+while ip -br link | grep -q '^bare'; do sleep 0.05; done  # veths vanish asynchronously
 """
 
 

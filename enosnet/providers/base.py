@@ -140,10 +140,10 @@ class Provider(abc.ABC):
         return f"{type(self).__name__}({self.env.root})"
 
 
-def probe_ssh(host: Host, timeout: float = 2.0) -> tuple[bool, str]:
+def probe_ssh(host: Host, timeout: float = 2.0, connect_timeout: float | None = None) -> tuple[bool, str]:
     """Whether ``host`` answers on its SSH port with an SSH banner."""
     try:
-        with socket.create_connection((host.address, host.port), timeout=timeout) as sock:
+        with socket.create_connection((host.address, host.port), timeout=connect_timeout or timeout) as sock:
             sock.settimeout(timeout)
             banner = sock.recv(64)
     except OSError as exc:
@@ -153,15 +153,17 @@ def probe_ssh(host: Host, timeout: float = 2.0) -> tuple[bool, str]:
     return False, "no SSH banner"
 
 
-def wait_ssh(hosts: list[Host], deadline: float, interval: float = 0.05) -> list[Host]:
+def wait_ssh(hosts: list[Host], deadline: float, interval: float = 0.02) -> list[Host]:
     """Wait until every host answers on SSH or ``deadline`` (monotonic) passes.
 
-    Returns the hosts that never answered.
+    Returns the hosts that never answered. Connection attempts time out fast:
+    a SYN sent before the host's address is up is otherwise retransmitted only
+    after TCP's initial 1 s timeout.
     """
     pending = list(hosts)
     while pending and time.monotonic() < deadline:
         with ThreadPoolExecutor(max_workers=min(64, len(pending))) as pool:
-            answers = list(pool.map(lambda h: probe_ssh(h, timeout=1.0)[0], pending))
+            answers = list(pool.map(lambda h: probe_ssh(h, timeout=2.0, connect_timeout=0.1)[0], pending))
         pending = [h for h, ok in zip(pending, answers, strict=True) if not ok]
         if pending:
             time.sleep(interval)

@@ -80,6 +80,10 @@ class Names:
     def bridge_pattern(prefix: str) -> re.Pattern[str]:
         return re.compile(rf"^{re.escape(prefix)}b[0-9a-f]{{6}}$")
 
+    @staticmethod
+    def veth_pattern(prefix: str) -> re.Pattern[str]:
+        return re.compile(rf"^{re.escape(prefix)}[0-9a-f]{{6}}\d+$")
+
 
 class LocalProvider(Provider):
     """Hosts made of namespaces on this machine (``provider: {kind: local}``)."""
@@ -110,7 +114,9 @@ class LocalProvider(Provider):
                       "address": str(addresses[n + 1])} for n, (role, i) in enumerate(plan)]
             self.save_provider_state(prefix=names.prefix, tag=names.tag, bridge=names.bridge, subnet=str(subnet),
                                      gateway=str(gateway), hosts=hosts)
+            remove_stale(names, hosts)
             create_links(names.bridge, f"{gateway}/{subnet.prefixlen}", hosts)
+            fast_arp(names.bridge)
         self._boot(hosts, subnet.prefixlen, host_key)
         roles = self._roles(hosts, key)
         write_known_hosts(self.env.known_hosts, Path(f"{host_key}.pub").read_text().split()[:2], hosts)
@@ -164,9 +170,9 @@ class LocalProvider(Provider):
         if not state:
             return
         require_root_and_tools()
-        netns = [h["netns"] for h in state.get("hosts", [])]
-        pids = [h["pid"] for h in state.get("hosts", []) if h.get("pid")]
-        remove_hosts(netns, [state["bridge"]] if state.get("bridge") else [], pids)
+        hosts = state.get("hosts", [])
+        links = [h["veth"] for h in hosts] + ([state["bridge"]] if state.get("bridge") else [])
+        remove_hosts([h["netns"] for h in hosts], links, [h["pid"] for h in hosts if h.get("pid")])
         self.env.update_state(provider={})
 
     def enter(self, host: Host) -> list[str]:
@@ -225,6 +231,15 @@ def allocate_subnet(pool: ipaddress.IPv4Network, count: int,
                         hint="destroy unused environments (enosnet destroy --all)")
 
 
+def remove_stale(names: Names, hosts: list[dict[str, Any]]) -> None:
+    """Remove leftovers that carry the names this environment is about to use."""
+    links = [names.bridge, *(h["veth"] for h in hosts)]
+    netns = [h["netns"] for h in hosts]
+    present = {link["ifname"] for link in _ip_json("link", "show")}
+    if present & set(links) or set(netns) & set(_netns_names()):
+        remove_hosts(netns, links, [])
+
+
 def create_links(bridge: str, gateway: str, hosts: list[dict[str, Any]]) -> None:
     lines = [f"link add {bridge} type bridge", f"addr add {gateway} dev {bridge}", f"link set {bridge} up"]
     for h in hosts:
@@ -232,6 +247,11 @@ def create_links(bridge: str, gateway: str, hosts: list[dict[str, Any]]) -> None
                   f"link add {h['veth']} type veth peer name eth0 netns {h['netns']}",
                   f"link set {h['veth']} master {bridge} up"]
     _ip_batch(lines, what="creating the bridge and host links")
+
+
+def fast_arp(bridge: str) -> None:
+    """Retry ARP every 50 ms on the bridge (not 1 s): the first probe of a booting host often goes unanswered."""
+    Path(f"/proc/sys/net/ipv4/neigh/{bridge}/retrans_time_ms").write_text("50\n")
 
 
 def write_known_hosts(path: Path, key: list[str], hosts: list[dict[str, Any]]) -> None:
@@ -245,15 +265,20 @@ def nsenter_argv(pid: int) -> list[str]:
     return ["nsenter", "-t", str(target), "-n", "-m", "-u", "-p", "--"]
 
 
-def remove_hosts(netns: list[str], bridges: list[str], pids: list[int], deadline: float = 20.0) -> None:
-    """Kill everything in these hosts, delete their namespaces and bridges, wait until links are gone."""
+def remove_hosts(netns: list[str], links: list[str], pids: list[int], deadline: float = 20.0) -> None:
+    """Kill everything in these hosts, delete their links and namespaces, wait until the links are gone.
+
+    Veths are deleted explicitly (one end takes the pair with it) rather than
+    left to the namespace's destruction, which the kernel may defer while
+    anything still references the namespace.
+    """
     _kill_inits(pids)
     _kill_in_netns(netns)
+    present = {link["ifname"] for link in _ip_json("link", "show")}
+    _ip_batch([f"link del {name}" for name in links if name in present], what="deleting links", check=False)
     existing = [n for n in netns if (NETNS_DIR / n).exists()]
     _ip_batch([f"netns del {n}" for n in existing], what="deleting network namespaces", check=False)
-    links = {link["ifname"] for link in _ip_json("link", "show")}
-    _ip_batch([f"link del {b}" for b in bridges if b in links], what="deleting bridges", check=False)
-    _wait_netns_gone(netns, time.monotonic() + deadline)
+    _wait_links_gone(links, time.monotonic() + deadline)
 
 
 def destroy_all(prefix: str | None = None) -> list[str]:
@@ -264,11 +289,10 @@ def destroy_all(prefix: str | None = None) -> list[str]:
     require_root_and_tools()
     prefix = prefix or prefix_from_env()
     netns = [n for n in _netns_names() if Names.netns_pattern(prefix).match(n)]
-    bridges = [link["ifname"] for link in _ip_json("link", "show")
-               if Names.bridge_pattern(prefix).match(link["ifname"])]
-    pids = _hostinit_pids(prefix)
-    remove_hosts(netns, bridges, pids)
-    return netns + bridges
+    links = [link["ifname"] for link in _ip_json("link", "show")
+             if Names.bridge_pattern(prefix).match(link["ifname"]) or Names.veth_pattern(prefix).match(link["ifname"])]
+    remove_hosts(netns, links, _hostinit_pids(prefix))
+    return netns + links
 
 
 def _hostinit_pids(prefix: str) -> list[int]:
@@ -322,13 +346,11 @@ def _kill_in_netns(netns: list[str]) -> None:
                 continue
 
 
-def _wait_netns_gone(netns: list[str], deadline: float) -> None:
-    """Wait until the veths of these hosts vanished (the kernel removes them asynchronously)."""
-    prefixes = tuple(n.rsplit("-", 2)[0] + n.rsplit("-", 2)[1] for n in netns)
-    while time.monotonic() < deadline:
-        left = [link["ifname"] for link in _ip_json("link", "show")
-                if prefixes and link["ifname"].startswith(prefixes)]
-        if not left:
+def _wait_links_gone(links: list[str], deadline: float) -> None:
+    """Wait until these links vanished (the kernel removes them asynchronously)."""
+    wanted = set(links)
+    while wanted and time.monotonic() < deadline:
+        if not wanted & {link["ifname"] for link in _ip_json("link", "show")}:
             return
         time.sleep(0.05)
 
