@@ -30,7 +30,7 @@ demo: deps venv
 	$(BIN)/python examples/demo.py
 
 lint: venv
-	$(BIN)/ruff check enosnet tests benchmarks examples
+	$(BIN)/ruff check .
 
 lint-ansible: venv
 	$(BIN)/ansible-lint --profile production roles playbooks
