@@ -174,6 +174,7 @@ class _Bench:
         if checks.failed and not self.options.force:
             raise CheckFailed(checks.summary() + "\n(results stored; fix the environment, or pass --force to "
                               "measure anyway, which the report will flag)")
+        await asyncio.to_thread(self.driver.prepare, self.shell, list(self.sections.values()))
         store.add_hosts(exp_id, self._host_records())
         store.add_metadata(exp_id, metadata)
         self._emit(ExperimentStarted(self.spec.name, exp_id, len(todo.runs), len(self.plan.runs) - len(todo.runs),

@@ -111,6 +111,7 @@ class NetbenchSection(Strict):
     client_role: str = "client"
     port: int = Field(4433, ge=1, le=65535)
     trace: Literal["disabled", "throughput", "stdio"] | None = None
+    scenario_dir: str = "/var/lib/enosnet/scenarios"
 
     @model_validator(mode="after")
     def _one_source(self) -> NetbenchSection:
@@ -181,7 +182,13 @@ class Experiment(Strict):
 
     @property
     def parameter_names(self) -> list[str]:
-        return [name for axis in _axes(self.parameters) for name in axis[0]]
+        names = [name for axis in _axes(self.parameters) for name in axis[0]]
+        return names + (["driver"] if self._driver_axis else [])
+
+    @property
+    def _driver_axis(self) -> bool:
+        """netbench compares its ``drivers`` as if they were a parameter named ``driver``."""
+        return self.driver == "netbench" and self.netbench is not None and "driver" not in self.parameters
 
     @property
     def effective_seed(self) -> int:
@@ -206,12 +213,16 @@ class Experiment(Strict):
             for (names, _), pick in zip(axes, picks, strict=True):
                 combo.update(zip(names, pick, strict=True))
             combos.append(combo)
+        if self._driver_axis and self.netbench is not None:
+            combos = [{**combo, "driver": name} for combo in combos for name in self.netbench.drivers]
         return combos
 
     def driver_section(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The driver's section with this run's parameters substituted."""
         section = self.iperf3 if self.driver == "iperf3" else self.netbench
         data = (section or Iperf3Section()).model_dump()
+        if self.driver == "netbench" and self.netbench is not None:
+            data["driver"] = params.get("driver", self.netbench.drivers[0])
         return dict(substitute(data, {**params, "duration": self.duration_s}))
 
     def netem_section(self, params: Mapping[str, Any]) -> dict[str, Any] | None:

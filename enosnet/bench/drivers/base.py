@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from enosnet.bench.hostio import Shell
 from enosnet.coordinator import Coordinator, WorkerRecord
 from enosnet.model import Host, Roles
 from enosnet.results.store import Metric, Sample
@@ -35,6 +36,7 @@ class Executed:
 
     records: Sequence[Labelled]
     scheduled_ns: int | None = None
+    context: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def clients(self) -> list[Labelled]:
@@ -81,7 +83,7 @@ class Driver(abc.ABC):
     def parse(self, executed: Executed, folder: Path, *, started_ns: int | None) -> Measured:
         """Metrics and samples from the pulled outputs in ``folder`` (``<host>/<label>/``)."""
 
-    def prepare(self, section: Mapping[str, Any]) -> None:  # noqa: B027  (optional hook)
+    def prepare(self, shell: Shell, sections: Sequence[Mapping[str, Any]]) -> None:  # noqa: B027  (optional hook)
         """Anything to do on the hosts before the first run (e.g. copy a scenario file)."""
 
     @property

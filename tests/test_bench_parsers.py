@@ -1,0 +1,91 @@
+"""Parsers of what hosts produce: iperf3 -J (real outputs from iperf3 on loopback), collector JSON lines,
+agent samples, the metadata probe and the check helpers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from enosnet.bench.checks import listening_ports, parse_ping
+from enosnet.bench.drivers.iperf3 import parse_client_json
+from enosnet.bench.drivers.netbench import parse_collector
+from enosnet.bench.instrument import parse_agent_samples
+from enosnet.bench.metadata import PROBE, RUN_PROBE, parse_metadata, parse_run_probe
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def metrics(path: str) -> dict[str, float]:
+    parsed = parse_client_json((FIXTURES / "iperf3" / path).read_text(), host="c0")
+    assert not parsed.problems
+    return {m.name: m.value for m in parsed.metrics}
+
+
+def test_iperf3_summary_metrics_come_from_the_receiver_and_sender_sums() -> None:
+    data = json.loads((FIXTURES / "iperf3" / "client-reno.json").read_text())
+    values = metrics("client-reno.json")
+    assert values["throughput"] == data["end"]["sum_received"]["bits_per_second"]
+    assert values["throughput_sent"] == data["end"]["sum_sent"]["bits_per_second"]
+    assert values["rtt_mean"] == data["end"]["streams"][0]["sender"]["mean_rtt"] / 1000
+    assert values["cpu_local"] == data["end"]["cpu_utilization_percent"]["host_total"]
+    assert values["retransmits"] == 0
+
+
+def test_iperf3_parallel_streams_are_summed_and_intervals_become_samples() -> None:
+    data = json.loads((FIXTURES / "iperf3" / "client-parallel2.json").read_text())
+    parsed = parse_client_json(json.dumps(data), host="c0")
+    values = {m.name: m.value for m in parsed.metrics}
+    assert values["retransmits"] == data["end"]["sum_sent"]["retransmits"]
+    throughput = [s for s in parsed.samples if s.series == "throughput"]
+    assert [s.value for s in throughput] == [i["sum"]["bits_per_second"] for i in data["intervals"]]
+    assert all(s.unit == "bit/s" and s.host == "c0" for s in throughput)
+
+
+def test_an_iperf3_error_is_a_problem_even_with_exit_status_zero() -> None:
+    # iperf3 3.12 exits 0 with -J when the connection is refused: the JSON's "error" is what tells
+    parsed = parse_client_json((FIXTURES / "iperf3" / "client-refused.json").read_text(), host="c0")
+    assert parsed.problems == ["c0: iperf3: unable to connect to server: Connection refused"]
+    assert parsed.metrics == []
+
+
+def test_collector_lines_become_throughput_cpu_and_memory() -> None:
+    lines = [json.dumps({"pid": 7, "driver": "d", "scenario": "s", "start_time": {}, "traces": []}),
+             json.dumps({"t": 1000, "cpu": 40.0, "memory": 1000, "receive": {"0:0": {"count": 2, "total": 250_000},
+                                                                           "1:0": {"count": 1, "total": 250_000}}}),
+             json.dumps({"t": 2000, "cpu": 60.0, "memory": 3000, "send": {"0:0": {"count": 1, "total": 125_000}}})]
+    parsed = parse_collector(lines, host="s0")
+    values = {m.name: m.value for m in parsed.metrics}
+    assert values == {"throughput": 2e6, "throughput_sent": 5e5, "bytes_received": 5e5, "cpu": 50.0,
+                      "memory_max": 3000.0}
+    assert [(s.t, s.value) for s in parsed.samples if s.series == "throughput"] == [(1.0, 4e6), (2.0, 0.0)]
+    assert parse_collector(["not json"], host="s0").problems[-1] == "s0: collector output has no header line"
+
+
+def test_agent_samples_give_cpu_and_the_busiest_interface() -> None:
+    eth0 = [1000] + [0] * 7 + [500] + [0] * 7  # rx bytes, …, tx bytes, …
+    lines = [json.dumps({"t": 0, "cpu": [0, 0, 0, 100, 0], "net": {"lo": [10**9] + [0] * 15, "eth0": [0] * 16}}),
+             json.dumps({"t": 2 * 10**9, "cpu": [50, 0, 50, 200, 0],
+                         "net": {"lo": [2 * 10**9] + [0] * 15, "eth0": eth0}})]
+    samples = parse_agent_samples(lines, host="h", start_ns=10**9)
+    assert [(s.series, s.t, s.value) for s in samples] == [("cpu", 1.0, 50.0), ("net_rx", 1.0, 4000.0),
+                                                           ("net_tx", 1.0, 2000.0)]
+
+
+def test_the_metadata_probes_run_here_and_parse() -> None:
+    full = subprocess.run(["python3", "-c", PROBE, "experiment", "127.0.0.1"], capture_output=True, text=True,
+                          timeout=30, check=True).stdout
+    items = {m.key: m.value for m in parse_metadata("h", full, source="probe")}
+    assert items["net.iface"] == "lo" and items["kernel"] and int(items["cpu.count"]) >= 1
+    assert items["version.iperf3"].startswith("iperf 3")
+    assert "sysctl.net.ipv4.tcp_congestion_control" in items
+    per_run = subprocess.run(["sh", "-c", RUN_PROBE], capture_output=True, text=True, timeout=30, check=True).stdout
+    keys = {m.key for m in parse_run_probe("h", per_run)}
+    assert "sysctl.net.ipv4.tcp_congestion_control" in keys and any(k.startswith("qdisc.") for k in keys)
+
+
+def test_check_helpers() -> None:
+    assert parse_ping("rtt min/avg/max/mdev = 0.051/0.070/0.093/0.015 ms") == 0.00007
+    assert parse_ping("100% packet loss") is None
+    table = "sl local rem st\n 0: 0100007F:1451 00000000:0000 0A\n 1: 0100007F:1452 0100007F:9999 01\n"
+    assert listening_ports(table) == {5201}
