@@ -665,15 +665,19 @@ class Coordinator:
     async def collect(self, *, timeout: float = 30.0) -> list[WorkerRecord]:
         """Re-attach: take over the agents and gather every run they finished but never reported.
 
-        Runs still active are waited for (up to ``timeout``); nothing is started
-        again. Returns every record this coordinator has not returned yet.
+        Jobs still active are waited for (up to ``timeout``); services still
+        running become the active run of their role (``stop(role)`` ends them).
+        Nothing is started again. Returns every record not returned yet.
         """
         links = list(self.links.values())
         payload = {"force": True, "resend": True, "claim": True}
         replies = await self._fan_out(links, MessageType.STATUS, lambda _l: payload,
                                       timeout=self.timeouts.request, what="collect")
-        expected = {(str(run.get("run")), worker) for worker, msg in replies.items()
-                    for run in msg.payload.get("runs") or [] if isinstance(run, dict)}
+        runs = [(worker, run) for worker, msg in replies.items() for run in msg.payload.get("runs") or []
+                if isinstance(run, dict)]
+        self._adopt_services(runs)
+        expected = {(str(run.get("run")), worker) for worker, run in runs
+                    if run.get("kind") != "service" or run.get("state") in FINISHED}
         ok = await self._wait_until(lambda: expected <= set(self._records), timeout)
         if not ok:
             late = sorted({worker for run, worker in expected if (run, worker) not in self._records})
@@ -681,6 +685,15 @@ class Coordinator:
         fresh = sorted(set(self._records) - self._delivered)
         self._delivered.update(fresh)
         return [self._records[key] for key in fresh]
+
+
+    def _adopt_services(self, runs: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Services found running on re-attach become the active run of their role, so stop(role) works."""
+        for worker_id, run in runs:
+            if run.get("kind") == "service" and run.get("state") in ("armed", "running"):
+                for worker in self.workers:
+                    if worker.id == worker_id:
+                        self._active.setdefault(worker.role, str(run.get("run")))
 
 
 class _NoAnswer(Exception):

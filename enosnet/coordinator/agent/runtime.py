@@ -349,8 +349,12 @@ class Agent:
         runs = [r for r in self.runs.values() if r.state not in FINISHED or not r.reported]
         return {"role": self.cfg.role, "pid": os.getpid(), "state": self.state(), "v": VERSION,
                 "up": round(time.monotonic() - self.started, 1), "ctr": self.counters,
-                "runs": [{"run": r.run, "action": r.action, "state": r.state, "rc": r.rc}
+                "runs": [{"run": r.run, "action": r.action, "state": r.state, "rc": r.rc, "kind": self._kind(r)}
                          for r in runs[-STATUS_RUNS:]], "t1": time.time_ns()}
+
+    def _kind(self, run: Run) -> str:
+        action = self.cfg.actions.get(run.action)
+        return action.kind if action is not None else "job"
 
     def _run_reply(self, run: Run) -> dict[str, Any]:
         return {"run": run.run, "state": run.state, "pid": run.pid, "rc": run.rc, "error": run.error,
