@@ -21,7 +21,7 @@ from enosnet.environment import Environment
 from enosnet.providers import make_provider
 from enosnet.providers.ec2_aws import KILL_AFTER_CALL_VAR
 from tests.test_ec2_provider import REGION, endpoint, enosnet, leftovers, loopback_only  # noqa: F401
-from tests.test_ec2_provider import ec2 as ec2  # noqa: F401  (fixture)
+from tests.test_ec2_provider import ec2 as ec2
 
 ONE_EACH = f"""\
 name: kill

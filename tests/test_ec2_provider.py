@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,10 +21,8 @@ import yaml
 
 from enosnet.config import parse_config
 from enosnet.environment import Environment
-from enosnet.errors import ConfigError, ProviderError
 from enosnet.providers import make_provider
 from enosnet.providers.ec2 import Ec2Provider
-from enosnet.providers.ec2_aws import KILL_AFTER_CALL_VAR
 
 ENOSNET = str(Path(sys.executable).with_name("enosnet"))
 REGION = "us-west-2"
