@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from enosnet.cli.agents import agents_of, print_agents
 from enosnet.cli.common import EnvOption, JsonOption, console, err_console, find_env
 from enosnet.config import load_config
 from enosnet.environment import Environment
@@ -64,12 +65,14 @@ def _provider_for(environment: Environment):  # type: ignore[no-untyped-def]
 
 
 def status(env: EnvOption = None, as_json: JsonOption = False) -> None:
-    """Show hosts, roles, addresses and whether each answers on SSH."""
+    """Show hosts, roles, addresses, whether each answers on SSH, and its agent (state, clock, datagrams)."""
     environment = find_env(env)
     provider = _provider_for(environment)
     rows = provider.status()
+    agents = agents_of(environment, rows)
     if as_json:
-        doc: dict[str, object] = {"environment": str(environment.root), "hosts": [_row(r) for r in rows]}
+        doc: dict[str, object] = {"environment": str(environment.root), "hosts": [_row(r) for r in rows],
+                                  "agents": [a.to_dict() for a in agents]}
         if (ec2 := _ec2(provider)) is not None:
             doc["cost"] = dataclasses.asdict(ec2.cost())
         console.print_json(json.dumps(doc))
@@ -79,6 +82,7 @@ def status(env: EnvOption = None, as_json: JsonOption = False) -> None:
         table.add_row(r.host.name, ",".join(r.roles), r.host.address,
                       "[green]up[/green]" if r.reachable else "[red]down[/red]", r.detail)
     console.print(table)
+    print_agents(console, agents)
     up = sum(r.reachable for r in rows)
     console.print(f"{up} reachable, {len(rows) - up} unreachable, {len(rows)} total")
     if (ec2 := _ec2(provider)) is not None:
