@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEBS := openssh-server openssh-client iproute2 iputils-ping util-linux iperf3 pssh tcpdump ethtool nftables \
-        procps psmisc sqlite3 chromium
+        procps psmisc sqlite3 chromium iptables
 
 .PHONY: deps venv demo test lint lint-ansible typecheck check clean
 
