@@ -14,12 +14,13 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -30,6 +31,7 @@ DPI = 110
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
           "#bcbd22"]
 MAX_PANELS = 8
+MEDIAN_FROM = 5
 _PREFIXES = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
 
 
@@ -143,12 +145,17 @@ def timeseries(samples: Sequence[SampleRow], parameters: Sequence[str], out_dir:
     fig = _figure(9.0, 2.6 * rows + 0.8)
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
     for ax, (combo, rows_) in zip(axes.flat, shown.items(), strict=False):
-        lines: dict[tuple[int, str], list[SampleRow]] = defaultdict(list)
+        lines: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
         for s in rows_:
-            lines[(s.run_id, s.host or "run")].append(s)
-        for (_, host), points in lines.items():
-            ax.plot([p.t for p in points], [p.value / factor for p in points], color=colour[host], alpha=0.6,
-                    linewidth=1.2)
+            lines[s.host or "run"][s.run_id].append((s.t, s.value / factor))
+        count = sum(len(runs) for runs in lines.values())
+        for host, runs in lines.items():  # one collection per host: thousands of runs stay fast to draw
+            ax.add_collection(LineCollection(list(runs.values()), colors=colour[host], linewidths=1.2,
+                                             alpha=max(0.08, min(0.6, 12 / count))))
+            if len(runs) > MEDIAN_FROM:  # many runs blur into a band: show each host's median over time too
+                t, median = _median_line(runs.values())
+                ax.plot(t, median, color=colour[host], linewidth=2.2)
+        ax.autoscale_view()
         ax.set_title(combo_text(combo) or "all runs", fontsize=10)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(shown):]:
@@ -162,8 +169,19 @@ def timeseries(samples: Sequence[SampleRow], parameters: Sequence[str], out_dir:
     named = "" if series == what else f" (series {series})"
     more = f" Only the first {len(shown)} of {len(by_combo)} combinations are drawn." if len(by_combo) > len(
         shown) else ""
-    caption = f"{what}{named} sampled during each run; one line per host and run.{more}"
+    caption = (f"{what}{named} sampled during each run; one line per host and run (a bold line: the host's median "
+               f"over runs, when there are more than {MEDIAN_FROM}).{more}")
     return _save(fig, out_dir, name, title, caption)
+
+
+def _median_line(runs: Iterable[list[tuple[float, float]]]) -> tuple[list[float], list[float]]:
+    """Median over runs at each sampling time (times rounded to 1 ms so clocks' jitter does not split them)."""
+    at: dict[float, list[float]] = defaultdict(list)
+    for points in runs:
+        for t, value in points:
+            at[round(t, 3)].append(value)
+    times = sorted(at)
+    return times, [float(np.median(at[t])) for t in times]
 
 
 def _line(color: str, label: str) -> Any:
@@ -174,8 +192,11 @@ def _line(color: str, label: str) -> Any:
 
 def _by_combo(samples: Sequence[SampleRow], parameters: Sequence[str]) -> dict[Combo, list[SampleRow]]:
     groups: dict[Combo, list[SampleRow]] = defaultdict(list)
+    combos: dict[int, Combo] = {}
     for s in samples:
-        groups[tuple((p, hashable(s.params.get(p))) for p in parameters)].append(s)
+        if s.run_id not in combos:
+            combos[s.run_id] = tuple((p, hashable(s.params.get(p))) for p in parameters)
+        groups[combos[s.run_id]].append(s)
     return dict(sorted(groups.items(), key=lambda item: [level_key(v) for _, v in item[0]]))
 
 

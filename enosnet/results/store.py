@@ -603,8 +603,9 @@ class ResultsStore:
             "SELECT m.run_id, r.params, r.repetition, r.status, h.name AS host, h.role, m.name, m.value, m.unit"
             f" FROM metrics m JOIN runs r ON r.id = m.run_id LEFT JOIN hosts h ON h.id = m.host_id {where}"
             " ORDER BY r.position, m.name, h.name", args)
-        return [MetricRow(r["run_id"], json.loads(r["params"]), r["repetition"], r["status"], r["host"], r["role"],
-                          r["name"], r["value"], r["unit"]) for r in rows]
+        params = _ParamsCache()
+        return [MetricRow(r["run_id"], params(r["run_id"], r["params"]), r["repetition"], r["status"], r["host"],
+                          r["role"], r["name"], r["value"], r["unit"]) for r in rows]
 
     def samples(self, *, experiment: int | None = None, series: str | None = None,
                 include_failed: bool = False) -> list[SampleRow]:
@@ -615,8 +616,9 @@ class ResultsStore:
             "SELECT s.run_id, r.params, r.repetition, h.name AS host, h.role, s.series, s.t, s.value, s.unit"
             f" FROM samples s JOIN runs r ON r.id = s.run_id LEFT JOIN hosts h ON h.id = s.host_id {where}"
             " ORDER BY r.position, s.series, h.name, s.t", args)
-        return [SampleRow(r["run_id"], json.loads(r["params"]), r["repetition"], r["host"], r["role"], r["series"],
-                          r["t"], r["value"], r["unit"]) for r in rows]
+        params = _ParamsCache()
+        return [SampleRow(r["run_id"], params(r["run_id"], r["params"]), r["repetition"], r["host"], r["role"],
+                          r["series"], r["t"], r["value"], r["unit"]) for r in rows]
 
     def series_names(self, *, experiment: int | None = None) -> list[tuple[str, str]]:
         """Distinct ``(series, unit)`` pairs of the samples."""
@@ -639,6 +641,18 @@ class ResultsStore:
             self._conn.backup(target)
         finally:
             target.close()
+
+
+class _ParamsCache:
+    """Parses each run's parameters once, however many rows of that run a query returns (rows share the dict)."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[int, dict[str, Any]] = {}
+
+    def __call__(self, run_id: int, text: str) -> dict[str, Any]:
+        if run_id not in self._parsed:
+            self._parsed[run_id] = json.loads(text)
+        return self._parsed[run_id]
 
 
 class _HostIds:
