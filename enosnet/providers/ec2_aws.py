@@ -120,8 +120,9 @@ class Aws:
         if not name:
             raise ProviderError("no AWS region given", code="NoRegion", hint=hint_for("NoRegion"))
         self.region: str = name
+        # total attempts, as AWS_MAX_ATTEMPTS counts them; None leaves it to boto3's chain (env, profile)
         retries: Any = {"mode": retry_mode} if max_attempts is None else {"mode": retry_mode,
-                                                                          "max_attempts": max_attempts}
+                                                                          "total_max_attempts": max_attempts}
         self._config = Config(retries=retries, connect_timeout=10, read_timeout=60)
         self._clients: dict[str, BaseClient] = {}
 
