@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ENOSNET = [sys.executable, "-m", "enosnet.cli"] if not (Path(sys.executable).parent / "enosnet").exists() else [
-    str(Path(sys.executable).parent / "enosnet")]
+ENOSNET = [str(Path(sys.executable).parent / "enosnet")]  # the console script of this virtualenv
 
 
 def sh(*args: str) -> None:
