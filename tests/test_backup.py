@@ -9,12 +9,14 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 
 from enosnet.environment import Environment
 from enosnet.errors import ResultsError
+from enosnet.model import Host, Roles
 from enosnet.results.backup import (
     MANIFEST,
     HostCollection,
@@ -140,20 +142,23 @@ def test_host_collector_is_pluggable(env: Environment) -> None:
 
 
 def test_playbook_collector_runs_ansible(env: Environment, tmp_path: Path) -> None:
-    """The default collector, with a real ansible-runner on a local-connection host (no network)."""
-    env.inventory_file.write_text(
-        f"all:\n  hosts:\n    here:\n      ansible_connection: local\n"
-        f"      ansible_python_interpreter: {sys.executable}\n")
+    """The default collector through the remote layer's run_playbook, on a local-connection host (no network)."""
+    here = Host("127.0.0.1", alias="here", extra={"ansible_connection": "local",
+                                                  "ansible_python_interpreter": sys.executable})
+    env.update_state(roles=Roles({"server": [here]}).to_dict())
     source = tmp_path / "agent.state"
     source.write_text("state: ready\n")
     playbook = tmp_path / "backup.yml"
     playbook.write_text(
         "- hosts: all\n  gather_facts: false\n  tasks:\n"
         f"    - ansible.builtin.fetch:\n        src: {source}\n"
-        "        dest: \"{{ enosnet_backup_dir }}/{{ inventory_hostname }}/agent.state\"\n        flat: true\n")
+        "        dest: \"{{ backup_dir }}/{{ inventory_hostname }}/agent.state\"\n        flat: true\n")
     made = make_backup(env, collect_hosts=playbook_collector(env, playbook), now=NOW)
     assert (made.path / "hosts/here/agent.state").read_text() == "state: ready\n"
-    assert "collected: 1 hosts (here)" in made.notes[-1]
+    assert made.notes[-1] == "host logs and agent state: collected: 1 hosts (here)"
+    env.update_state(released=True)
+    skipped = make_backup(env, collect_hosts=playbook_collector(env, playbook), now=NOW)
+    assert skipped.notes[-1] == "host logs and agent state: skipped: no hosts deployed"
 
 
 def test_an_interrupted_backup_leaves_nothing(env: Environment) -> None:
@@ -266,3 +271,24 @@ def test_cli_backup_to_s3_then_verify(env: Environment, aws: object) -> None:
 def test_s3_url_is_validated() -> None:
     with pytest.raises(ValueError, match="s3://BUCKET"):
         S3Location.parse("https://bucket/x")
+
+
+@pytest.mark.hosts
+def test_backup_fetches_host_state_with_the_real_playbook(local_hosts: Any) -> None:
+    """playbooks/backup.yml on real local hosts running the agent: their agent state lands in hosts/<host>/."""
+    from enosnet.bench.runner import agent_access
+    from enosnet.coordinator import default_actions
+    from enosnet.coordinator.install import start_agents_over_ssh
+
+    deployment = local_hosts({"server": 1, "client": 1}, name="bk")
+    access = agent_access(deployment.env)
+    start_agents_over_ssh(deployment.roles, env_id=access.env_id, secret=access.secret, actions=default_actions(),
+                          port=access.port)
+    playbook = Path(__file__).parent.parent / "playbooks" / "backup.yml"
+    made = make_backup(deployment.env, collect_hosts=playbook_collector(deployment.env, playbook))
+    names = sorted(h.name for h in deployment.roles.all())
+    assert made.notes[-1] == f"host logs and agent state: collected: 2 hosts ({', '.join(names)})"
+    fetched = [rel for rel in read_manifest(made.path) if rel.startswith("hosts/")]
+    for name in names:
+        assert any(rel.startswith(f"hosts/{name}/var/lib/enosnet-agent/") for rel in fetched), fetched
+    assert verify_backup(made.path).ok

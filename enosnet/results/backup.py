@@ -332,34 +332,31 @@ def find_backup(env: Environment, name: str | None = None) -> Path:
     return found[-1]
 
 
-def playbook_collector(env: Environment, playbook: Path, *, timeout: int = 600) -> HostCollector:
-    """A :data:`HostCollector` running ``playbook`` (``backup.yml``) on the environment's inventory.
+def playbook_collector(env: Environment, playbook: Path) -> HostCollector:
+    """A :data:`HostCollector` running ``playbook`` (``playbooks/backup.yml``) on the environment's hosts.
 
-    The playbook gets the extra variable ``enosnet_backup_dir`` and is expected
-    to fetch each host's logs and agent state into
-    ``{{ enosnet_backup_dir }}/{{ inventory_hostname }}/``. Skipped (with a
-    note) when the playbook or the inventory does not exist.
+    The playbook gets the extra variable ``backup_dir`` and fetches each
+    host's logs and agent state into ``{{ backup_dir }}/{{ inventory_hostname }}/``.
+    Skipped (with a note) when the playbook does not exist or no hosts are
+    deployed; hosts that fail are named in the note, the others are kept.
     """
 
     def collect(dest: Path) -> HostCollection:
         if not playbook.is_file():
             return HostCollection(False, f"no playbook {playbook}")
-        if not env.inventory_file.is_file():
-            return HostCollection(False, f"no inventory {env.inventory_file}: no hosts deployed")
-        import sys
-        import tempfile
+        state = env.load_state() or {}
+        if not state.get("roles") or state.get("released"):
+            return HostCollection(False, "no hosts deployed")
+        from enosnet.model import Roles
+        from enosnet.remote.ansible import run_playbook
+        from enosnet.remote.results import failure_summary
 
-        import ansible_runner
-
-        # ansible-playbook lives beside this interpreter (a virtualenv need not be activated)
-        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', os.defpath)}"
-        with tempfile.TemporaryDirectory(prefix="enosnet-backup-") as private:
-            run = ansible_runner.run(private_data_dir=private, playbook=str(playbook.absolute()),
-                                     inventory=str(env.inventory_file), extravars={"enosnet_backup_dir": str(dest)},
-                                     envvars={"PATH": path}, quiet=True, timeout=timeout)
-        if run.rc != 0:
-            return HostCollection(False, f"{playbook.name} failed: status {run.status}, rc {run.rc}")
-        hosts = sorted(p.name for p in dest.iterdir() if p.is_dir())
-        return HostCollection(True, f"{len(hosts)} hosts ({', '.join(hosts)})")
+        results = run_playbook(playbook, roles=Roles.from_dict(state["roles"]), env=env,
+                               extra_vars={"backup_dir": str(dest)}, strict=False)
+        fetched = sorted(p.name for p in dest.iterdir() if p.is_dir())
+        note = f"{len(fetched)} hosts ({', '.join(fetched)})"
+        if results.failed:
+            return HostCollection(False, f"{note}; {failure_summary(results.failed)}")
+        return HostCollection(True, note)
 
     return collect
