@@ -190,6 +190,23 @@ def test_s3_upload_verify_and_skip(env: Environment, aws: object) -> None:
     assert again.uploaded == 0 and again.skipped == first.uploaded
 
 
+def test_second_backup_sends_only_what_changed(env: Environment, aws: object) -> None:
+    location = _bucket()
+    big = env.runs_dir / "20261122T020000Z-bench" / "client-0" / "pcap.bin"
+    big.write_bytes(os.urandom(MIN_PART + 1024))  # multipart: its S3 checksum is a composite
+    first = make_backup(env, now=NOW)
+    upload_backup(first.path, location, part_size=MIN_PART)
+    env.config_file.write_text("name: incast\n# edited\n")
+    second = make_backup(env, now=NOW)
+    events: list[UploadEvent] = []
+    sent = upload_backup(second.path, location, part_size=MIN_PART, on_event=events.append)
+    uploaded = sorted(e.key.rsplit("/", 1)[-1] for e in events if e.kind == "uploaded")
+    assert uploaded == ["BACKUP.json", "MANIFEST.sha256", "config.yaml"]
+    assert sent.copied == len(read_manifest(second.path)) - 2 and sent.parts_sent == 0
+    assert verify_s3(first.path, location, part_size=MIN_PART).ok
+    assert verify_s3(second.path, location, part_size=MIN_PART).ok  # copies hold full-object checksums
+
+
 def test_s3_verify_names_corrupted_and_missing_objects(env: Environment, aws: object) -> None:
     location = _bucket()
     made = make_backup(env, now=NOW)

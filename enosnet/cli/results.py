@@ -137,7 +137,8 @@ def _upload(path: Path, location: S3Location) -> None:
     except EnosnetError as exc:
         raise type(exc)(f"{exc}\nresume with: enosnet backup --s3 {location} --name {path.name}") from None
     console.print(f"[green]uploaded[/green] to {location}: {up.uploaded} objects sent "
-                  f"({up.bytes_sent / 1e6:.1f} MB), {up.skipped} already there, {up.parts_reused} parts resumed")
+                  f"({up.bytes_sent / 1e6:.1f} MB), {up.copied} unchanged copied in S3 from the previous backup, "
+                  f"{up.skipped} already there, {up.parts_reused} parts of an interrupted upload kept")
 
 
 def _verify(environment: Environment, name: str | None, location: S3Location | None) -> None:

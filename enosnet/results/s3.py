@@ -3,7 +3,9 @@
 Objects go to ``s3://BUCKET/PREFIX/<environment>/<backup>/<path>``. Every
 upload carries a SHA-256 checksum that S3 verifies on arrival; files larger
 than ``part_size`` go up in parts (multipart, a composite checksum). An object
-already there with the expected checksum is skipped. An interrupted multipart
+already there with the expected checksum is skipped; a file unchanged since the
+previous backup, already in S3, is copied there server-side (nothing is sent),
+so a second backup uploads only what changed. An interrupted multipart
 upload is resumed: its parts already in S3 whose checksum (or MD5 ETag)
 matches are kept and only the others are sent. ``MANIFEST.sha256`` goes last,
 so a manifest in S3 means every file before it arrived.
@@ -19,16 +21,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from enosnet.errors import ConfigError, ResultsError
-from enosnet.results.backup import MANIFEST, VerifyResult, read_manifest
+from enosnet.results.backup import INFO, MANIFEST, VerifyResult, read_manifest, sha256_file
 
 PART_SIZE = 8 * 1024 * 1024
 MIN_PART = 5 * 1024 * 1024
+MAX_COPY = 5 * 1024**3  # S3's limit for a single-request server-side copy
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,8 @@ class S3Location:
 
 @dataclass(frozen=True)
 class UploadEvent:
-    """Progress: ``kind`` is ``skipped``, ``uploaded``, ``part`` (sent) or ``part-reused`` (resume)."""
+    """Progress: ``kind`` is ``skipped``, ``copied`` (server-side, from the previous backup), ``uploaded``,
+    ``part`` (sent) or ``part-reused`` (kept from an interrupted upload)."""
 
     kind: str
     key: str
@@ -71,6 +77,7 @@ class UploadResult:
     parts_sent: int
     parts_reused: int
     bytes_sent: int
+    copied: int = 0
 
 
 def expected_checksum(path: Path, part_size: int = PART_SIZE) -> str:
@@ -90,11 +97,6 @@ def _chunks(path: Path, part_size: int) -> Iterator[bytes]:
     with path.open("rb") as f:
         while chunk := f.read(part_size):
             yield chunk
-
-
-def _same_checksum(stored: str | None, expected: str) -> bool:
-    """Compare ignoring the ``-N`` part count, which some S3 implementations leave out."""
-    return stored is not None and stored.split("-")[0] == expected.split("-")[0]
 
 
 def make_client() -> Any:
@@ -148,9 +150,10 @@ def upload_backup(backup: Path, location: S3Location, *, client: Any = None, par
     if part_size < MIN_PART:
         raise ConfigError(f"part_size {part_size}: S3 needs parts of at least {MIN_PART} bytes")
     entries = read_manifest(backup)
+    previous = _previous_entries(backup)
     s3 = client or make_client()
     env_name, name = _remote_name(backup)
-    counts = {"uploaded": 0, "skipped": 0, "part": 0, "part-reused": 0, "bytes": 0}
+    counts = {"uploaded": 0, "skipped": 0, "copied": 0, "part": 0, "part-reused": 0, "bytes": 0}
 
     def emit(event: UploadEvent) -> None:
         counts[event.kind] = counts.get(event.kind, 0) + 1
@@ -162,26 +165,67 @@ def upload_backup(backup: Path, location: S3Location, *, client: Any = None, par
     with _Translate(location):
         s3.head_bucket(Bucket=location.bucket)
         for rel in [*sorted(entries), MANIFEST]:
-            _upload_file(s3, location, backup / rel, location.key(env_name, name, rel), part_size, emit)
+            path = backup / rel
+            digest = entries.get(rel) or sha256_file(path)
+            same_before = previous[1].get(rel) == digest and previous[0] is not None
+            source = location.key(env_name, previous[0], rel) if same_before and previous[0] else None
+            _upload_file(s3, location.bucket, _File(path, location.key(env_name, name, rel), digest, part_size),
+                         source, emit)
     return UploadResult(str(location), counts["uploaded"], counts["skipped"], counts["part"], counts["part-reused"],
-                        counts["bytes"])
+                        counts["bytes"], counts["copied"])
 
 
-def _upload_file(s3: Any, location: S3Location, path: Path, key: str, part_size: int,
+@dataclass(frozen=True)
+class _File:
+    """One file to put in S3 and the checksums S3 may hold for it."""
+
+    path: Path
+    key: str
+    digest: str
+    part_size: int
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+    def accepts(self, stored: str | None) -> bool:
+        """True when ``stored`` is this content's full SHA-256 (single part or server-side copy) or composite."""
+        if stored is None:
+            return False
+        value = stored.split("-")[0]  # the part count, which some implementations leave out
+        if value == _b64(bytes.fromhex(self.digest)):
+            return True
+        return self.size > self.part_size and value == expected_checksum(self.path, self.part_size).split("-")[0]
+
+
+def _previous_entries(backup: Path) -> tuple[str | None, dict[str, str]]:
+    """The previous backup's name and manifest, when it is still there (for server-side copies)."""
+    try:
+        name = json.loads((backup / INFO).read_text()).get("previous")
+        return (name, read_manifest(backup.parent / name)) if name else (None, {})
+    except (OSError, ValueError, ResultsError):
+        return None, {}
+
+
+def _upload_file(s3: Any, bucket: str, file: _File, copy_from: str | None,
                  emit: Callable[[UploadEvent], None]) -> None:
-    expected = expected_checksum(path, part_size)
-    if _same_checksum(_stored_checksum(s3, location.bucket, key), expected):
-        emit(UploadEvent("skipped", key))
+    if file.accepts(_stored_checksum(s3, bucket, file.key)):
+        emit(UploadEvent("skipped", file.key))
         return
-    size = path.stat().st_size
-    metadata = {"part-size": str(part_size)}
-    if size <= part_size:
-        metadata["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-        s3.put_object(Bucket=location.bucket, Key=key, Body=path.read_bytes(), ChecksumAlgorithm="SHA256",
-                      ChecksumSHA256=expected, Metadata=metadata)
+    if copy_from and file.size <= MAX_COPY and file.accepts(_stored_checksum(s3, bucket, copy_from)):
+        # unchanged since the previous backup, which is already in S3: copy there, send nothing
+        s3.copy_object(Bucket=bucket, Key=file.key, CopySource={"Bucket": bucket, "Key": copy_from},
+                       ChecksumAlgorithm="SHA256", MetadataDirective="COPY")
+        emit(UploadEvent("copied", file.key))
+        return
+    metadata = {"part-size": str(file.part_size), "sha256": file.digest}
+    if file.size <= file.part_size:
+        s3.put_object(Bucket=bucket, Key=file.key, Body=file.path.read_bytes(), ChecksumAlgorithm="SHA256",
+                      ChecksumSHA256=expected_checksum(file.path, file.part_size), Metadata=metadata)
+        emit(UploadEvent("uploaded", file.key, size=file.size))
     else:
-        _multipart(s3, location.bucket, key, path, part_size, metadata, emit)
-    emit(UploadEvent("uploaded", key, size=size if size <= part_size else 0))
+        _multipart(s3, bucket, file.key, file.path, file.part_size, metadata, emit)
+        emit(UploadEvent("uploaded", file.key))
 
 
 def _stored_checksum(s3: Any, bucket: str, key: str) -> str | None:
@@ -267,15 +311,9 @@ def verify_s3(backup: Path, location: S3Location, *, client: Any = None,
                 missing.append(rel)
                 continue
             size = int(head.get("Metadata", {}).get("part-size") or part_size)  # as uploaded
-            expected = _expected_from_manifest(backup / rel, digest, size)
-            if not _same_checksum(head.get("ChecksumSHA256"), expected):
+            local = backup / rel
+            trusted = local.is_file() and sha256_file(local) == digest  # composite checksums need the parts
+            file = _File(local if trusted else Path(os.devnull), "", digest, size)
+            if not file.accepts(head.get("ChecksumSHA256")):
                 differing.append(rel)
     return VerifyResult(backup, len(entries), differing, missing, where=str(location))
-
-
-def _expected_from_manifest(local: Path, digest: str, part_size: int) -> str:
-    if local.is_file() and local.stat().st_size > part_size:
-        from enosnet.results.backup import sha256_file
-
-        return expected_checksum(local, part_size) if sha256_file(local) == digest else "local-copy-damaged"
-    return _b64(bytes.fromhex(digest))
