@@ -34,7 +34,13 @@ from enosnet.remote import (
     SshOptions,
     Status,
     actions,
+    close_connections,
+    lrun,
+    pull,
+    push,
+    run_command,
     run_playbook,
+    script,
 )
 
 __version__ = "0.1.0"
@@ -70,8 +76,14 @@ __all__ = [
     "UsageError",
     "WorkerLost",
     "actions",
+    "close_connections",
     "load_config",
+    "lrun",
     "make_provider",
     "parse_config",
+    "pull",
+    "push",
+    "run_command",
     "run_playbook",
+    "script",
 ]

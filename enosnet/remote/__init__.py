@@ -5,6 +5,7 @@ are reused by the other.
 """
 
 from enosnet.remote.ansible import Actions, AnsibleOptions, actions, run_playbook
+from enosnet.remote.fanout import Retry, lrun, pull, push, run_command, script, substitute
 from enosnet.remote.results import (
     AnsibleHostResult,
     AnsibleResults,
@@ -26,10 +27,17 @@ __all__ = [
     "HostEvent",
     "HostResult",
     "Results",
+    "Retry",
     "SshOptions",
     "Status",
     "TaskResult",
     "actions",
     "close_connections",
+    "lrun",
+    "pull",
+    "push",
+    "run_command",
     "run_playbook",
+    "script",
+    "substitute",
 ]
