@@ -150,7 +150,7 @@ def upload_backup(backup: Path, location: S3Location, *, client: Any = None, par
     if part_size < MIN_PART:
         raise ConfigError(f"part_size {part_size}: S3 needs parts of at least {MIN_PART} bytes")
     entries = read_manifest(backup)
-    previous = _previous_entries(backup)
+    before, before_entries = _previous_entries(backup)
     s3 = client or make_client()
     env_name, name = _remote_name(backup)
     counts = {"uploaded": 0, "skipped": 0, "copied": 0, "part": 0, "part-reused": 0, "bytes": 0}
@@ -165,12 +165,11 @@ def upload_backup(backup: Path, location: S3Location, *, client: Any = None, par
     with _Translate(location):
         s3.head_bucket(Bucket=location.bucket)
         for rel in [*sorted(entries), MANIFEST]:
-            path = backup / rel
-            digest = entries.get(rel) or sha256_file(path)
-            same_before = previous[1].get(rel) == digest and previous[0] is not None
-            source = location.key(env_name, previous[0], rel) if same_before and previous[0] else None
-            _upload_file(s3, location.bucket, _File(path, location.key(env_name, name, rel), digest, part_size),
-                         source, emit)
+            digest = entries.get(rel) or sha256_file(backup / rel)
+            unchanged = before is not None and before_entries.get(rel) == digest
+            source = location.key(env_name, before, rel) if before is not None and unchanged else None
+            _upload_file(s3, location.bucket, _File(backup / rel, location.key(env_name, name, rel), digest,
+                                                    part_size), source, emit)
     return UploadResult(str(location), counts["uploaded"], counts["skipped"], counts["part"], counts["part-reused"],
                         counts["bytes"], counts["copied"])
 
