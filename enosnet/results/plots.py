@@ -144,20 +144,9 @@ def timeseries(samples: Sequence[SampleRow], parameters: Sequence[str], out_dir:
     rows = math.ceil(len(shown) / cols)
     fig = _figure(9.0, 2.6 * rows + 0.8)
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
-    for ax, (combo, rows_) in zip(axes.flat, shown.items(), strict=False):
-        lines: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
-        for s in rows_:
-            lines[s.host or "run"][s.run_id].append((s.t, s.value / factor))
-        count = sum(len(runs) for runs in lines.values())
-        for host, runs in lines.items():  # one collection per host: thousands of runs stay fast to draw
-            ax.add_collection(LineCollection(list(runs.values()), colors=colour[host], linewidths=1.2,
-                                             alpha=max(0.08, min(0.6, 12 / count))))
-            if len(runs) > MEDIAN_FROM:  # many runs blur into a band: show each host's median over time too
-                t, median = _median_line(runs.values())
-                ax.plot(t, median, color=colour[host], linewidth=2.2)
-        ax.autoscale_view()
+    for ax, (combo, points) in zip(axes.flat, shown.items(), strict=False):
+        _panel(ax, points, factor, colour)
         ax.set_title(combo_text(combo) or "all runs", fontsize=10)
-        ax.grid(alpha=0.3)
     for ax in axes.flat[len(shown):]:
         ax.set_visible(False)
     fig.supxlabel("time since the run started (s)")
@@ -172,6 +161,22 @@ def timeseries(samples: Sequence[SampleRow], parameters: Sequence[str], out_dir:
     caption = (f"{what}{named} sampled during each run; one line per host and run (a bold line: the host's median "
                f"over runs, when there are more than {MEDIAN_FROM}).{more}")
     return _save(fig, out_dir, name, title, caption)
+
+
+def _panel(ax: Any, samples: Sequence[SampleRow], factor: float, colour: dict[str, str]) -> None:
+    """One line per host and run; with many runs, also each host's median over time."""
+    lines: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for s in samples:
+        lines[s.host or "run"][s.run_id].append((s.t, s.value / factor))
+    count = sum(len(runs) for runs in lines.values())
+    for host, runs in lines.items():  # one collection per host: thousands of runs stay fast to draw
+        ax.add_collection(LineCollection(list(runs.values()), colors=colour[host], linewidths=1.2,
+                                         alpha=max(0.08, min(0.6, 12 / count))))
+        if len(runs) > MEDIAN_FROM:  # many runs blur into a band
+            t, median = _median_line(runs.values())
+            ax.plot(t, median, color=colour[host], linewidth=2.2)
+    ax.autoscale_view()
+    ax.grid(alpha=0.3)
 
 
 def _median_line(runs: Iterable[list[tuple[float, float]]]) -> tuple[list[float], list[float]]:
