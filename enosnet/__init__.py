@@ -5,6 +5,7 @@
 '198.18.0.2'
 """
 
+from enosnet.bench import BenchOptions, BenchResult, Experiment, load_experiment, run_experiment
 from enosnet.config import EnvConfig, load_config, parse_config
 from enosnet.environment import Environment
 from enosnet.errors import (
@@ -49,6 +50,8 @@ __all__ = [
     "AnsibleOptions",
     "AnsibleResults",
     "BenchError",
+    "BenchOptions",
+    "BenchResult",
     "CheckFailed",
     "ConfigError",
     "CoordinatorError",
@@ -56,6 +59,7 @@ __all__ = [
     "EnvConfig",
     "Environment",
     "EnvironmentNotFound",
+    "Experiment",
     "Host",
     "HostEvent",
     "HostResult",
@@ -78,12 +82,14 @@ __all__ = [
     "actions",
     "close_connections",
     "load_config",
+    "load_experiment",
     "lrun",
     "make_provider",
     "parse_config",
     "pull",
     "push",
     "run_command",
+    "run_experiment",
     "run_playbook",
     "script",
 ]
