@@ -55,6 +55,9 @@ class Timeouts:
     ``request`` bounds one request (retransmitted with backoff from ``rto_first``
     up to ``rto_max``) before its agent counts as lost; ``report_slack`` is how
     long past a run's deadline the coordinator waits for completion reports.
+    ``per_agent`` widens timeouts of a fan-out by that much per agent (answers
+    queue behind each other), and the default lead of a scheduled start is
+    ``start_in`` plus half of it per agent.
     """
 
     request: float = 10.0
@@ -65,6 +68,7 @@ class Timeouts:
     report_slack: float = 5.0
     start_in: float = 0.25
     arm_margin: float = 0.005
+    per_agent: float = 0.001
     clock_samples: int = 5
 
 
@@ -185,6 +189,7 @@ class _Pending:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.future: asyncio.Future[tuple[Message, int, int]] = loop.create_future()
         self.sent: dict[int, int] = {}
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -228,6 +233,7 @@ class Coordinator:
         self._records: dict[tuple[str, str], WorkerRecord] = {}
         self._delivered: set[tuple[str, str]] = set()
         self._ready: set[tuple[str, str]] = set()
+        self._ready_at: dict[tuple[str, str], int] = {}
         self._active: dict[str, str] = {}
         self._deferred: dict[str, list[str]] = {}
         self._quiet = False
@@ -307,27 +313,38 @@ class Coordinator:
 
     # ── requests ───────────────────────────────────────────────────────────
 
-    async def _request(self, link: _Link, kind: MessageType, payload: dict[str, Any],
-                       deadline: float) -> tuple[Message, int, int]:
-        """Send until answered or ``deadline`` (loop time); (reply, t0 of the answered send, t3)."""
+    async def _request(self, link: _Link, kind: MessageType, payload: dict[str, Any], deadline: float,
+                       spread: float = 0.0) -> tuple[Message, int, int]:
+        """Send until answered or ``deadline`` (loop time); (reply, t0 of the answered send, t3).
+
+        ``spread`` widens every timeout: in a fan-out to many agents the last
+        answers queue behind the first, and retransmitting them early only adds load.
+        """
         loop = asyncio.get_running_loop()
         pending = _Pending(loop)
-        rto = link.rto(self.timeouts)
+        rto = [link.rto(self.timeouts)]
+
+        def transmit() -> None:
+            if pending.future.done():
+                return
+            left = deadline - loop.time()
+            if left <= 0:
+                pending.future.set_exception(_NoAnswer(link.id))
+                return
+            seq, t0 = self._send(link, kind, payload)
+            if pending.sent:
+                link.stats.retransmitted += 1
+            pending.sent[seq] = t0
+            self._pending[(link.id, seq)] = pending
+            pending.timer = loop.call_later(min(rto[0] + spread, left), transmit)
+            rto[0] = min(rto[0] * 2, self.timeouts.rto_max)
+
+        transmit()
         try:
-            while True:
-                seq, t0 = self._send(link, kind, payload)
-                if pending.sent:
-                    link.stats.retransmitted += 1
-                pending.sent[seq] = t0
-                self._pending[(link.id, seq)] = pending
-                wait = min(rto, deadline - loop.time())
-                if wait <= 0:
-                    raise _NoAnswer(link.id)
-                done, _ = await asyncio.wait({pending.future}, timeout=wait)
-                if done:
-                    return pending.future.result()
-                rto = min(rto * 2, self.timeouts.rto_max)
+            return await pending.future
         finally:
+            if pending.timer is not None:
+                pending.timer.cancel()
             for seq in pending.sent:
                 self._pending.pop((link.id, seq), None)
 
@@ -336,8 +353,9 @@ class Coordinator:
                        what: str) -> dict[str, Message]:
         """One request per link, concurrently; raises ``WorkerLost`` naming those that never answered."""
         deadline = asyncio.get_running_loop().time() + timeout
-        results = await asyncio.gather(*(self._request(link, kind, payload(link), deadline) for link in links),
-                                       return_exceptions=True)
+        spread = self._spread(len(links))
+        results = await asyncio.gather(*(self._request(link, kind, payload(link), deadline, spread)
+                                         for link in links), return_exceptions=True)
         lost = [link.id for link, result in zip(links, results, strict=True) if isinstance(result, _NoAnswer)]
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, _NoAnswer):
@@ -346,6 +364,9 @@ class Coordinator:
             raise WorkerLost(lost, f"{what}: no answer within {timeout:g} s from")
         return {link.id: result[0] for link, result in zip(links, results, strict=True)
                 if not isinstance(result, BaseException)}
+
+    def _spread(self, fan_out: int) -> float:
+        return fan_out * self.timeouts.per_agent
 
     def _links(self, workers: Iterable[Worker]) -> list[_Link]:
         return list({w.id: self.links[w.id] for w in workers}.values())
@@ -365,7 +386,8 @@ class Coordinator:
         workers = [w for r in (roles or list(self.roles)) for w in self._role(r)]
         links = self._links(workers)
         deadline = asyncio.get_running_loop().time() + self.timeouts.request
-        results = await asyncio.gather(*(self._sync_clock(link, deadline) for link in links),
+        spread = self._spread(len(links))
+        results = await asyncio.gather(*(self._sync_clock(link, deadline, spread) for link in links),
                                        return_exceptions=True)
         lost = [link.id for link, result in zip(links, results, strict=True) if isinstance(result, _NoAnswer)]
         if lost:
@@ -375,11 +397,11 @@ class Coordinator:
                 raise result
         return {link.id: ((link.offset_ns or 0) / 1e6, (link.rtt_ns or 0) / 1e6) for link in links}
 
-    async def _sync_clock(self, link: _Link, deadline: float) -> None:
+    async def _sync_clock(self, link: _Link, deadline: float, spread: float = 0.0) -> None:
         """NTP-style exchanges; keep the offset of the one with the smallest RTT."""
         best: tuple[int, int] | None = None
         for _ in range(self.timeouts.clock_samples):
-            msg, t0, t3 = await self._request(link, MessageType.HELLO, self._base(), deadline)
+            msg, t0, t3 = await self._request(link, MessageType.HELLO, self._base(), deadline, spread)
             t1, t2 = int(msg.payload.get("t1", 0)), msg.ts
             rtt, offset = (t3 - t0) - (t2 - t1), ((t1 - t0) + (t2 - t3)) // 2
             if best is None or rtt < best[0]:
@@ -419,6 +441,19 @@ class Coordinator:
             late = [w.id for w in workers if (run_id, w.id) not in self._ready]
             raise SyncTimeout(late, f"{role}: not listening within {timeout:g} s")
 
+    async def wait_done(self, role: str, *, timeout: float) -> list[WorkerRecord]:
+        """Wait for the run ``start(role, ...)`` began to finish on every worker (jobs started at once)."""
+        run_id = self._active.pop(role, None)
+        if run_id is None:
+            raise ConfigError(f"no run started for role {role!r}: call start({role!r}, ...) first")
+        workers = self._role(role)
+        await self._wait_until(lambda: self._all_reported(run_id, workers), timeout)
+        return await self._conclude(run_id, workers)
+
+    def ready_times(self, run_id: str) -> dict[str, int]:
+        """When each worker's ready event for ``run_id`` arrived (coordinator clock, ns since the epoch)."""
+        return {worker: at for (run, worker), at in self._ready_at.items() if run == run_id}
+
     async def run(self, role: str, action: str, params: Params | None = None, *, start_in: float | None = None,
                   deadline_s: float | None = None, run_id: str | None = None) -> list[WorkerRecord]:
         """Start ``action`` on every worker of ``role`` at one scheduled instant and wait for all to finish.
@@ -434,7 +469,8 @@ class Coordinator:
         run_id = run_id or new_run_id(role)
         replies = await self._prepare(workers, run_id, action, params, deadline_s)
         deadline = max(float(m.payload.get("deadline_s") or 0) for m in replies.values())
-        start_at = time.time_ns() + int((self.timeouts.start_in if start_in is None else start_in) * 1e9)
+        lead = self.timeouts.start_in + len(links) * self.timeouts.per_agent / 2 if start_in is None else start_in
+        start_at = time.time_ns() + int(lead * 1e9)
         await self._arm_at(links, run_id, start_at)
         self._quiet = True
         try:
@@ -509,7 +545,8 @@ class Coordinator:
         unknown = [link for link in links if link.offset_ns is None]
         if unknown:
             deadline = asyncio.get_running_loop().time() + self.timeouts.request
-            results = await asyncio.gather(*(self._sync_clock(link, deadline) for link in unknown),
+            spread = self._spread(len(unknown))
+            results = await asyncio.gather(*(self._sync_clock(link, deadline, spread) for link in unknown),
                                            return_exceptions=True)
             lost = [link.id for link, res in zip(unknown, results, strict=True) if isinstance(res, BaseException)]
             if lost:
@@ -574,7 +611,9 @@ class Coordinator:
         event_id = str(payload.get("ev", ""))
         kind = payload.get("kind")
         if kind == "ready":
-            self._ready.add((str(payload.get("run")), link.id))
+            key = (str(payload.get("run")), link.id)
+            self._ready.add(key)
+            self._ready_at.setdefault(key, time.time_ns())
         elif kind == "done" and isinstance(payload.get("rec"), dict):
             record = self._record(link, payload["rec"])
             self._records.setdefault((record.run, link.id), record)

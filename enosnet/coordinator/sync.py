@@ -52,6 +52,9 @@ class SyncCoordinator:
     def wait_ready(self, role: str, *, timeout: float | None = None) -> None:
         self._call(self.coordinator.wait_ready(role, timeout=timeout))
 
+    def wait_done(self, role: str, *, timeout: float) -> list[WorkerRecord]:
+        return self._call(self.coordinator.wait_done(role, timeout=timeout))
+
     def run(self, role: str, action: str, params: Params | None = None, **options: Any) -> list[WorkerRecord]:
         return self._call(self.coordinator.run(role, action, params, **options))
 

@@ -398,7 +398,8 @@ class Agent:
         run.start_wall, run.start_mono = time.time_ns(), time.monotonic_ns()
         try:
             run.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=run.files[0], stderr=run.files[1],
-                                        env=env, cwd=cwd, start_new_session=True, close_fds=True)
+                                        env=env, cwd=cwd, start_new_session=True,
+                                        close_fds=False)  # fds Python opens are non-inheritable anyway (PEP 446)
         except OSError as exc:
             self._finish(run, "failed", error=f"cannot start {argv[0]}: {exc.strerror or exc}")
             return
@@ -605,6 +606,10 @@ def _group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of group ``pgid`` in this PID namespace."""
     if pgid <= 1:
         return []
+    try:
+        os.killpg(pgid, 0)
+    except OSError:
+        return []  # the usual case, and cheap: no process at all is left in the group
     members = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -697,8 +702,8 @@ def serve(agents: Sequence[Agent], *, ready: Callable[[], None] | None = None) -
 
 
 def _turn(agents: Sequence[Agent], sel: selectors.BaseSelector, wake_r: int) -> None:
-    due = [t for t in (a.next_timer() for a in agents) if t is not None]
-    timeout = None if not due else max(0.0, (min(due) - time.monotonic_ns()) / 1e9)
+    due = [(t, a) for a in agents if (t := a.next_timer()) is not None]
+    timeout = None if not due else max(0.0, (min(t for t, _ in due) - time.monotonic_ns()) / 1e9)
     for key, _ in sel.select(timeout):
         if key.data is None:
             try:
@@ -710,5 +715,8 @@ def _turn(agents: Sequence[Agent], sel: selectors.BaseSelector, wake_r: int) -> 
                 agent.reap()
         else:
             key.data.drain()
+    now = time.monotonic_ns()
     for agent in agents:
-        agent.run_timers()
+        when = agent.next_timer()
+        if when is not None and when <= now:
+            agent.run_timers()
