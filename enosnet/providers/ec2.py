@@ -153,8 +153,10 @@ class Ec2Provider(Provider):
 
     def allow_cidr(self) -> str:
         """The address range SSH and the agent port are open to: ``allow_cidr``, else this controller's /32."""
-        if self.settings.allow_cidr:
-            return self.settings.allow_cidr
+        return self.settings.allow_cidr or self._detected_cidr
+
+    @cached_property
+    def _detected_cidr(self) -> str:
         if self.aws.endpoint_is_local:
             raise ConfigError("provider.allow_cidr is required with a local AWS endpoint "
                               f"({self.aws.endpoint}): this controller's public address means nothing there")
