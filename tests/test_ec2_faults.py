@@ -178,3 +178,10 @@ def test_no_region(ec2: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert out.returncode == 1 and "[NoRegion]" in out.stderr and "AWS_DEFAULT_REGION" in out.stderr
     out = enosnet("destroy", "--all", "--provider", "ec2", cwd=tmp_path)
     assert out.returncode == 1 and "[NoRegion]" in out.stderr
+
+
+def test_unknown_key_pair(ec2: Any, tmp_path: Path) -> None:
+    config = write(tmp_path, ONE_EACH.replace("wait_ssh: false", "wait_ssh: false, key_name: nobody"))
+    out = enosnet("deploy", "-c", config, cwd=tmp_path)
+    assert out.returncode == 1 and "[InvalidKeyPair.NotFound]" in out.stderr and "check `key_name`" in out.stderr
+    assert leftovers(ec2) == {}

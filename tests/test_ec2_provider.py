@@ -21,6 +21,7 @@ import yaml
 
 from enosnet.config import parse_config
 from enosnet.environment import Environment
+from enosnet.errors import ConfigError
 from enosnet.providers import make_provider
 from enosnet.providers.ec2 import Ec2Provider
 
@@ -230,4 +231,45 @@ def test_status_never_probes_ssh_on_a_local_endpoint(ec2: Any, tmp_path: Path) -
         assert all("ssh" not in r.detail for r in rows)
     finally:
         provider.destroy()
+    assert leftovers(ec2) == {}
+
+
+def test_subnet_by_tags_existing_key_and_ipv6_controller_range(ec2: Any, tmp_path: Path) -> None:
+    vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.20.1.0/24", AvailabilityZone=f"{REGION}c", TagSpecifications=[
+        {"ResourceType": "subnet", "Tags": [{"Key": "Name", "Value": "bench"}]}])["Subnet"]["SubnetId"]
+    ec2.create_key_pair(KeyName="mine", KeyType="ed25519")
+    text = f"""\
+name: custom
+provider: {{kind: ec2, region: {REGION}, allow_cidr: "2001:db8::/48", wait_ssh: false, key_name: mine,
+           keyfile: ~/.ssh/mine, subnet_tags: {{Name: bench}}}}
+roles: {{server: 2}}
+"""
+    provider = deploy(tmp_path, text)
+    try:
+        roles, networks = provider.init()
+        described = [i for r in ec2.describe_instances(InstanceIds=provider.provider_state["instances"])[
+            "Reservations"] for i in r["Instances"]]
+        assert {i["SubnetId"] for i in described} == {subnet} and {i["KeyName"] for i in described} == {"mine"}
+        assert all(h.keyfile == "~/.ssh/mine" for h in roles.all())
+        assert [n.cidr for n in networks.values()] == ["10.20.1.0/24"]
+        group = ec2.describe_security_groups(GroupIds=[provider.provider_state["security_group"]])["SecurityGroups"][0]
+        assert group["VpcId"] == vpc
+        ssh = next(p for p in group["IpPermissions"] if p.get("FromPort") == 22)
+        assert ssh["Ipv6Ranges"][0]["CidrIpv6"] == "2001:db8::/48"
+    finally:
+        provider.destroy()
+    assert leftovers(ec2) == {}
+    assert [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]] == ["mine"]  # not ours to delete
+    ec2.delete_key_pair(KeyName="mine")
+    ec2.delete_subnet(SubnetId=subnet)
+    ec2.delete_vpc(VpcId=vpc)
+
+
+def test_subnet_id_in_another_zone_is_a_config_error(ec2: Any, tmp_path: Path) -> None:
+    subnet = ec2.describe_subnets(Filters=[{"Name": "availability-zone", "Values": [f"{REGION}c"]},
+                                           {"Name": "default-for-az", "Values": ["true"]}])["Subnets"][0]["SubnetId"]
+    provider = deploy(tmp_path, TWO_ROLES.replace("wait_ssh: false", f"wait_ssh: false, subnet_id: {subnet}"))
+    with pytest.raises(ConfigError, match=rf"subnet {subnet} is in {REGION}c, not in {REGION}a"):
+        provider.plan()
     assert leftovers(ec2) == {}
