@@ -159,8 +159,11 @@ class Page:
         def v(x: float) -> str:
             return _num(x / factor)
 
-        rows = [[combo_text(s.combo) or "all runs", str(s.n), f"{v(s.mean)} [{v(s.mean_ci.low)}, {v(s.mean_ci.high)}]",
-                 f"{v(s.median)} [{v(s.median_ci.low)}, {v(s.median_ci.high)}]", v(s.std),
+        def ci(x: float, low: float, high: float, n: int) -> str:
+            return f"{v(x)} [{v(low)}, {v(high)}]" if n > 1 else f"{v(x)} [—]"
+
+        rows = [[combo_text(s.combo) or "all runs", str(s.n), ci(s.mean, s.mean_ci.low, s.mean_ci.high, s.n),
+                 ci(s.median, s.median_ci.low, s.median_ci.high, s.n), v(s.std),
                  "—" if math.isnan(s.cv) else f"{s.cv * 100:.1f} %", v(s.min), v(s.p5), v(s.p95), v(s.max)]
                 for s in cells]
         return unit, rows
@@ -246,7 +249,7 @@ class Page:
                 rest = (f'<li class="no"><details><summary>{len(no)} comparisons without a practically '
                         f"significant difference</summary><ul>{rest}</ul></details></li>")
             parts.append(f"<h3>{_h(metric)}</h3><ul class=findings>{items}{rest}</ul>")
-        return "".join(parts) or "<p>Nothing to compare: each parameter has a single level.</p>"
+        return "".join(parts) or "<p>Nothing to compare: no parameter has two levels with successful runs.</p>"
 
     def _html_warnings(self) -> str:
         if not self.a.warnings:
@@ -260,6 +263,8 @@ class Page:
         e = self.a.experiment
         lines = [f"# {e.name}: results", ""] + [f"- **{k}**: {_md(v)}" for k, v in self.overview()]
         lines += ["", "## Findings", ""]
+        if not self.findings():
+            lines += ["Nothing to compare: no parameter has two levels with successful runs.", ""]
         for metric, comparisons in self.findings():
             lines += [f"### {metric}", ""]
             lines += [f"- {'**' if c.practically_significant else ''}{_md(c.sentence)}"
