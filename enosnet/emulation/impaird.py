@@ -1,0 +1,1035 @@
+#!/usr/bin/env python3
+"""impaird: network emulation in userspace for kernels without netem.
+
+Stdlib only, Python >= 3.8, one file: copy it to a host and run it with the
+system ``python3`` as root. It gives what ``tc netem`` gives, per destination:
+
+- delay, jitter (uniform as netem's default, or normal), loss (optionally
+  correlated, netem's model), reordering (a fraction of packets skips the
+  delay, as with netem): packets matching a constraint go to an NFQUEUE
+  (``iptables-legacy``, mangle table, chains ``ENOSNET_EMU_OUT`` in
+  POSTROUTING for egress and ``ENOSNET_EMU_IN`` in PREROUTING for ingress);
+  this daemon holds each one and gives its verdict when it is due. It speaks
+  nfnetlink_queue itself over a NETLINK_NETFILTER socket.
+- duplication: the kernel copies packets (nft ``dup``, table ``enosnet_emu``),
+  so large GSO packets need no copy to userspace. Egress copies are made
+  before the queue (they are delayed like the original), ingress copies after
+  it (they loop back through ``lo``).
+- rate: HTB classes with u32 filters (root qdisc handle ``e57:``; ingress
+  through an ifb device ``e57ifb<n>``).
+
+Commands (root)::
+
+    python3 impaird.py apply --config FILE|-|JSON [--state-dir D] [--dry-run]
+    python3 impaird.py clear                   [--state-dir D]
+    python3 impaird.py show                    [--state-dir D]
+    python3 impaird.py run --config FILE [--pidfile P]     (the daemon; apply starts it)
+
+``apply`` replaces what an earlier ``apply`` did; ``clear`` undoes exactly
+what was added (recorded step by step in ``<state-dir>/state.json``, so a
+crash mid-apply still clears). Exit codes: 0 ok, 2 bad config or usage,
+1 a command failed on the host. The config is JSON::
+
+    {"constraints": [{"destination": "198.18.0.3/32", "direction": "egress",
+                      "protocol": "udp", "port": 7700,
+                      "delay": "20ms", "jitter": "2ms", "distribution": "normal",
+                      "loss": "1%", "loss_correlation": "25%",
+                      "duplicate": "1%", "reorder": "10%",
+                      "rate": "100mbit", "limit": 10000, "device": "eth0"}],
+     "queue_base": 7400, "seed": 1}
+
+Only ``destination`` is required; see docs/emulation.md for every field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import fcntl
+import heapq
+import ipaddress
+import json
+import os
+import random
+import re
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+VERSION = 1
+DEFAULT_STATE_DIR = "/run/enosnet-emu"
+DEFAULT_QUEUE_BASE = 7400
+DEFAULT_LIMIT = 10000
+REALTIME_PRIORITY = 10
+SINK_QUEUE = 65535  # never bound: the kernel frees what is queued there and tells the sender it went out
+MARK_CLONE, MARK_ORIG = 0x40000000, 0x20000000  # packet mark bits of held egress copies and their originals
+MARK_MASK = MARK_CLONE | MARK_ORIG
+CHAIN_OUT, CHAIN_IN = "ENOSNET_EMU_OUT", "ENOSNET_EMU_IN"
+NFT_TABLE = "enosnet_emu"
+TC_HANDLE = "e57"
+IFB_PREFIX = "e57ifb"
+
+# ── nfnetlink_queue (include/uapi/linux/netfilter/nfnetlink_queue.h) ────────
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_QUEUE = 3
+NFQNL_MSG_PACKET, NFQNL_MSG_VERDICT, NFQNL_MSG_CONFIG, NFQNL_MSG_VERDICT_BATCH = 0, 1, 2, 3
+NFQA_PACKET_HDR, NFQA_VERDICT_HDR = 1, 2
+NFQA_CFG_CMD, NFQA_CFG_PARAMS, NFQA_CFG_QUEUE_MAXLEN, NFQA_CFG_MASK, NFQA_CFG_FLAGS = 1, 2, 3, 4, 5
+NFQNL_CFG_CMD_BIND, NFQNL_CFG_CMD_UNBIND = 1, 2
+NFQNL_COPY_META = 1
+NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO = 0x1, 0x4
+NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
+NLMSG_ERROR = 2
+NF_DROP, NF_ACCEPT = 0, 1
+NETLINK_NO_ENOBUFS = 5
+SO_RCVBUFFORCE = 33
+# one verdict message: nlmsghdr, nfgenmsg (queue number big-endian), NFQA_VERDICT_HDR (verdict, id big-endian)
+VERDICT = struct.Struct("=IHHIIBBHHHII")
+NLMSGHDR = struct.Struct("=IHHII")
+
+
+class ConfigProblem(ValueError):
+    """The config is wrong; the message names the field."""
+
+
+class CommandFailed(RuntimeError):
+    """A command on this host failed; the message has the command and its error output."""
+
+
+# ── values ──────────────────────────────────────────────────────────────────
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|usec|ms|msec|s|sec)\s*$")
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps|tbps)\s*$", re.IGNORECASE)
+_UNIT_S = {"us": 1e-6, "usec": 1e-6, "ms": 1e-3, "msec": 1e-3, "s": 1.0, "sec": 1.0}
+_UNIT_BIT = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12,
+             "bps": 8, "kbps": 8 * 10**3, "mbps": 8 * 10**6, "gbps": 8 * 10**9, "tbps": 8 * 10**12}
+
+
+def parse_duration(value: Any, field: str) -> float:
+    """``"20ms"`` → 0.02 s. A duration needs a unit (us, ms, s); 0 alone is allowed."""
+    if value in (0, "0"):
+        return 0.0
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if not match:
+        raise ConfigProblem(f"{field}: {value!r} is not a duration such as 20ms, 500us or 1s")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def parse_percent(value: Any, field: str) -> float:
+    """``"1%"`` → 0.01, within 0-100 %."""
+    if value in (0, "0"):
+        return 0.0
+    match = _PERCENT.match(value) if isinstance(value, str) else None
+    if not match:
+        raise ConfigProblem(f"{field}: {value!r} is not a percentage such as 1% or 0.5%")
+    number = float(match.group(1))
+    if number > 100:
+        raise ConfigProblem(f"{field}: {value!r} is more than 100%")
+    return number / 100.0
+
+
+def parse_rate(value: Any, field: str) -> int:
+    """``"100mbit"`` → 100_000_000 bit/s (tc's units: bit, kbit, mbit, gbit, bps = bytes/s, ...)."""
+    match = _RATE.match(value) if isinstance(value, str) else None
+    if not match:
+        raise ConfigProblem(f"{field}: {value!r} is not a rate such as 100mbit, 1gbit or 500kbit")
+    bits = int(float(match.group(1)) * _UNIT_BIT[match.group(2).lower()])
+    if bits < 8000:
+        raise ConfigProblem(f"{field}: {value!r} is below 8kbit, too slow to shape")
+    return bits
+
+
+_PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "sctp": 132, "icmpv6": 58, "ipv6-icmp": 58}
+_PORTED = {"tcp", "udp", "sctp"}
+FIELDS = {"destination", "direction", "protocol", "port", "delay", "jitter", "distribution", "loss",
+          "loss_correlation", "duplicate", "reorder", "rate", "limit", "device"}
+
+
+def normalize(raw: Any, where: str) -> dict[str, Any]:
+    """One constraint from the config, checked, with numbers in SI units (seconds, fractions, bit/s)."""
+    if not isinstance(raw, dict):
+        raise ConfigProblem(f"{where}: a constraint is an object, got {raw!r}")
+    unknown = sorted(set(raw) - FIELDS)
+    if unknown:
+        raise ConfigProblem(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(FIELDS))}")
+    out: dict[str, Any] = {"destination": _network(raw.get("destination"), f"{where}.destination")}
+    out["family"] = ipaddress.ip_network(out["destination"]).version
+    out.update(_selector(raw, where, out["family"]))
+    out.update(_impairments(raw, where))
+    out["rate_bps"] = parse_rate(raw["rate"], f"{where}.rate") if raw.get("rate") not in (None, "") else None
+    out["device"] = _device(raw.get("device"), f"{where}.device")
+    if out["reorder"] and not out["delay_s"]:
+        raise ConfigProblem(f"{where}.reorder: reordering needs a delay (reordered packets skip it, as with "
+                            "netem), e.g. delay 10ms reorder 25%")
+    if out["rate_bps"] and out["port"] is not None and ":" in str(out["port"]):
+        raise ConfigProblem(f"{where}.port: a rate limit matches one port, not a range ({out['port']})")
+    return out
+
+
+def _network(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigProblem(f"{field}: required, an address or prefix such as 198.18.0.3 or 198.18.0.0/24")
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ConfigProblem(f"{field}: {value!r} is not an IPv4/IPv6 address or prefix") from None
+
+
+def _selector(raw: dict[str, Any], where: str, family: int) -> dict[str, Any]:
+    direction = raw.get("direction", "egress")
+    if direction not in ("egress", "ingress"):
+        raise ConfigProblem(f"{where}.direction: {direction!r} is neither egress nor ingress")
+    protocol = raw.get("protocol")
+    if protocol is not None:
+        protocol = str(protocol).lower()
+        if protocol not in _PROTOCOLS:
+            raise ConfigProblem(f"{where}.protocol: {protocol!r} is not one of {', '.join(sorted(_PROTOCOLS))}")
+        if protocol in ("icmp", "icmpv6", "ipv6-icmp"):
+            protocol = "icmp" if family == 4 else "ipv6-icmp"
+    port = raw.get("port")
+    if port is not None:
+        port = _port(port, f"{where}.port")
+        if protocol not in _PORTED:
+            raise ConfigProblem(f"{where}.port: a port needs protocol tcp, udp or sctp (got {protocol!r})")
+    return {"direction": direction, "protocol": protocol, "port": port}
+
+
+def _port(value: Any, field: str) -> str:
+    text = str(value)
+    parts = text.split(":")
+    if len(parts) > 2 or not all(p.isdigit() and 0 < int(p) < 65536 for p in parts) or isinstance(value, bool):
+        raise ConfigProblem(f"{field}: {value!r} is not a port (1-65535) or a range such as 7700:7710")
+    if len(parts) == 2 and int(parts[0]) > int(parts[1]):
+        raise ConfigProblem(f"{field}: {value!r} is an empty range")
+    return text
+
+
+def _impairments(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    def opt(name: str, parse: Callable[[Any, str], float]) -> float:
+        value = raw.get(name)
+        return 0.0 if value in (None, "") else parse(value, f"{where}.{name}")
+
+    distribution = raw.get("distribution", "uniform")
+    if distribution not in ("uniform", "normal"):
+        raise ConfigProblem(f"{where}.distribution: {distribution!r} is neither uniform nor normal")
+    limit = raw.get("limit", DEFAULT_LIMIT)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1_000_000:
+        raise ConfigProblem(f"{where}.limit: {limit!r} is not a packet count in 1-1000000")
+    return {"delay_s": opt("delay", parse_duration), "jitter_s": opt("jitter", parse_duration),
+            "distribution": distribution, "loss": opt("loss", parse_percent),
+            "loss_correlation": opt("loss_correlation", parse_percent), "duplicate": opt("duplicate", parse_percent),
+            "reorder": opt("reorder", parse_percent), "limit": limit}
+
+
+def _device(value: Any, field: str) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", value):
+        raise ConfigProblem(f"{field}: {value!r} is not an interface name")
+    return value
+
+
+def load_config(data: Any) -> dict[str, Any]:
+    """The whole config, checked: constraints normalized, queue numbers assigned."""
+    if not isinstance(data, dict):
+        raise ConfigProblem("config: a JSON object with a 'constraints' list")
+    unknown = sorted(set(data) - {"version", "constraints", "queue_base", "seed", "realtime"})
+    if unknown:
+        raise ConfigProblem(f"config: unknown field(s) {', '.join(unknown)}")
+    if data.get("version", VERSION) != VERSION:
+        raise ConfigProblem(f"config.version: {data.get('version')!r}; this impaird reads version {VERSION}")
+    raw = data.get("constraints")
+    if not isinstance(raw, list):
+        raise ConfigProblem("config.constraints: a list of constraints")
+    base = data.get("queue_base", DEFAULT_QUEUE_BASE)
+    if isinstance(base, bool) or not isinstance(base, int) or not 0 <= base < SINK_QUEUE - len(raw):
+        raise ConfigProblem(f"config.queue_base: {base!r} is not a queue number (0-65535)")
+    seed = data.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ConfigProblem(f"config.seed: {seed!r} is not an integer")
+    realtime = data.get("realtime", True)
+    if not isinstance(realtime, bool):
+        raise ConfigProblem(f"config.realtime: {realtime!r} is not true or false")
+    constraints = [normalize(c, f"constraints[{i}]") for i, c in enumerate(raw)]
+    queue = base
+    for c in constraints:
+        c["queue"] = None
+        if c["delay_s"] or c["jitter_s"] or c["loss"] or c["reorder"]:
+            c["queue"], queue = queue, queue + 1
+    return {"version": VERSION, "constraints": constraints, "seed": seed, "queue_base": base, "realtime": realtime}
+
+
+# ── nfnetlink_queue ─────────────────────────────────────────────────────────
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
+
+
+def _nfmsg(msg_type: int, queue: int, attrs: bytes, flags: int) -> bytes:
+    body = struct.pack("!BBH", socket.AF_UNSPEC, 0, queue) + attrs
+    return NLMSGHDR.pack(16 + len(body), (NFNL_SUBSYS_QUEUE << 8) | msg_type, flags, 0, 0) + body
+
+
+class NfQueue:
+    """One NETLINK_NETFILTER socket bound to several queues; packets are known by (queue, id) only."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        self.sock.bind((0, 0))
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        self.sock.setsockopt(270, NETLINK_NO_ENOBUFS, 1)  # SOL_NETLINK: overruns drop packets, not the socket
+        self.buffer = bytearray(1 << 16)
+        self.errors = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def bind(self, queue: int, maxlen: int) -> None:
+        """Bind ``queue``: metadata only (verdicts never change payloads), GSO packets whole, drop when full."""
+        attrs = (_attr(NFQA_CFG_CMD, struct.pack("!BBH", NFQNL_CFG_CMD_BIND, 0, 0))
+                 + _attr(NFQA_CFG_PARAMS, struct.pack("!IB", 0, NFQNL_COPY_META))
+                 + _attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", maxlen))
+                 + _attr(NFQA_CFG_FLAGS, struct.pack("!I", NFQA_CFG_F_GSO))
+                 + _attr(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN)))
+        self.sock.send(_nfmsg(NFQNL_MSG_CONFIG, queue, attrs, NLM_F_REQUEST | NLM_F_ACK))
+        error = self._ack()
+        if error:
+            hint = " (another program, maybe another impaird, holds it)" if error == 16 else ""
+            raise CommandFailed(f"binding NFQUEUE {queue}: {os.strerror(error)}{hint}")
+
+    def unbind(self, queue: int) -> None:
+        attrs = _attr(NFQA_CFG_CMD, struct.pack("!BBH", NFQNL_CFG_CMD_UNBIND, 0, 0))
+        self.sock.send(_nfmsg(NFQNL_MSG_CONFIG, queue, attrs, NLM_F_REQUEST))
+
+    def _ack(self) -> int:
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            if not select.select([self.sock], [], [], 1.0)[0]:
+                continue
+            size = self.sock.recv_into(self.buffer)
+            for msg_type, offset, _length in self._messages(size):
+                if msg_type == NLMSG_ERROR:
+                    return -int(struct.unpack_from("=i", self.buffer, offset + 16)[0])
+        raise CommandFailed("the kernel did not answer a NFQUEUE config request within 5 s")
+
+    def _messages(self, size: int) -> Iterator[tuple[int, int, int]]:
+        offset = 0
+        while offset + 16 <= size:
+            length, msg_type = NLMSGHDR.unpack_from(self.buffer, offset)[:2]
+            if length < 16:
+                return
+            yield msg_type, offset, length
+            offset += (length + 3) & ~3
+
+    def receive(self, out: list[tuple[int, int]], budget: int) -> None:
+        """Append (queue, packet id) of waiting packets to ``out``, reading at most ``budget`` datagrams."""
+        packet_type = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET
+        for _ in range(budget):
+            try:
+                size = self.sock.recv_into(self.buffer, 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            for msg_type, offset, length in self._messages(size):
+                if msg_type == packet_type:
+                    found = self._packet_id(offset, length)
+                    if found is not None:
+                        out.append(found)
+                elif msg_type == NLMSG_ERROR and struct.unpack_from("=i", self.buffer, offset + 16)[0]:
+                    self.errors += 1
+
+    def _packet_id(self, offset: int, length: int) -> tuple[int, int] | None:
+        queue = struct.unpack_from("!H", self.buffer, offset + 18)[0]
+        at, end = offset + 20, offset + length
+        while at + 4 <= end:
+            alen, kind = struct.unpack_from("=HH", self.buffer, at)
+            if kind & 0x3FFF == NFQA_PACKET_HDR:
+                return queue, struct.unpack_from("!I", self.buffer, at + 4)[0]
+            if alen < 4:
+                break
+            at += (alen + 3) & ~3
+        return None
+
+    def send_verdicts(self, verdicts: Sequence[tuple[int, int, int, bool]]) -> None:
+        """Send (queue, id, verdict, batch) verdicts, many per datagram; ``batch`` covers every id up to ``id``."""
+        chunk = 1024
+        for start in range(0, len(verdicts), chunk):
+            part = verdicts[start:start + chunk]
+            data = bytearray(VERDICT.size * len(part))
+            for i, (queue, packet_id, verdict, batch) in enumerate(part):
+                kind = NFQNL_MSG_VERDICT_BATCH if batch else NFQNL_MSG_VERDICT
+                VERDICT.pack_into(data, i * VERDICT.size, VERDICT.size, (NFNL_SUBSYS_QUEUE << 8) | kind,
+                                  NLM_F_REQUEST, 0, 0, socket.AF_UNSPEC, 0, socket.htons(queue), 12,
+                                  NFQA_VERDICT_HDR, socket.htonl(verdict), socket.htonl(packet_id))
+            self.sock.send(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# ── the emulator ────────────────────────────────────────────────────────────
+
+
+class Impairment:
+    """What happens to each packet of one queue: drop, or the time it is released."""
+
+    def __init__(self, c: dict[str, Any], rng: random.Random) -> None:
+        self.delay, self.jitter = float(c["delay_s"]), float(c["jitter_s"])
+        self.normal = c["distribution"] == "normal"
+        self.loss, self.loss_corr, self.reorder = float(c["loss"]), float(c["loss_correlation"]), float(c["reorder"])
+        self.rng = rng
+        self.last_loss = 0.0
+        self.stats = {"received": 0, "dropped": 0, "reordered": 0, "released": 0, "held_max": 0}
+
+    def due(self, now: float) -> float | None:
+        """When to release a packet that arrived at ``now``; None to drop it."""
+        self.stats["received"] += 1
+        if self.loss and self._lost():
+            self.stats["dropped"] += 1
+            return None
+        if self.reorder and self.rng.random() < self.reorder:
+            self.stats["reordered"] += 1
+            return now
+        if not self.jitter:
+            return now + self.delay
+        if self.normal:
+            return now + max(0.0, self.rng.gauss(self.delay, self.jitter))
+        return now + max(0.0, self.rng.uniform(self.delay - self.jitter, self.delay + self.jitter))
+
+    def _lost(self) -> bool:
+        # netem's correlated draw: each value leans on the previous one by the correlation
+        value = self.rng.random()
+        if self.loss_corr:
+            value = value * (1.0 - self.loss_corr) + self.last_loss * self.loss_corr
+            self.last_loss = value
+        return value < self.loss
+
+
+class Held:
+    """Packets of one queue waiting for their verdict, to tell when one batch verdict can release many."""
+
+    def __init__(self) -> None:
+        self.order: collections.deque[int] = collections.deque()  # ids in arrival order (ids grow with arrival)
+        self.waiting: set[int] = set()
+
+    def add(self, packet_id: int) -> None:
+        self.order.append(packet_id)
+        self.waiting.add(packet_id)
+
+    def release(self, ids: list[int]) -> bool:
+        """Forget ``ids``; True when no packet older than the newest of them is still held."""
+        self.waiting.difference_update(ids)
+        while self.order and self.order[0] not in self.waiting:
+            self.order.popleft()
+        return not self.order or self.order[0] > max(ids)
+
+
+class Emulator:
+    """The daemon's loop: receive, decide, hold on a timer heap, release with precise timeouts."""
+
+    SPIN = 0.00005  # release what is due within 50 us: select() would not wake any closer
+
+    def __init__(self, config: dict[str, Any], stats_path: str | None) -> None:
+        seed = config.get("seed")
+        self.queues = {c["queue"]: c for c in config["constraints"] if c["queue"] is not None}
+        self.impair = {q: Impairment(c, random.Random(None if seed is None else seed + q))
+                       for q, c in self.queues.items()}
+        self.held = {q: Held() for q in self.queues}
+        self.heap: list[tuple[float, int, int, int]] = []  # (due, sequence, queue, id)
+        self.sequence = 0
+        self.late = {"count": 0, "sum_us": 0.0, "max_us": 0.0}
+        self.stats_path, self.stats_written = stats_path, 0.0
+        self.running = True
+        self.nfq = NfQueue()
+
+    def bind(self) -> None:
+        for queue, c in self.queues.items():
+            self.nfq.bind(queue, c["limit"])
+
+    def serve(self) -> None:
+        arrived: list[tuple[int, int]] = []
+        while self.running:
+            self._release(time.monotonic())
+            timeout = 1.0 if not self.heap else max(0.0, self.heap[0][0] - time.monotonic() - self.SPIN)
+            try:
+                ready = select.select([self.nfq], [], [], min(timeout, 1.0))[0]
+            except InterruptedError:
+                continue
+            if ready:
+                self.nfq.receive(arrived, 256)
+                self._admit(arrived, time.monotonic())
+                arrived.clear()
+            self._write_stats(False)
+
+    def _admit(self, arrived: list[tuple[int, int]], now: float) -> None:
+        verdicts: list[tuple[int, int, int, bool]] = []
+        for queue, packet_id in arrived:
+            impair = self.impair.get(queue)
+            due = impair.due(now) if impair else now
+            if due is None:
+                verdicts.append((queue, packet_id, NF_DROP, False))
+                continue
+            self.sequence += 1
+            heapq.heappush(self.heap, (due, self.sequence, queue, packet_id))
+            if queue in self.held:
+                held = self.held[queue]
+                held.add(packet_id)
+                stats = self.impair[queue].stats
+                stats["held_max"] = max(stats["held_max"], len(held.waiting))
+        if verdicts:
+            self.nfq.send_verdicts(verdicts)
+        self._release(now)
+
+    def _release(self, now: float) -> None:
+        due: dict[int, list[int]] = {}
+        while self.heap and self.heap[0][0] <= now + self.SPIN:
+            when, _, queue, packet_id = heapq.heappop(self.heap)
+            due.setdefault(queue, []).append(packet_id)
+            late = max(0.0, now - when) * 1e6
+            self.late["count"] += 1
+            self.late["sum_us"] += late
+            self.late["max_us"] = max(self.late["max_us"], late)
+        if not due:
+            return
+        verdicts: list[tuple[int, int, int, bool]] = []
+        for queue, ids in due.items():
+            held = self.held.get(queue)
+            if held is not None and held.release(ids):
+                verdicts.append((queue, max(ids), NF_ACCEPT, True))
+            else:
+                verdicts.extend((queue, i, NF_ACCEPT, False) for i in ids)
+            if queue in self.impair:
+                self.impair[queue].stats["released"] += len(ids)
+        self.nfq.send_verdicts(verdicts)
+
+    def stop(self) -> None:
+        """Release every held packet now (and any still unread), then unbind the queues."""
+        unread: list[tuple[int, int]] = []
+        self.nfq.receive(unread, 100_000)
+        for queue, packet_id in unread:
+            self.sequence += 1
+            self.heap.append((0.0, self.sequence, queue, packet_id))
+        last: dict[int, int] = {}
+        for _, _, queue, packet_id in self.heap:
+            last[queue] = max(last.get(queue, 0), packet_id)
+        self.nfq.send_verdicts([(q, i, NF_ACCEPT, True) for q, i in last.items()])
+        self.heap.clear()
+        for queue in self.queues:
+            self.nfq.unbind(queue)
+        self._write_stats(True)
+        self.nfq.close()
+
+    def stats(self) -> dict[str, Any]:
+        per_queue = {str(q): {**i.stats, "held": len(self.held[q].waiting)} for q, i in self.impair.items()}
+        count = self.late["count"] or 1
+        return {"queues": per_queue, "netlink_errors": self.nfq.errors, "held": len(self.heap),
+                "release_late_us": {"mean": round(self.late["sum_us"] / count, 1),
+                                    "max": round(self.late["max_us"], 1), "count": self.late["count"]},
+                "time": time.time()}
+
+    def _write_stats(self, force: bool) -> None:
+        now = time.monotonic()
+        if self.stats_path and (force or now - self.stats_written >= 1.0):
+            self.stats_written = now
+            write_json(self.stats_path, self.stats())
+
+
+def realtime() -> None:
+    """Run under SCHED_FIFO: on a busy machine a normal process wakes milliseconds late, a real-time one does not.
+
+    The kernel's real-time throttling still leaves others 5 % of each CPU.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
+    except (OSError, AttributeError) as exc:
+        log(f"running without real-time priority ({exc}): releases may be late on a busy host")
+
+
+def run_daemon(config_path: str, pidfile: str | None) -> int:
+    """Bind the queues, write the pid file (the sign of readiness), serve until SIGTERM/SIGINT."""
+    config = load_config(read_json(config_path))
+    stats_path = os.path.join(os.path.dirname(os.path.abspath(config_path)), "stats.json")
+    emulator = Emulator(config, stats_path)
+    emulator.bind()
+    if config["realtime"]:
+        realtime()
+
+    def stop(_signum: int, _frame: Any) -> None:
+        emulator.running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if pidfile:
+        write_text(pidfile, f"{os.getpid()}\n")
+    log(f"serving queues {sorted(emulator.queues)}")
+    try:
+        emulator.serve()
+    finally:
+        emulator.stop()
+        log("stopped: " + json.dumps(emulator.stats()))
+    return 0
+
+
+# ── rules, qdiscs and the daemon on the host ────────────────────────────────
+
+
+def _tool(*names: str) -> str:
+    for name in names:
+        path = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.path.exists(p)),
+                                          None)
+        if path:
+            return path
+    raise CommandFailed(f"none of {', '.join(names)} found on this host (install the iptables, nftables and "
+                        "iproute2 packages)")
+
+
+def iptables(family: int) -> str:
+    # xtables NFQUEUE works only through the legacy backend where nft's queue expression is missing
+    return _tool("iptables-legacy", "iptables") if family == 4 else _tool("ip6tables-legacy", "ip6tables")
+
+
+def sh(argv: Sequence[str], stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    try:
+        done = subprocess.run(list(argv), input=stdin, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise CommandFailed(f"{argv[0]}: not found on this host (install iproute2, iptables, nftables)") from None
+    if check and done.returncode != 0:
+        raise CommandFailed(f"`{' '.join(argv)}` failed (exit {done.returncode}): {done.stderr.strip()}")
+    return done
+
+
+class Step:
+    """One change to the host and the commands that undo it (recorded before the next step runs)."""
+
+    def __init__(self, do: list[str], *undo: list[str], stdin: str | None = None) -> None:
+        self.do, self.undo, self.stdin = do, list(undo), stdin
+
+    def describe(self) -> str:
+        return " ".join(self.do) + (f" <<EOF\n{self.stdin}EOF" if self.stdin else "")
+
+
+def _match(c: dict[str, Any], *, ingress: bool) -> list[str]:
+    argv = ["-s" if ingress else "-d", c["destination"], "!", "-i" if ingress else "-o", "lo"]
+    if c["protocol"]:
+        argv += ["-p", c["protocol"]]
+    if c["port"]:
+        argv += ["-m", "multiport", "--ports", c["port"]]
+    return argv
+
+
+def _clone_mark(ingress: bool) -> list[str]:
+    return [] if ingress else ["-m", "mark", "--mark", f"{MARK_CLONE:#x}/{MARK_MASK:#x}"]
+
+
+def iptables_steps(config: dict[str, Any]) -> list[Step]:
+    """Per family: our chains, one NFQUEUE rule per queued constraint (first match wins), jumps to them."""
+    steps: list[Step] = []
+    for family in (4, 6):
+        tool = iptables(family) if any(c["family"] == family for c in config["constraints"]) else ""
+        for chain, hook, ingress in ((CHAIN_OUT, "POSTROUTING", False), (CHAIN_IN, "PREROUTING", True)):
+            chosen = [c for c in config["constraints"] if c["family"] == family and c["queue"] is not None
+                      and (c["direction"] == "ingress") == ingress]
+            if not chosen:
+                continue
+            base = [tool, "-w", "-t", "mangle"]
+            steps.append(Step([*base, "-N", chain], [*base, "-F", chain], [*base, "-X", chain]))
+            if not ingress:  # originals of held egress packets (see _nft_rules): freed, reported sent
+                steps.append(Step([*base, "-A", chain, "-m", "mark", "--mark", f"{MARK_ORIG:#x}/{MARK_MASK:#x}",
+                                   "-j", "NFQUEUE", "--queue-num", str(SINK_QUEUE)]))
+            # --queue-bypass: if the daemon dies, traffic flows unimpaired instead of being cut (SSH included)
+            steps.extend(Step([*base, "-A", chain, *_match(c, ingress=ingress), *_clone_mark(ingress), "-j",
+                               "NFQUEUE", "--queue-num", str(c["queue"]), "--queue-bypass"]) for c in chosen)
+            steps.append(Step([*base, "-I", hook, "1", "-j", chain], [*base, "-D", hook, "-j", chain]))
+    return steps
+
+
+def _nft_match(c: dict[str, Any], *, ingress: bool) -> list[str]:
+    """nft selectors for ``c``; a port matches as source or destination, so two selectors then."""
+    ip = "ip" if c["family"] == 4 else "ip6"
+    head = f'{"iifname" if ingress else "oifname"} != "lo" {ip} {"saddr" if ingress else "daddr"} {c["destination"]}'
+    if c["protocol"]:
+        head += f" meta l4proto {c['protocol']}"
+    if not c["port"]:
+        return [head]
+    port = c["port"].replace(":", "-")
+    proto = c["protocol"]
+    return [f"{head} {proto} dport {port}", f"{head} {proto} dport != {port} {proto} sport {port}"]
+
+
+def nft_script(config: dict[str, Any], family: int) -> str | None:
+    """The nft table that copies packets (duplicates, and the clones egress queues hold), or None if not needed."""
+    constraints = [c for c in config["constraints"] if c["family"] == family]
+    ip = "ip" if family == 4 else "ip6"
+    chains = []
+    # egress copies before the queue (mangle, -150) so they are delayed too; ingress copies after it
+    for name, hook, priority, ingress in (("out", "postrouting", -300, False), ("in", "prerouting", -100, True)):
+        chosen = [c for c in constraints if (c["direction"] == "ingress") == ingress]
+        while chosen and not (chosen[-1]["duplicate"] or (chosen[-1]["queue"] is not None and not ingress)):
+            chosen.pop()  # constraints after the last one with an nft rule need none here
+        rules = [rule for c in chosen for sel in _nft_match(c, ingress=ingress)
+                 for rule in _nft_rules(c, sel, ip, ingress=ingress)]
+        if rules:
+            body = "".join(f"    {r}\n" for r in rules)
+            chains.append(f"  chain {name} {{\n    type filter hook {hook} priority {priority}; policy accept;\n"
+                          f"{body}  }}\n")
+    return f"table {ip} {NFT_TABLE} {{\n{''.join(chains)}}}\n" if chains else None
+
+
+def _nft_rules(c: dict[str, Any], sel: str, ip: str, *, ingress: bool) -> list[str]:
+    """Rules for one selector of ``c``; the first matching constraint wins (``accept``), as in the queue chains.
+
+    An egress packet that is to be held is not queued itself: the socket that sent it would count it as
+    unsent while held (TCP small queues would then starve the flow, which netem avoids by orphaning
+    packets). Instead an unowned copy marked CLONE is queued and held, and the original, marked ORIG,
+    goes to the sink queue that nothing binds, where the kernel frees it and reports it sent.
+    """
+    threshold = round(c["duplicate"] * 1_000_000)
+    chance = f"numgen random mod 1000000 < {threshold}"
+    dup = f"dup to {ip} daddr" + ("" if ingress else " device oif")
+    if ingress or c["queue"] is None:
+        return ([f"{sel} {chance} {dup}"] if threshold else []) + [f"{sel} accept"]
+    fresh = f"meta mark & {MARK_MASK:#x} == 0"
+    clone = f"meta mark set meta mark | {MARK_CLONE:#x}"
+    orig = f"meta mark set meta mark & {~MARK_MASK & 0xFFFFFFFF:#x} | {MARK_ORIG:#x}"
+    rules = [f"{sel} {fresh} {chance} {clone} {dup} {dup} {orig} accept"] if threshold else []
+    return [*rules, f"{sel} {fresh} {clone} {dup} {orig} accept"]
+
+
+def nft_steps(config: dict[str, Any]) -> list[Step]:
+    steps = []
+    for family, ip in ((4, "ip"), (6, "ip6")):
+        script = nft_script(config, family)
+        if script:
+            nft = _tool("nft")
+            steps.append(Step([nft, "-f", "-"], [nft, "delete", "table", ip, NFT_TABLE], stdin=script))
+    return steps
+
+
+def route_device(address: str) -> str:
+    out = sh(["ip", "-o", "route", "get", address], check=False)
+    match = re.search(r"\bdev (\S+)", out.stdout)
+    if out.returncode != 0 or not match:
+        raise CommandFailed(f"no route to {address} on this host to find the interface for its rate limit "
+                            f"({out.stderr.strip() or out.stdout.strip()}); give the constraint a 'device'")
+    return match.group(1)
+
+
+def _rate_device(c: dict[str, Any]) -> str:
+    if c["device"]:
+        return str(c["device"])
+    network = ipaddress.ip_network(c["destination"])
+    if network.prefixlen == 0:
+        raise CommandFailed(f"constraint to {network} with a rate: give it a 'device' (which interface to shape)")
+    return route_device(str(network.network_address))
+
+
+def _quantum(rate_bps: int) -> int:
+    return max(1514, min(200_000, rate_bps // 8 // 100))
+
+
+def _u32(c: dict[str, Any], *, ingress: bool) -> list[list[str]]:
+    ip, proto = ("ip", "ip") if c["family"] == 4 else ("ip6", "ipv6")
+    head = ["protocol", proto, "u32", "match", ip, "src" if ingress else "dst", c["destination"]]
+    if c["protocol"]:
+        head += ["match", ip, "protocol", str(_PROTOCOLS[c["protocol"]]), "0xff"]
+    if not c["port"]:
+        return [head]
+    return [[*head, "match", ip, side, c["port"], "0xffff"] for side in ("dport", "sport")]
+
+
+def tc_steps(config: dict[str, Any]) -> list[Step]:
+    """HTB on each egress interface (ifb for ingress): a class per rate-limited constraint, u32 filters."""
+    shaped: dict[tuple[str, bool], list[tuple[int, dict[str, Any]]]] = {}
+    for i, c in enumerate(config["constraints"]):
+        if c["rate_bps"]:
+            shaped.setdefault((_rate_device(c), c["direction"] == "ingress"), []).append((i + 1, c))
+    steps: list[Step] = []
+    for n, ((device, ingress), classes) in enumerate(sorted(shaped.items())):
+        target = device
+        if ingress:
+            target = f"{IFB_PREFIX}{n}"
+            steps.append(Step(["ip", "link", "add", target, "type", "ifb"], ["ip", "link", "del", target]))
+            steps.append(Step(["ip", "link", "set", target, "up"]))
+            steps.append(Step(["tc", "qdisc", "add", "dev", device, "handle", "ffff:", "ingress"],
+                              ["tc", "qdisc", "del", "dev", device, "handle", "ffff:", "ingress"]))
+            steps.append(Step(["tc", "filter", "add", "dev", device, "parent", "ffff:", "protocol", "all", "prio", "1",
+                               "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev",
+                               target]))
+        steps.extend(_htb_steps(target, classes, ingress=ingress))
+    return steps
+
+
+def _htb_steps(device: str, classes: list[tuple[int, dict[str, Any]]], *, ingress: bool) -> list[Step]:
+    # unclassified traffic takes HTB's direct queue (default 0): only the constraints' traffic is shaped
+    steps = [Step(["tc", "qdisc", "add", "dev", device, "root", "handle", f"{TC_HANDLE}:", "htb", "default", "0"],
+                  ["tc", "qdisc", "del", "dev", device, "root", "handle", f"{TC_HANDLE}:"])]
+    for minor, c in classes:
+        rate = f"{c['rate_bps']}bit"
+        steps.append(Step(["tc", "class", "add", "dev", device, "parent", f"{TC_HANDLE}:", "classid",
+                           f"{TC_HANDLE}:{minor:x}", "htb", "rate", rate, "ceil", rate,
+                           "quantum", str(_quantum(c["rate_bps"]))]))
+        for match in _u32(c, ingress=ingress):
+            steps.append(Step(["tc", "filter", "add", "dev", device, "parent", f"{TC_HANDLE}:", "prio", str(minor),
+                               *match, "flowid", f"{TC_HANDLE}:{minor:x}"]))
+    return steps
+
+
+def plan(config: dict[str, Any]) -> list[Step]:
+    """Every change ``apply`` makes after starting the daemon, in order."""
+    return nft_steps(config) + iptables_steps(config) + tc_steps(config)
+
+
+# ── state ───────────────────────────────────────────────────────────────────
+
+
+def read_json(path: str) -> Any:
+    """JSON from a file, from stdin (``-``), or inline (text starting with ``{``)."""
+    if path == "-":
+        return json.load(sys.stdin)
+    if path.lstrip().startswith("{"):
+        return json.loads(path)
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} impaird[{os.getpid()}]: {message}\n")
+    sys.stderr.flush()
+
+
+class State:
+    """``<state-dir>/state.json``: the undo commands of what is applied, and the daemon's pid."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.path = os.path.join(folder, "state.json")
+        os.makedirs(folder, mode=0o755, exist_ok=True)
+        self._lock = open(os.path.join(folder, "lock"), "w")  # noqa: SIM115 (held for the process's life)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+
+    def load(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = read_json(self.path)
+            return data
+        except FileNotFoundError:
+            return {"undo": [], "daemon": None, "config": None}
+
+    def save(self, data: dict[str, Any]) -> None:
+        write_json(self.path, data)
+
+    def remove(self) -> None:
+        for name in ("state.json", "config.json", "stats.json", "impaird.pid"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.folder, name))
+
+
+def _daemon_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            cmdline = handle.read().split(b"\0")
+    except OSError:
+        return False
+    return any(part.endswith(b"impaird.py") for part in cmdline) and b"run" in cmdline
+
+
+def start_daemon(folder: str, timeout: float = 10.0) -> int:
+    """Start ``run`` in its own session; return its pid once its queues are bound (it wrote the pid file)."""
+    pidfile, logfile = os.path.join(folder, "impaird.pid"), os.path.join(folder, "impaird.log")
+    if os.path.exists(pidfile):
+        os.unlink(pidfile)
+    with open(logfile, "ab") as out:
+        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "run", "--config",
+                                 os.path.join(folder, "config.json"), "--pidfile", pidfile],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(pidfile):
+            return proc.pid
+        if proc.poll() is not None:
+            raise CommandFailed(f"impaird exited with {proc.returncode} while binding its queues: {_tail(logfile)}")
+        time.sleep(0.01)
+    proc.kill()
+    raise CommandFailed(f"impaird did not bind its queues within {timeout:g} s: {_tail(logfile)}")
+
+
+def _tail(path: str) -> str:
+    with open(path, errors="replace") as handle:
+        return " | ".join(handle.read().strip().splitlines()[-3:])
+
+
+def stop_daemon(pid: int, grace: float = 5.0) -> None:
+    """SIGTERM (it releases what it holds), SIGKILL after ``grace`` seconds."""
+    if not _daemon_alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _daemon_alive(pid) or _zombie(pid):
+            return
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+GONE = re.compile(r"No chain/target/match|does a matching rule exist|No such file or directory|Cannot find device|"
+                  r"Cannot delete qdisc with handle of zero|Invalid handle|Chain .* does not exist|No such device|"
+                  r"Bad rule|Cannot find specified qdisc")
+
+
+def undo_all(state: State, data: dict[str, Any]) -> list[str]:
+    """Undo recorded steps newest first, then stop the daemon; returns what could not be undone."""
+    problems = []
+    while data["undo"]:
+        for argv in data["undo"][-1]:
+            done = sh(argv, check=False)
+            if done.returncode != 0 and not GONE.search(done.stderr):
+                problems.append(f"`{' '.join(argv)}`: {done.stderr.strip()}")
+        data["undo"].pop()
+        state.save(data)
+    if data.get("daemon"):
+        stop_daemon(int(data["daemon"]))
+        data["daemon"] = None
+        state.save(data)
+    return problems
+
+
+def apply(raw: dict[str, Any], folder: str) -> dict[str, Any]:
+    """Replace what is applied with the config ``raw``; on failure undo this attempt and raise CommandFailed."""
+    config = load_config(raw)
+    state = State(folder)
+    data = state.load()
+    problems = undo_all(state, data)
+    if problems:
+        raise CommandFailed("could not clear the previous emulation: " + "; ".join(problems))
+    steps = plan(config)
+    data = {"undo": [], "daemon": None, "config": config}
+    write_json(os.path.join(folder, "config.json"), raw)
+    state.save(data)
+    try:
+        if any(c["queue"] is not None for c in config["constraints"]):
+            data["daemon"] = start_daemon(folder)
+            state.save(data)
+        for step in steps:
+            sh(step.do, stdin=step.stdin)
+            if step.undo:
+                data["undo"].append(step.undo)
+                state.save(data)
+    except BaseException:
+        undo_all(state, data)
+        state.remove()
+        raise
+    return show(folder)
+
+
+def clear(folder: str) -> list[str]:
+    """Undo everything applied; returns what could not be undone (empty when clean)."""
+    if not os.path.isdir(folder):
+        return []
+    state = State(folder)
+    problems = undo_all(state, state.load())
+    if not problems:
+        shutil.rmtree(folder, ignore_errors=True)
+    return problems
+
+
+def show(folder: str) -> dict[str, Any]:
+    """What is applied: the config, the daemon, its counters, and the undo commands."""
+    path = os.path.join(folder, "state.json")
+    if not os.path.exists(path):
+        return {"applied": False, "state_dir": folder}
+    data = read_json(path)
+    pid = data.get("daemon")
+    stats_path = os.path.join(folder, "stats.json")
+    stats = read_json(stats_path) if os.path.exists(stats_path) else None
+    return {"applied": True, "state_dir": folder, "config": data.get("config"), "undo": data.get("undo", []),
+            "daemon": {"pid": pid, "alive": _daemon_alive(pid)} if pid else None, "stats": stats}
+
+
+# ── command line ────────────────────────────────────────────────────────────
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="impaird", description="userspace network emulation (NFQUEUE, HTB)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("apply", "apply a config (replaces what is applied)"), ("clear", "remove everything applied"),
+                       ("show", "print what is applied as JSON"), ("run", "the daemon (apply starts it)")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help=f"default {DEFAULT_STATE_DIR}")
+        if name in ("apply", "run"):
+            cmd.add_argument("--config", required=True, help="config file (JSON), - for stdin, or the JSON itself")
+        if name == "apply":
+            cmd.add_argument("--dry-run", action="store_true", help="check the config, print the commands")
+        if name == "run":
+            cmd.add_argument("--pidfile", help="written once the queues are bound")
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigProblem as exc:
+        sys.stderr.write(f"impaird: bad config: {exc}\n")
+        return 2
+    except ValueError as exc:  # unreadable JSON
+        sys.stderr.write(f"impaird: bad config: {exc}\n")
+        return 2
+    except OSError as exc:
+        sys.stderr.write(f"impaird: {exc}\n")
+        return 1
+    except CommandFailed as exc:
+        sys.stderr.write(f"impaird: {exc}\n")
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return run_daemon(args.config, args.pidfile)
+    if args.command == "apply":
+        raw = read_json(args.config)
+        if args.dry_run:
+            print("\n".join(step.describe() for step in plan(load_config(raw))))
+            return 0
+        print(json.dumps(apply(raw, args.state_dir), indent=1, sort_keys=True))
+        return 0
+    if args.command == "clear":
+        problems = clear(args.state_dir)
+        for problem in problems:
+            sys.stderr.write(f"impaird: could not undo {problem}\n")
+        return 1 if problems else 0
+    print(json.dumps(show(args.state_dir), indent=1, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
