@@ -234,6 +234,7 @@ class Coordinator:
         self._delivered: set[tuple[str, str]] = set()
         self._ready: set[tuple[str, str]] = set()
         self._ready_at: dict[tuple[str, str], int] = {}
+        self._done_at: dict[tuple[str, str], int] = {}
         self._active: dict[str, str] = {}
         self._deferred: dict[str, list[str]] = {}
         self._quiet = False
@@ -454,6 +455,10 @@ class Coordinator:
         """When each worker's ready event for ``run_id`` arrived (coordinator clock, ns since the epoch)."""
         return {worker: at for (run, worker), at in self._ready_at.items() if run == run_id}
 
+    def report_times(self, run_id: str) -> dict[str, int]:
+        """When each worker's completion report for ``run_id`` first arrived (coordinator clock, ns)."""
+        return {worker: at for (run, worker), at in self._done_at.items() if run == run_id}
+
     async def run(self, role: str, action: str, params: Params | None = None, *, start_in: float | None = None,
                   deadline_s: float | None = None, run_id: str | None = None) -> list[WorkerRecord]:
         """Start ``action`` on every worker of ``role`` at one scheduled instant and wait for all to finish.
@@ -617,6 +622,7 @@ class Coordinator:
         elif kind == "done" and isinstance(payload.get("rec"), dict):
             record = self._record(link, payload["rec"])
             self._records.setdefault((record.run, link.id), record)
+            self._done_at.setdefault((record.run, link.id), time.time_ns())
         else:
             link.stats.reject("bad_event")
             return

@@ -34,6 +34,7 @@ SPIN_NS = 200_000
 EVENT_FIRST_S, EVENT_MAX_S, EVENT_GIVE_UP_S = 0.25, 4.0, 600.0
 READY_POLL_S, READY_GIVE_UP_S = 0.002, 120.0
 KEEP_REPORTED = 64
+REALTIME_PRIORITY = 10
 STATUS_RUNS = 8
 Addr = tuple[str, int]
 log = logging.getLogger("enosnet.agent")
@@ -325,6 +326,7 @@ class Agent:
             self._spawn(run)
         else:
             run.state = "armed"
+            _realtime(True)
             run.target_mono = time.monotonic_ns() + (at - time.time_ns())
             self._timer(f"start:{run.run}", run.target_mono - WAKE_EARLY_NS, lambda: self._start_on_time(run))
             self._persist()
@@ -390,6 +392,8 @@ class Agent:
         while time.monotonic_ns() < run.target_mono:
             pass
         self._spawn(run)
+        if not any(r.state == "armed" for r in self.runs.values()):
+            _realtime(False)
 
     def _spawn(self, run: Run) -> None:
         assert run.spawn_args is not None
@@ -579,6 +583,21 @@ class Agent:
             if when <= now and self.timers.get(key, (0, None))[1] is action:
                 del self.timers[key]
                 action()
+
+
+def _realtime(on: bool) -> None:
+    """While a start is armed, run at a real-time priority so the wake-up at T is not delayed by load.
+
+    SCHED_RESET_ON_FORK keeps the started process (and its children) at the normal
+    policy. Without the privilege (not root), the agent stays as it is.
+    """
+    try:
+        if on:
+            os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(REALTIME_PRIORITY))
+        else:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (OSError, AttributeError):
+        pass
 
 
 def _run_id(payload: dict[str, Any]) -> str:
