@@ -285,6 +285,12 @@ def test_cli_backup_to_s3_then_verify(env: Environment, aws: object) -> None:
     assert [line.split()[0] for line in checked.stdout.splitlines()] == ["OK", "OK"]
 
 
+def test_cli_name_without_s3_or_verify_is_a_usage_error(env: Environment) -> None:
+    done = subprocess.run([*ENOSNET, "backup", "--env", str(env.root), "--name", "x"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and "--name without --verify needs --s3" in done.stderr
+
+
 def test_s3_url_is_validated() -> None:
     with pytest.raises(ValueError, match="s3://BUCKET"):
         S3Location.parse("https://bucket/x")

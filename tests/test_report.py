@@ -81,6 +81,17 @@ def test_metric_selection_and_threshold(database: Path, tmp_path: Path) -> None:
     assert "throughput" not in report.markdown.read_text().split("## Plots")[0]
 
 
+def test_the_latest_experiment_unless_one_is_named(tmp_path: Path) -> None:
+    with ResultsStore.open(tmp_path / "results.db") as store:
+        fill_synthetic(store, repetitions=2, start_time=1_000_000.0)
+        store.begin_experiment(ExperimentRecord(name="later", started=2_000_000.0))
+    with pytest.raises(ResultsError, match="'later' has no runs"):
+        build_report(tmp_path / "results.db", tmp_path / "a")
+    named = build_report(tmp_path / "results.db", tmp_path / "b", experiment="incast")
+    assert named.analysis.experiment.name == "incast"
+    assert "other experiments in this database" in named.markdown.read_text()
+
+
 def test_experiment_without_runs_is_a_clear_error(tmp_path: Path) -> None:
     with ResultsStore.open(tmp_path / "results.db") as store:
         store.begin_experiment(ExperimentRecord(name="empty"))

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 import re
+from itertools import pairwise
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from enosnet.results.stats import (
     Comparison,
@@ -185,3 +188,12 @@ def test_constant_and_list_parameters() -> None:
     assert analysis.parameters == ("loss",) and analysis.constants == {"sizes": [1, 2], "driver": "tcp"}
     [c] = analysis.comparisons
     assert c.sentence.startswith("goodput: loss=0.01 is 20 % lower than loss=0 (95 % CI")
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1), min_size=1, max_size=30))
+def test_holm_properties(p_values: list[float]) -> None:
+    adjusted = holm(p_values)
+    assert all(p <= a <= 1.0 for p, a in zip(p_values, adjusted, strict=True))
+    ranked = sorted(zip(p_values, adjusted, strict=True))
+    assert all(a1 <= a2 for (_, a1), (_, a2) in pairwise(ranked))  # order kept
+    assert min(adjusted) == pytest.approx(min(1.0, min(p_values) * len(p_values)))
