@@ -7,6 +7,7 @@
 
 from enosnet.bench import BenchOptions, BenchResult, Experiment, load_experiment, run_experiment
 from enosnet.config import EnvConfig, load_config, parse_config
+from enosnet.coordinator import Coordinator, SyncCoordinator, WorkerRecord
 from enosnet.environment import Environment
 from enosnet.errors import (
     BenchError,
@@ -54,6 +55,7 @@ __all__ = [
     "BenchResult",
     "CheckFailed",
     "ConfigError",
+    "Coordinator",
     "CoordinatorError",
     "EnosnetError",
     "EnvConfig",
@@ -76,9 +78,11 @@ __all__ = [
     "Roles",
     "SshOptions",
     "Status",
+    "SyncCoordinator",
     "SyncTimeout",
     "UsageError",
     "WorkerLost",
+    "WorkerRecord",
     "actions",
     "close_connections",
     "load_config",
