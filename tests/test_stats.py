@@ -197,3 +197,9 @@ def test_holm_properties(p_values: list[float]) -> None:
     ranked = sorted(zip(p_values, adjusted, strict=True))
     assert all(a1 <= a2 for (_, a1), (_, a2) in pairwise(ranked))  # order kept
     assert min(adjusted) == pytest.approx(min(1.0, min(p_values) * len(p_values)))
+
+
+def test_relative_difference_keeps_its_direction_for_negative_values() -> None:
+    c = compare_levels([-10.0, -10.2, -9.8], [-5.0, -5.1, -4.9], options=StatsOptions(), seed_key="neg",
+                       metric="offset", levels=("a", "b"))
+    assert c.rel_diff == pytest.approx(0.5) and c.ci.low > 0  # -5 is higher than -10, by half its magnitude

@@ -97,7 +97,7 @@ class Summary:
 class Comparison:
     """Level ``other`` against level ``baseline`` of ``parameter``, at the fixed values ``at`` of the others.
 
-    ``rel_diff`` is mean(other) / mean(baseline) - 1; ``p_value`` is Welch's
+    ``rel_diff`` is (mean(other) - mean(baseline)) / |mean(baseline)|; ``p_value`` is Welch's
     two-sided t-test, ``p_adjusted`` its Holm correction over the family.
     """
 
@@ -284,12 +284,13 @@ def compare_levels(baseline: Sequence[float], other: Sequence[float], *, options
     """Relative difference of the means of ``other`` vs ``baseline`` with its bootstrap CI and Welch p-value."""
     a, b = np.asarray(baseline, dtype=float), np.asarray(other, dtype=float)
     rng = rng_for(options, seed_key)
-    rel = float(b.mean() / a.mean() - 1) if a.mean() != 0 else math.nan
+    # relative to |baseline|, so "higher" means higher also for negative values (offsets, deltas)
+    rel = float((b.mean() - a.mean()) / abs(a.mean())) if a.mean() != 0 else math.nan
     ci = Interval(math.nan, math.nan)
     if a.size >= 2 and b.size >= 2 and a.mean() != 0:
         means_a = a[rng.integers(0, a.size, (options.resamples, a.size))].mean(axis=1)
         means_b = b[rng.integers(0, b.size, (options.resamples, b.size))].mean(axis=1)
-        ratios = means_b / np.where(means_a == 0, np.nan, means_a) - 1
+        ratios = (means_b - means_a) / np.abs(np.where(means_a == 0, np.nan, means_a))
         tail = (1 - options.confidence) / 2 * 100
         low, high = np.nanpercentile(ratios, [tail, 100 - tail])
         ci = Interval(float(low), float(high))
