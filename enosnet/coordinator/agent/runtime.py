@@ -270,6 +270,10 @@ class Agent:
         if addr != self.coord:
             self.coord = addr
             self._persist()
+            self._resend_events()
+
+    def _resend_events(self) -> None:
+        """Send every unacknowledged event again now, with a fresh backoff."""
         for event in self.events.values():
             event.update(next=0, interval=EVENT_FIRST_S, first=time.monotonic())
         self._arm_event_timer()
@@ -345,6 +349,8 @@ class Agent:
         return {"stopping": [r.run for r in targets]}
 
     def _status(self, payload: dict[str, Any]) -> dict[str, Any]:
+        if payload.get("resend") is True:
+            self._resend_events()
         if self.timed_phase() and payload.get("force") is not True:
             self.counters["refused"] += 1
             return {"refused": "timed phase"}
