@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from enosnet.config import EnvConfig
+from enosnet.config import EnvConfig, parse_config
 from enosnet.environment import Environment
+from enosnet.providers import ec2_resources as res
 from enosnet.providers import make_provider
-from enosnet.providers.ec2_aws import KILL_AFTER_CALL_VAR
+from enosnet.providers.ec2_aws import KILL_AFTER_CALL_VAR, Aws
 from tests.test_ec2_provider import REGION, endpoint, enosnet, leftovers, loopback_only  # noqa: F401
 from tests.test_ec2_provider import ec2 as ec2
 
@@ -184,4 +185,22 @@ def test_unknown_key_pair(ec2: Any, tmp_path: Path) -> None:
     config = write(tmp_path, ONE_EACH.replace("wait_ssh: false", "wait_ssh: false, key_name: nobody"))
     out = enosnet("deploy", "-c", config, cwd=tmp_path)
     assert out.returncode == 1 and "[InvalidKeyPair.NotFound]" in out.stderr and "check `key_name`" in out.stderr
+    assert leftovers(ec2) == {}
+
+
+def test_expired_sweep_keeps_the_group_and_key_of_an_environment_still_alive(ec2: Any, tmp_path: Path) -> None:
+    short = ONE_EACH.replace("wait_ssh: false", "wait_ssh: false, max_lifetime_hours: 0.0001")
+    env = Environment(tmp_path / "mixed")
+    make_provider(parse_config(short), env).init()
+    time.sleep(0.5)
+    # a later deploy adds a host with a later expiry to the same environment
+    grown = make_provider(parse_config(ONE_EACH.replace("server: {count: 1", "server: {count: 2")), env)
+    grown.init()
+    report = res.sweep(Aws(REGION), owner=res.owner_id(), expired_only=True, timeout=30)
+    assert report.problems == []
+    assert len(report.released.instances) == 2 and report.released.security_groups == []
+    assert report.released.key_pairs == []
+    left = leftovers(ec2)
+    assert len(left["instances"]) == 1 and left["security_groups"] and left["key_pairs"]
+    grown.destroy()
     assert leftovers(ec2) == {}

@@ -95,9 +95,19 @@ def tags(resource: dict[str, Any]) -> dict[str, str]:
 
 def enosnet(*args: str, cwd: Path, extra_env: dict[str, str] | None = None,
             stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """Run the CLI with an ``ssh``/``scp`` on PATH that refuses and records: nothing may SSH to moto's addresses."""
+    guard = cwd / ".ssh-guard"
+    guard.mkdir(exist_ok=True)
+    for tool in ("ssh", "scp"):
+        (guard / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {guard}/attempts\nexit 255\n')
+        (guard / tool).chmod(0o755)
     env = {**os.environ, "COLUMNS": "200", **(extra_env or {})}
-    return subprocess.run([ENOSNET, *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=env,
-                          input=stdin)
+    env["PATH"] = f"{guard}:{env.get('PATH', '')}"
+    out = subprocess.run([ENOSNET, *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=env,
+                         input=stdin)
+    attempts = guard / "attempts"
+    assert not attempts.exists(), f"`enosnet {' '.join(args)}` tried to SSH: {attempts.read_text()}"
+    return out
 
 
 # ── lifecycle ───────────────────────────────────────────────────────────────
@@ -207,6 +217,7 @@ def test_cli_deploy_status_destroy(ec2: Any, tmp_path: Path) -> None:
         out = enosnet("deploy", "-c", "c.yaml", cwd=tmp_path)
         assert out.returncode == 0, out.stderr
         assert "deployed 3 hosts (server: 2, client: 1)" in out.stdout
+        assert "install skipped" in out.stdout  # wait_ssh: false: the hosts need not be reachable
         out = enosnet("status", cwd=tmp_path)
         assert out.returncode == 0, out.stdout + out.stderr
         assert out.stdout.count("running, up ") == 3 and "ssh:" not in out.stdout  # no SSH probe to moto

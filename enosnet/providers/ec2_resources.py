@@ -14,7 +14,7 @@ from __future__ import annotations
 import getpass
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -114,13 +114,22 @@ class SweepReport:
 
 def find(aws: Aws, filters: list[dict[str, Any]], *, expired_at: datetime | None = None,
          placement_groups: bool = True) -> tuple[Found, list[str]]:
-    """enosnet resources matching ``filters`` (only expired ones when ``expired_at`` is given)."""
-    keep: Callable[[dict[str, Any]], bool] = (
-        (lambda r: expired(tag_dict(r), expired_at)) if expired_at else (lambda r: True))
+    """enosnet resources matching ``filters`` (only expired ones when ``expired_at`` is given).
+
+    With ``expired_at``, the groups and keys of an environment that still has
+    a live unexpired instance are kept too, whatever their own tag says (a
+    later deploy may have added hosts with a later expiry).
+    """
     found, problems = Found(), []
     instances = [i for r in aws.pages("describe_instances", "Reservations", Filters=[
         *filters, {"Name": "instance-state-name", "Values": list(LIVE_STATES)}]) for i in r["Instances"]]
-    found.instances = sorted(i["InstanceId"] for i in instances if keep(i))
+    alive = {tag_dict(i).get(TAG_ENV) for i in instances if expired_at and not expired(tag_dict(i), expired_at)}
+
+    def keep(resource: dict[str, Any], *, instance: bool = False) -> bool:
+        tags = tag_dict(resource)
+        return expired_at is None or (expired(tags, expired_at) and (instance or tags.get(TAG_ENV) not in alive))
+
+    found.instances = sorted(i["InstanceId"] for i in instances if keep(i, instance=True))
     groups = aws.call("describe_security_groups", Filters=filters)["SecurityGroups"]
     found.security_groups = sorted(g["GroupId"] for g in groups if keep(g))
     keys = aws.call("describe_key_pairs", Filters=filters)["KeyPairs"]
