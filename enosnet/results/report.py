@@ -197,13 +197,17 @@ class Page:
         for m in self.metadata:
             if m.run_id is None:
                 values[m.key][m.host] = m.value
-        per_run: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        per_run: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
         for m in self.metadata:
             if m.run_id is not None:
-                per_run[(f"{m.key} (per run)", m.host)][m.value] += 1
-        for (key, host), seen in per_run.items():
-            values[key][host] = next(iter(seen)) if len(seen) == 1 else "; ".join(
+                per_run[m.key][m.host][m.value] += 1
+        for key, by_host in per_run.items():
+            once = values.get(key, {})
+            if all(list(seen) == [once.get(host)] for host, seen in by_host.items()):
+                continue  # the same in every run as when first collected: nothing new to say
+            values[f"{key} (per run)"] = {host: next(iter(seen)) if len(seen) == 1 else "; ".join(
                 f"{v} ({n} runs)" for v, n in sorted(seen.items(), key=lambda x: -x[1]))
+                for host, seen in by_host.items()}
         return ["key", "value (hosts, when they differ)"], [[k, _by_value(v, hosts)] for k, v in sorted(values.items())]
 
     def run_rows(self) -> list[list[str]]:
