@@ -536,8 +536,10 @@ class Coordinator:
 
         replies = await self._fan_out(self._links(workers), MessageType.PREPARE, payload,
                                       timeout=self.timeouts.request, what=f"prepare {action}")
-        refused = {w: m.payload["error"] for w, m in replies.items() if "state" not in m.payload}
+        refused = {w: m.payload.get("error") for w, m in replies.items() if "state" not in m.payload}
         if refused:
+            accepted = [link for link in self._links(workers) if link.id not in refused]
+            await self._cancel(accepted, run_id)
             text = "; ".join(f"{w}: {why}" for w, why in sorted(refused.items()))
             raise CoordinatorError(f"agents refused {action}: {text}")
         done = sorted(w for w, m in replies.items() if m.payload["state"] != "ready")

@@ -248,6 +248,9 @@ class Agent:
             reply = self._handle(msg.type, msg.payload, t1)
         except (ActionError, ValueError, TypeError, KeyError) as exc:
             reply = {"error": str(exc)[:300]}
+        except Exception as exc:  # an authenticated request must never take the agent down
+            log.exception("handling %s failed", msg.type.name)
+            reply = {"error": f"agent error: {exc}"[:300]}
         if reply is not None:
             self._send(MessageType.RESP, reply, addr, ack=msg.seq)
 
@@ -410,8 +413,8 @@ class Agent:
             run.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=run.files[0], stderr=run.files[1],
                                         env=env, cwd=cwd, start_new_session=True,
                                         close_fds=False)  # fds Python opens are non-inheritable anyway (PEP 446)
-        except OSError as exc:
-            self._finish(run, "failed", error=f"cannot start {argv[0]}: {exc.strerror or exc}")
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            self._finish(run, "failed", error=f"cannot start {argv[0]}: {getattr(exc, 'strerror', None) or exc}")
             return
         run.exec_ns = time.monotonic_ns() - run.start_mono
         run.pid, run.ticks = run.proc.pid, _start_ticks(run.proc.pid)
@@ -588,7 +591,10 @@ class Agent:
         for key, (when, action) in sorted(self.timers.items(), key=lambda item: item[1][0]):
             if when <= now and self.timers.get(key, (0, None))[1] is action:
                 del self.timers[key]
-                action()
+                try:
+                    action()
+                except Exception:  # one failing timer must not stop the others or the agent
+                    log.exception("timer %s failed", key)
 
 
 def _realtime(on: bool) -> None:
