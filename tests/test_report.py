@@ -50,6 +50,7 @@ def test_report_files_and_findings(report_dir: Path) -> None:
         assert "no practically significant difference between reno and cubic at delay=0ms" in text
         assert "failed runs excluded" in text and "only 4 to 5 successful repetitions" in text
         assert "netem applied" in text and "6.1.0-28-amd64" in text and "198.18.0.2" in text
+        assert "qdisc (per run)" in text and "netem delay 20ms (" in text and "kernel (per run)" not in text
     assert sorted(p.name for p in (report_dir / "plots").iterdir()) == sorted(
         ["metric-throughput.png", "throughput-time.png", "throughput-cdf.png", "start-skew.png", "cpu-time.png"])
     assert md.index("### throughput") < md.index("### retransmits")  # the headline metric first
