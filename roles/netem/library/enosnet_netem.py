@@ -240,7 +240,8 @@ def still_in_place(spec):
 
 def show(spec):
     devices = sorted(set(spec) | {ifb_name(d) for d, v in spec.items() if v["ingress"]})
-    return {d: run(["tc", "qdisc", "show", "dev", d]).strip() for d in devices}
+    return {d: (run(["tc", "qdisc", "show", "dev", d]) + run(["tc", "class", "show", "dev", d])).strip()
+            for d in devices}
 
 
 def main():
