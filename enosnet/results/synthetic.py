@@ -81,7 +81,8 @@ def _run(rng: np.random.Generator, *, cc: str, delay: str, rep: int, position: i
               "seed": position, "scheduled_start": start, "started": start + float(skews.min()),
               "ended": start + duration + 0.01, "start_skew": float(skews.max() - skews.min()),
               "processes": processes,
-              "metadata": [HostMeta(c, "qdisc", f"netem delay {delay}", "tc qdisc show") for c in CLIENTS]}
+              "metadata": [HostMeta(c, "qdisc", f"netem delay {delay}", "tc qdisc show") for c in CLIENTS] +
+                          [HostMeta(h, "kernel", "6.1.0-28-amd64", "uname -r") for h in (SERVER, *CLIENTS)]}
     if failed:
         return RunRecord(**common, status="failed", reason="client-2: iperf3 exited 1: unable to connect")
     metrics, samples = [], []
