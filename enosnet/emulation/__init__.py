@@ -267,7 +267,9 @@ def show_argv(*, python: str = "python3", path: str = REMOTE_PATH, state_dir: st
 
 
 def install(target: Target) -> None:
-    """Copy impaird.py to the host."""
+    """Copy impaird.py to the host (nothing to do when the target path is this package's own file)."""
+    if target.path == str(IMPAIRD):
+        return
     _check(target, target.run(install_argv(target.path), stdin=IMPAIRD.read_bytes()), "installing impaird")
 
 

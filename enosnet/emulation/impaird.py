@@ -758,10 +758,11 @@ def tc_steps(config: dict[str, Any]) -> list[Step]:
         if c["rate_bps"]:
             shaped.setdefault((_rate_device(c), c["direction"] == "ingress"), []).append((i + 1, c))
     steps: list[Step] = []
-    for n, ((device, ingress), classes) in enumerate(sorted(shaped.items())):
+    ifbs = 0
+    for (device, ingress), classes in sorted(shaped.items()):
         target = device
         if ingress:
-            target = f"{IFB_PREFIX}{n}"
+            target, ifbs = f"{IFB_PREFIX}{ifbs}", ifbs + 1
             steps.append(Step(["ip", "link", "add", target, "type", "ifb"], ["ip", "link", "del", target]))
             steps.append(Step(["ip", "link", "set", target, "up"]))
             steps.append(Step(["tc", "qdisc", "add", "dev", device, "handle", "ffff:", "ingress"],
@@ -950,7 +951,7 @@ def apply(raw: dict[str, Any], folder: str) -> dict[str, Any]:
                 state.save(data)
     except BaseException:
         undo_all(state, data)
-        state.remove()
+        shutil.rmtree(folder, ignore_errors=True)
         raise
     return show(folder)
 
