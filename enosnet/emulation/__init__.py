@@ -213,12 +213,13 @@ class Target:
 
 # a throwaway network namespace leaves nothing behind; without one, lo is used only if it has no qdisc of its own
 _PROBE = """
+command -v tc >/dev/null || { echo "no tc on this host (install iproute2)" >&2; exit 3; }
 if unshare --net true 2>/dev/null; then exec unshare --net tc qdisc add dev lo root netem delay 0ms; fi
 tc qdisc show dev lo | grep -q '^qdisc netem' && exit 0
 tc qdisc show dev lo | grep -q '^qdisc noqueue 0: root' || { echo "lo has a qdisc, cannot probe" >&2; exit 3; }
 tc qdisc add dev lo root handle e57f: netem delay 0ms && tc qdisc del dev lo root handle e57f:
 """
-_NO_NETEM = ("qdisc kind is unknown", "Unknown qdisc", "No such file or directory")
+_NO_NETEM = ("qdisc kind is unknown", "RTNETLINK answers: No such file or directory")  # new and old tc
 
 
 def kernel_has_netem(run: Runner) -> bool:
