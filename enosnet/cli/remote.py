@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -25,7 +26,6 @@ from enosnet.errors import EnvironmentNotFound, UsageError
 from enosnet.model import Host, Roles
 from enosnet.remote import fanout
 from enosnet.remote.results import HostResult, Results, Status, describe_failure
-from enosnet.remote.targets import HostsLike
 
 RoleOption = Annotated[list[str] | None, typer.Option(
     "--role", "-r", metavar="ROLE", help="Only hosts of this role (repeatable).")]
@@ -34,6 +34,9 @@ HostsFileOption = Annotated[Path | None, typer.Option(
     help="Plain hosts file ([user@]address[:port] per line, # comments); no environment needed.")]
 KeyOption = Annotated[Path | None, typer.Option(
     "--identity", "-i", metavar="KEY", help="SSH private key for hosts from -f.")]
+SshOption = Annotated[list[str] | None, typer.Option(
+    "--ssh-option", "-o", metavar="OPTION",
+    help="An OpenSSH option for every host, e.g. -o UserKnownHostsFile=kh (repeatable; wins over the host's own).")]
 AttemptsOption = Annotated[int, typer.Option("--attempts", "-a", min=1, help="Tries per host on connection failures.")]
 TimeoutOption = Annotated[float, typer.Option("--timeout", "-t", min=0, help="Seconds per host (0: none).")]
 ParallelOption = Annotated[int, typer.Option("--parallel", "-p", min=1, help="Hosts handled at once.")]
@@ -67,12 +70,13 @@ def register(app: typer.Typer) -> None:
 def run(
     command: CommandArg,
     env: EnvOption = None, role: RoleOption = None, hosts_file: HostsFileOption = None, identity: KeyOption = None,
-    attempts: AttemptsOption = fanout.DEFAULT_ATTEMPTS, timeout: TimeoutOption = fanout.DEFAULT_TIMEOUT,
+    ssh_option: SshOption = None, attempts: AttemptsOption = fanout.DEFAULT_ATTEMPTS,
+    timeout: TimeoutOption = fanout.DEFAULT_TIMEOUT,
     parallel: ParallelOption = fanout.DEFAULT_CONCURRENCY, as_json: JsonOption = False, no_group: NoGroupOption = False,
 ) -> None:
     """Run a shell command on every host: enosnet run -r server -- uname -r"""
     text = " ".join(command)
-    targets = _targets(env, hosts_file, identity)
+    targets = _targets(env, hosts_file, identity, ssh_option)
     with _progress(as_json) as tick:
         results = fanout.run_command(text, roles=targets, role=role or None, timeout=timeout, attempts=attempts,
                                      concurrency=parallel, on_result=tick)
@@ -83,11 +87,12 @@ def push(
     files: LocalFilesArg,
     remote_dir: RemoteDirOption,
     env: EnvOption = None, role: RoleOption = None, hosts_file: HostsFileOption = None, identity: KeyOption = None,
-    attempts: AttemptsOption = fanout.DEFAULT_ATTEMPTS, timeout: TimeoutOption = fanout.DEFAULT_TIMEOUT,
+    ssh_option: SshOption = None, attempts: AttemptsOption = fanout.DEFAULT_ATTEMPTS,
+    timeout: TimeoutOption = fanout.DEFAULT_TIMEOUT,
     parallel: ParallelOption = fanout.DEFAULT_CONCURRENCY, as_json: JsonOption = False, no_group: NoGroupOption = False,
 ) -> None:
     """Copy local files to every host: enosnet push -d /opt/tool -- tool.conf"""
-    targets = _targets(env, hosts_file, identity)
+    targets = _targets(env, hosts_file, identity, ssh_option)
     with _progress(as_json) as tick:
         results = fanout.push(files, remote_dir, roles=targets, role=role or None, timeout=timeout,
                               attempts=attempts, concurrency=parallel, on_result=tick)
@@ -98,11 +103,12 @@ def pull(
     files: RemoteFilesArg,
     local_dir: LocalDirOption,
     env: EnvOption = None, role: RoleOption = None, hosts_file: HostsFileOption = None, identity: KeyOption = None,
-    attempts: AttemptsOption = fanout.DEFAULT_ATTEMPTS, timeout: TimeoutOption = fanout.DEFAULT_TIMEOUT,
+    ssh_option: SshOption = None, attempts: AttemptsOption = fanout.DEFAULT_ATTEMPTS,
+    timeout: TimeoutOption = fanout.DEFAULT_TIMEOUT,
     parallel: ParallelOption = fanout.DEFAULT_CONCURRENCY, as_json: JsonOption = False, no_group: NoGroupOption = False,
 ) -> None:
     """Copy files from every host: enosnet pull -d results/{host} -- /var/log/x"""
-    targets = _targets(env, hosts_file, identity)
+    targets = _targets(env, hosts_file, identity, ssh_option)
     with _progress(as_json) as tick:
         results = fanout.pull(files, local_dir, roles=targets, role=role or None, timeout=timeout,
                               attempts=attempts, concurrency=parallel, on_result=tick)
@@ -112,11 +118,12 @@ def pull(
 def script(
     scripts: ScriptsArg,
     env: EnvOption = None, role: RoleOption = None, hosts_file: HostsFileOption = None, identity: KeyOption = None,
-    attempts: AttemptsOption = fanout.DEFAULT_ATTEMPTS, timeout: TimeoutOption = fanout.DEFAULT_TIMEOUT,
+    ssh_option: SshOption = None, attempts: AttemptsOption = fanout.DEFAULT_ATTEMPTS,
+    timeout: TimeoutOption = fanout.DEFAULT_TIMEOUT,
     parallel: ParallelOption = fanout.DEFAULT_CONCURRENCY, as_json: JsonOption = False, no_group: NoGroupOption = False,
 ) -> None:
     """Run local scripts on every host without leaving them there: enosnet script -- setup.sh"""
-    targets = _targets(env, hosts_file, identity)
+    targets = _targets(env, hosts_file, identity, ssh_option)
     with _progress(as_json) as tick:
         results = fanout.script(scripts, roles=targets, role=role or None, timeout=timeout, attempts=attempts,
                                 concurrency=parallel, on_result=tick)
@@ -131,7 +138,7 @@ def lrun(
 ) -> None:
     """Run a command here once per host: enosnet lrun -- ping -c1 {address}"""
     text = " ".join(command)
-    targets = _targets(env, hosts_file, None)
+    targets = _targets(env, hosts_file, None, None)
     with _progress(as_json) as tick:
         results = fanout.lrun(text, roles=targets, role=role or None, timeout=timeout, concurrency=parallel,
                               on_result=tick)
@@ -141,8 +148,22 @@ def lrun(
 # ── targets ─────────────────────────────────────────────────────────────────
 
 
-def _targets(env: Path | None, hosts_file: Path | None, identity: Path | None) -> HostsLike:
-    """Hosts from -f (no environment needed), else the environment's roles."""
+def _targets(env: Path | None, hosts_file: Path | None, identity: Path | None,
+             ssh_options: list[str] | None) -> Roles:
+    """Hosts from -f (no environment needed), else the environment's roles; -o options put first."""
+    roles = _hosts(env, hosts_file, identity)
+    if not ssh_options:
+        return roles
+    first = shlex.join(arg for option in ssh_options for arg in ("-o", option))
+    return Roles({role: [_with_options(h, first) for h in hosts] for role, hosts in roles.items()})
+
+
+def _with_options(host: Host, first: str) -> Host:
+    own = str(host.extra.get("ansible_ssh_common_args", "") or "")
+    return host.with_extra(ansible_ssh_common_args=f"{first} {own}".strip())
+
+
+def _hosts(env: Path | None, hosts_file: Path | None, identity: Path | None) -> Roles:
     if hosts_file is not None:
         from enosnet.providers.static import read_hosts_file
 

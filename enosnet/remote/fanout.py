@@ -51,6 +51,7 @@ _CONNECT_ERRORS = re.compile(
     r"|ssh_exchange_identification: .*|banner exchange: .*|mux_client_.*|Control socket connect.*"
     r"|Timeout, server .* not responding.*|client_loop: send disconnect: .*"
     r"|Connection to .* closed by remote host\.)\s*$", re.MULTILINE)
+_SFTP_ECHO = ("sftp> ", "Entering ")
 _MKDIR_NOISE = re.compile(r'^remote mkdir ".*": Failure$')
 _SSH_ERRORS = re.compile(
     r"^(ssh: .*|.*Permission denied \(.*\)\.|Host key verification failed\.|Load key .*|no such identity: .*"
@@ -241,7 +242,7 @@ class _Fanout:
     async def sftp(self, host: Host, batch: str) -> HostResult:
         result = await self._attempts(host, sftp_argv(host, self.options), batch.encode(), self.deadline())
         # sftp echoes each batch line, and a "-mkdir" of an existing folder complains but is not an error
-        stdout = "".join(line for line in result.stdout.splitlines(True) if not line.startswith("sftp> "))
+        stdout = "".join(line for line in result.stdout.splitlines(True) if not line.startswith(_SFTP_ECHO))
         stderr = "".join(line for line in result.stderr.replace("\r\n", "\n").splitlines(True)
                          if not _MKDIR_NOISE.match(line))
         return replace(result, stdout=stdout, stderr=stderr)
