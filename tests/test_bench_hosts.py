@@ -242,3 +242,18 @@ def test_a_scenario_that_does_not_fit_the_hosts_fails_before_running(local_hosts
                                           "'server' and 1 in 'client'"):
         run_experiment(deployment.env, spec)
     assert not deployment.env.db_file.exists()
+
+
+def test_a_generated_scenario_is_copied_to_every_host_and_run(local_hosts: Callable[..., Any],
+                                                              tmp_path: Path) -> None:
+    deployment = deploy(local_hosts, {"server": 1, "client": 1}, "nbgen")
+    text = (f"name: nbgen\ndriver: netbench\nduration: 1s\nnetbench:\n  generate:\n"
+            f"    program: {NETBENCH / 's2n-netbench-scenarios'}\n"
+            "    options: {servers: 1, clients: 1, response_size: 300000, count: 2}\n")
+    result = run_experiment(deployment.env, load_experiment(experiment(tmp_path, text)))
+    assert (result.done, result.failed) == (1, 0)
+    with ResultsStore.open(deployment.env.db_file, create=False) as store:
+        received = {m.host: m.value for m in store.metrics(name="bytes_received")}
+    assert received["client-0"] == 2 * 300_000
+    [run_dir] = [p for p in result.runs_dir.iterdir() if p.is_dir()]
+    assert (run_dir / "netbench" / "request_response" / "tcp" / "server-0-server.json").exists()

@@ -99,6 +99,7 @@ class NetbenchScenarioArgs(Strict):
 
     name: str = "request_response"
     options: dict[str, Scalar] = Field(default_factory=dict)
+    program: str = "s2n-netbench-scenarios"
 
 
 class NetbenchSection(Strict):

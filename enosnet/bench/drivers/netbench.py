@@ -110,7 +110,7 @@ class NetbenchDriver(Driver):
         options = " ".join(f"--{shlex.quote(gen.name)}.{shlex.quote(k)} {shlex.quote(str(v))}"
                            for k, v in gen.options.items())
         host = self.roles.select(sec.server_role)[0]
-        out = shell.run(host, f"mkdir -p {shlex.quote(out_dir)} && s2n-netbench-scenarios {shlex.quote(out_dir)} "
+        out = shell.run(host, f"mkdir -p {shlex.quote(out_dir)} && {shlex.quote(gen.program)} {shlex.quote(out_dir)} "
                               f"{options} && cat {shlex.quote(out_dir)}/{shlex.quote(gen.name)}.json", timeout=60)
         if not out.ok:
             raise BenchError(f"{host.name}: s2n-netbench-scenarios failed: {out.stderr.strip()[-300:]}")
