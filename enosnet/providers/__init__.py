@@ -26,6 +26,7 @@ def provider_class(kind: str) -> type[Provider]:
 
 
 def make_provider(config: EnvConfig, env: Environment) -> Provider:
+    """The provider a config asks for, bound to an environment directory (nothing is acquired yet)."""
     return provider_class(config.kind)(config, env)
 
 
