@@ -8,8 +8,8 @@
    started together toward one server, with a progress bar; then the HTML report;
 4. `enosnet destroy`, also when something failed. The results stay in the folder.
 
-When this kernel has no netem qdisc (some VM kernels), delays cannot be emulated: the demo
-says so and runs the 0 ms half of the sweep.
+Delays are emulated with tc netem, or, on kernels built without it (some VM kernels), in userspace
+by impaird (enosnet.emulation) — the bench picks the backend by itself.
 
 Run as root: `sudo .venv/bin/python examples/demo.py`.
 """
@@ -59,17 +59,6 @@ def ensure_agents(env_dir: Path) -> None:
     print(f"agents: started over SSH on {len(roles.all())} hosts in {time.monotonic() - started:.1f} s")
 
 
-def netem_works(env_dir: Path) -> bool:
-    from enosnet.bench.conditions import netem_supported
-    from enosnet.bench.hostio import Shell
-    from enosnet.bench.runner import environment_roles
-    from enosnet.environment import Environment
-
-    env = Environment(env_dir)
-    with Shell(env.root) as shell:
-        return netem_supported(shell, environment_roles(env).all()[0])
-
-
 def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("the local provider builds namespaces: run the demo as root (sudo)")
@@ -78,12 +67,7 @@ def main() -> None:
     sh("deploy", "-c", str(HERE / "incast-env.yaml"), "--env", str(env_dir))
     try:
         ensure_agents(env_dir)
-        only: list[str] = []
-        if not netem_works(env_dir):
-            print("\nnote: this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM), so delays cannot be emulated "
-                  "here;\n      running the delay=0ms half of the sweep (cubic vs reno, 3 repetitions each).")
-            only = ["--only", "delay=0ms"]
-        sh("bench", str(HERE / "incast.yaml"), "--env", str(env_dir), *only)
+        sh("bench", str(HERE / "incast.yaml"), "--env", str(env_dir))
     finally:
         sh("destroy", "--env", str(env_dir))
     print(f"\nEverything of this demo is in {env_dir.resolve()} (results.db, runs/, report/).")

@@ -257,3 +257,19 @@ def test_a_generated_scenario_is_copied_to_every_host_and_run(local_hosts: Calla
     assert received["client-0"] == 2 * 300_000
     [run_dir] = [p for p in result.runs_dir.iterdir() if p.is_dir()]
     assert (run_dir / "netbench" / "request_response" / "tcp" / "server-0-server.json").exists()
+
+
+def test_a_delay_is_in_place_during_its_run_and_gone_after(local_hosts: Callable[..., Any], tmp_path: Path) -> None:
+    deployment = deploy(local_hosts, {"server": 1, "client": 1}, "delay")
+    text = ("name: delay\nduration: 1s\norder: as-written\nparameters: {delay: [20ms, 0ms]}\n"
+            "netem: {between: [client, server], delay: '{delay}'}\n")
+    result = run_experiment(deployment.env, load_experiment(experiment(tmp_path, text)))
+    assert (result.done, result.failed) == (2, 0)
+    with ResultsStore.open(deployment.env.db_file, create=False) as store:
+        rtt = {m.params["delay"]: m.value for m in store.metrics(name="rtt_min")}
+        [exp] = store.experiments()
+        applied = {(m.run_id, m.host): m.value for m in store.host_metadata(per_run=True) if m.key == "emulation"}
+    assert 38 <= rtt["20ms"] <= 60 and rtt["0ms"] < 5  # ms: 20 ms each way, then nothing left behind
+    assert [c["ok"] for c in exp.checks if c["name"] == "netem"] == [True]
+    assert sorted(h for _, h in applied) == ["client-0", "server-0"]
+    assert all(v.startswith("delay 20ms (") for v in applied.values())

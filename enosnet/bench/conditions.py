@@ -16,13 +16,14 @@ delay their traffic toward the other: the round trip grows by twice the delay.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from enosnet.bench.hostio import Shell
+from enosnet import emulation
+from enosnet.bench.hostio import Shell, fan_out
 from enosnet.bench.spec import parse_seconds
-from enosnet.errors import ConfigError, RemoteError
+from enosnet.errors import ConfigError, EnosnetError, RemoteError
 from enosnet.model import Host, Roles
 
 NETEM_LIMIT = 100_000  # packets: the default 1000 drops at tens of Gbit/s × tens of ms
@@ -149,12 +150,6 @@ def clear_commands(roles: Roles, conditions: Conditions) -> dict[Host, str]:
     return out
 
 
-def netem_supported(shell: Shell, host: Host) -> bool:
-    """Whether ``host``'s kernel has the netem qdisc (tried on its loopback interface, then removed)."""
-    out = shell.run(host, "tc qdisc add dev lo root handle 1: netem delay 0ms && tc qdisc del dev lo root", timeout=20)
-    return out.ok
-
-
 def _check(results: Mapping[Host, Any], what: str) -> None:
     failed = {h.name: r.stderr.strip()[-200:] for h, r in results.items() if not r.ok}
     if failed:
@@ -164,3 +159,91 @@ def _check(results: Mapping[Host, Any], what: str) -> None:
             hint = " (this kernel has no netem qdisc: load it with `modprobe sch_netem`, or use a kernel built " \
                    "with CONFIG_NET_SCH_NETEM)"
         raise RemoteError(f"{what} failed on {len(failed)} host(s): {detail}{hint}")
+
+
+Backend = Literal["netem", "nfqueue"]
+
+
+class Emulation:
+    """Applies and clears ``Conditions`` on the hosts: tc netem where the kernel has it, else impaird.
+
+    impaird (``enosnet.emulation``) emulates delay, jitter, loss and rate in userspace through NFQUEUE on
+    kernels built without netem; it goes through the same SSH channels. The backend is probed once, on
+    the first host concerned, when first needed.
+    """
+
+    def __init__(self, shell: Shell, roles: Roles, *, backend: Backend | None = None) -> None:
+        self.shell, self.roles = shell, roles
+        self._backend = backend
+        self._installed: set[str] = set()
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            host = self.roles.all()[0]
+            self._backend = "netem" if emulation.kernel_has_netem(self._runner(host)) else "nfqueue"
+        return self._backend
+
+    def apply(self, conditions: Conditions) -> None:
+        """Put ``conditions`` in place (an inactive one clears); raises ``RemoteError`` naming failed hosts."""
+        if not conditions.active:
+            self.clear(conditions)
+        elif self.backend == "netem":
+            apply(self.shell, self.roles, conditions)
+        else:
+            plan = self._plan(conditions)
+            self._each(list(plan), lambda h: self._impaird_apply(h, plan[h]), "applying emulation")
+
+    def clear(self, conditions: Conditions) -> None:
+        if self._backend is None or self._backend == "netem":
+            clear(self.shell, self.roles, conditions)
+        else:
+            self._each(list(self._plan(conditions)), lambda h: emulation.clear(self._target(h)),
+                       "clearing emulation")
+
+    def clear_lines(self, conditions: Conditions) -> dict[Host, str]:
+        """A shell line per host that clears ``conditions`` (run inside the after-run command)."""
+        if self._backend is None or self._backend == "netem":
+            return clear_commands(self.roles, conditions)
+        return {h: self._impaird_clear_line(h) for h in self._plan(conditions)}
+
+    def _plan(self, conditions: Conditions) -> dict[Host, list[emulation.Constraint]]:
+        a, b = (self.roles.select(r) for r in conditions.between)
+        delay = _time(conditions.delay or "0ms", "delay") if conditions.delay_s > 0 or conditions.jitter else None
+        return emulation.between(a, b, symmetric=conditions.symmetric, delay=delay,
+                                 jitter=_time(conditions.jitter, "jitter") if conditions.jitter else None,
+                                 loss=_percent(conditions.loss) if conditions.loss else None,
+                                 rate=conditions.rate)
+
+    def _impaird_apply(self, host: Host, constraints: list[emulation.Constraint]) -> None:
+        emulation.apply(self._target(host), constraints, copy=host.name not in self._installed)
+        self._installed.add(host.name)
+
+    def _impaird_clear_line(self, host: Host) -> str:
+        target = self._target(host)
+        argv = emulation.clear_argv(python=target.python, path=target.path, state_dir=target.state_dir)
+        return f"test ! -e {shlex.quote(target.path)} || {shlex.join(argv)}"
+
+    def _target(self, host: Host) -> emulation.Target:
+        python = str(host.extra.get("ansible_python_interpreter", "python3"))
+        return emulation.Target(self._runner(host), name=host.name, python=python)
+
+    def _runner(self, host: Host) -> emulation.Runner:
+        def run(argv: Sequence[str], *, stdin: bytes | None = None) -> emulation.CommandOutput:
+            out = self.shell.run(host, shlex.join(argv), stdin=stdin, timeout=60)
+            return emulation.CommandOutput(out.rc, out.text, out.stderr)
+
+        return run
+
+    def _each(self, hosts: Sequence[Host], step: Callable[[Host], Any], what: str) -> None:
+        def guarded(host: Host) -> str | None:
+            try:
+                step(host)
+            except EnosnetError as exc:
+                return str(exc)
+            return None
+
+        failed = {h.name: why for h, why in fan_out(hosts, guarded).items() if why}
+        if failed:
+            detail = "; ".join(f"{name}: {why}" for name, why in sorted(failed.items()))
+            raise RemoteError(f"{what} failed on {len(failed)} host(s): {detail}")

@@ -131,6 +131,7 @@ class _Bench:
         for section in self.sections.values():
             self.driver.validate(section)
         self.shell = Shell(env.root)
+        self.emulation = netem.Emulation(self.shell, roles)
         self.events_file = env.runs_dir / f"{spec.name}.events.jsonl"
 
     # ── the experiment ──────────────────────────────────────────────────────
@@ -232,8 +233,7 @@ class _Bench:
         baseline = chk.check_base_rtt(self.shell, chk.pairs_between(self.roles, *groups), self.spec.checks, checks)
         if self.spec.checks.netem and settings:
             chk.check_netem(self.shell, self.roles, settings, self.spec.checks, baseline, checks,
-                            apply=lambda c: netem.apply(self.shell, self.roles, c),
-                            clear=lambda c: netem.clear(self.shell, self.roles, c))
+                            apply=self.emulation.apply, clear=self.emulation.clear)
 
     def _driver_groups(self) -> tuple[str, str] | None:
         section = next(iter(self.sections.values()), {})
@@ -274,7 +274,7 @@ class _Bench:
         problems: list[str] = []
         try:
             if conditions is not None and conditions.active:
-                await asyncio.to_thread(netem.apply, self.shell, self.roles, conditions)
+                await asyncio.to_thread(self.emulation.apply, conditions)
             executed = await self.driver.execute(coordinator, self.sections[run.key], duration_s=self.spec.duration_s,
                                                  timeout_s=self._timeout())
         except EnosnetError as exc:
@@ -293,7 +293,7 @@ class _Bench:
         for item in executed.records if executed else []:
             if item.record.run_dir:
                 by_host.setdefault(item.host, []).append(item)
-        clear = netem.clear_commands(self.roles, conditions) if conditions is not None and conditions.active else {}
+        clear = self.emulation.clear_lines(conditions) if conditions is not None and conditions.active else {}
         outcomes = fan_out(list(self.roles.all()),
                            lambda h: self._pull(h, by_host.get(h.name, []), folder, clear.get(h)))
         metadata: list[HostMeta] = []
@@ -301,6 +301,9 @@ class _Bench:
             metadata += items
             if problem:
                 problems.append(problem)
+        if conditions is not None and conditions.active:
+            applied = f"{' '.join(conditions.netem_args())} ({self.emulation.backend})"
+            metadata += [HostMeta(h.name, "emulation", applied, "controller") for h in clear]
         return metadata
 
     def _pull(self, host: Host, items: Sequence[Labelled], folder: Path,
