@@ -12,7 +12,17 @@ from enosnet.environment import Environment
 from enosnet.errors import ConfigError, HostsFailed
 from enosnet.model import Host
 from enosnet.providers.local import LocalProvider
-from enosnet.remote import EventKind, HostEvent, Status, actions, close_connections, run_command, run_playbook
+from enosnet.remote import (
+    EventKind,
+    HostEvent,
+    SshOptions,
+    Status,
+    actions,
+    close_connections,
+    run_command,
+    run_playbook,
+)
+from enosnet.remote.ssh import control_path
 from tests.conftest import LocalDeployment
 
 pytestmark = pytest.mark.hosts
@@ -79,6 +89,7 @@ def test_run_playbook_limited_to_a_role(cluster: LocalDeployment, tmp_path: Path
 
 
 def test_actions_run_as_one_play_with_results_per_task(cluster: LocalDeployment) -> None:
+    close_connections(cluster.roles.all())
     with actions(roles=cluster.roles, env=cluster.env) as a:
         a.copy(content="{{ inventory_hostname }}\n", dest="/tmp/enosnet-actions", task_name="write")
         a.ansible.builtin.command("cat /tmp/enosnet-actions", task_name="read", task={"changed_when": False})
@@ -86,6 +97,8 @@ def test_actions_run_as_one_play_with_results_per_task(cluster: LocalDeployment)
     for host, result in a.results.items():
         assert result.task("write").changed and result.task("write").action == "ansible.builtin.copy"
         assert result.task("read").data["stdout"] == host.name
+        # Ansible went through the same master connection the fan-out uses
+        assert control_path(host, SshOptions()).is_socket()
 
 
 def test_an_actions_block_that_raised_runs_nothing(cluster: LocalDeployment) -> None:

@@ -57,6 +57,11 @@ def test_run_groups_identical_output_and_ends_with_the_summary(deployed: LocalDe
         assert out.returncode == 0 and doc["summary"] == {"succeeded": 3, "failed": 0, "total": 3}
         assert [(h["host"], h["stderr"], h["status"]) for h in doc["hosts"]] == [
             ("server-0", "server-0\n", "ok"), ("client-0", "client-0\n", "ok"), ("client-1", "client-1\n", "ok")]
+
+        recorded = sorted(deployed.env.runs_dir.glob("*-run/results.jsonl"))
+        assert len(recorded) == 4  # every run leaves its results in the environment
+        what, *hosts = [json.loads(line) for line in recorded[-1].read_text().splitlines()]
+        assert what == {"run": "echo {host} >&2"} and [h["host"] for h in hosts] == ["server-0", "client-0", "client-1"]
     finally:
         close_connections(deployed.roles.all())
 

@@ -22,6 +22,7 @@ import typer
 from rich.text import Text
 
 from enosnet.cli.common import EnvOption, JsonOption, console, err_console, find_env
+from enosnet.environment import Environment
 from enosnet.errors import EnvironmentNotFound, UsageError
 from enosnet.model import Host, Roles
 from enosnet.remote import fanout
@@ -76,10 +77,10 @@ def run(
 ) -> None:
     """Run a shell command on every host: enosnet run -r server -- uname -r"""
     text = " ".join(command)
-    targets = _targets(env, hosts_file, identity, ssh_option)
+    targets, environment = _targets(env, hosts_file, identity, ssh_option)
     with _progress(as_json) as tick:
         results = fanout.run_command(text, roles=targets, role=role or None, timeout=timeout, attempts=attempts,
-                                     concurrency=parallel, on_result=tick)
+                                     concurrency=parallel, on_result=tick, env=environment)
     _report(results, what={"run": text}, as_json=as_json, group=not no_group)
 
 
@@ -92,10 +93,10 @@ def push(
     parallel: ParallelOption = fanout.DEFAULT_CONCURRENCY, as_json: JsonOption = False, no_group: NoGroupOption = False,
 ) -> None:
     """Copy local files to every host: enosnet push -d /opt/tool -- tool.conf"""
-    targets = _targets(env, hosts_file, identity, ssh_option)
+    targets, environment = _targets(env, hosts_file, identity, ssh_option)
     with _progress(as_json) as tick:
         results = fanout.push(files, remote_dir, roles=targets, role=role or None, timeout=timeout,
-                              attempts=attempts, concurrency=parallel, on_result=tick)
+                              attempts=attempts, concurrency=parallel, on_result=tick, env=environment)
     _report(results, what={"push": [str(f) for f in files], "dir": remote_dir}, as_json=as_json, group=not no_group)
 
 
@@ -108,10 +109,10 @@ def pull(
     parallel: ParallelOption = fanout.DEFAULT_CONCURRENCY, as_json: JsonOption = False, no_group: NoGroupOption = False,
 ) -> None:
     """Copy files from every host: enosnet pull -d results/{host} -- /var/log/x"""
-    targets = _targets(env, hosts_file, identity, ssh_option)
+    targets, environment = _targets(env, hosts_file, identity, ssh_option)
     with _progress(as_json) as tick:
         results = fanout.pull(files, local_dir, roles=targets, role=role or None, timeout=timeout,
-                              attempts=attempts, concurrency=parallel, on_result=tick)
+                              attempts=attempts, concurrency=parallel, on_result=tick, env=environment)
     _report(results, what={"pull": files, "dir": local_dir}, as_json=as_json, group=not no_group)
 
 
@@ -123,10 +124,10 @@ def script(
     parallel: ParallelOption = fanout.DEFAULT_CONCURRENCY, as_json: JsonOption = False, no_group: NoGroupOption = False,
 ) -> None:
     """Run local scripts on every host without leaving them there: enosnet script -- setup.sh"""
-    targets = _targets(env, hosts_file, identity, ssh_option)
+    targets, environment = _targets(env, hosts_file, identity, ssh_option)
     with _progress(as_json) as tick:
         results = fanout.script(scripts, roles=targets, role=role or None, timeout=timeout, attempts=attempts,
-                                concurrency=parallel, on_result=tick)
+                                concurrency=parallel, on_result=tick, env=environment)
     _report(results, what={"script": [str(s) for s in scripts]}, as_json=as_json, group=not no_group)
 
 
@@ -138,10 +139,10 @@ def lrun(
 ) -> None:
     """Run a command here once per host: enosnet lrun -- ping -c1 {address}"""
     text = " ".join(command)
-    targets = _targets(env, hosts_file, None, None)
+    targets, environment = _targets(env, hosts_file, None, None)
     with _progress(as_json) as tick:
         results = fanout.lrun(text, roles=targets, role=role or None, timeout=timeout, concurrency=parallel,
-                              on_result=tick)
+                              on_result=tick, env=environment)
     _report(results, what={"lrun": text}, as_json=as_json, group=not no_group)
 
 
@@ -149,13 +150,16 @@ def lrun(
 
 
 def _targets(env: Path | None, hosts_file: Path | None, identity: Path | None,
-             ssh_options: list[str] | None) -> Roles:
-    """Hosts from -f (no environment needed), else the environment's roles; -o options put first."""
-    roles = _hosts(env, hosts_file, identity)
+             ssh_options: list[str] | None) -> tuple[Roles, Environment | None]:
+    """Hosts from -f (no environment needed), else the environment's roles; -o options put first.
+
+    The environment comes back too (None with -f): each run's results are recorded in its runs/.
+    """
+    roles, environment = _hosts(env, hosts_file, identity)
     if not ssh_options:
-        return roles
+        return roles, environment
     first = shlex.join(arg for option in ssh_options for arg in ("-o", option))
-    return Roles({role: [_with_options(h, first) for h in hosts] for role, hosts in roles.items()})
+    return Roles({role: [_with_options(h, first) for h in hosts] for role, hosts in roles.items()}), environment
 
 
 def _with_options(host: Host, first: str) -> Host:
@@ -163,7 +167,7 @@ def _with_options(host: Host, first: str) -> Host:
     return host.with_extra(ansible_ssh_common_args=f"{first} {own}".strip())
 
 
-def _hosts(env: Path | None, hosts_file: Path | None, identity: Path | None) -> Roles:
+def _hosts(env: Path | None, hosts_file: Path | None, identity: Path | None) -> tuple[Roles, Environment | None]:
     if hosts_file is not None:
         from enosnet.providers.static import read_hosts_file
 
@@ -172,14 +176,14 @@ def _hosts(env: Path | None, hosts_file: Path | None, identity: Path | None) -> 
             if not identity.is_file():
                 raise UsageError(f"--identity {identity}: no such key file")
             hosts = [Host(h.address, user=h.user, port=h.port, keyfile=str(identity.absolute())) for h in hosts]
-        return Roles({"hosts": hosts})
+        return Roles({"hosts": hosts}), None
     if identity is not None:
         raise UsageError("--identity only applies to hosts from --hosts-file (an environment has its own key)")
     environment = find_env(env)
     state = environment.load_state() or {}
     if not state.get("acquired") or not state.get("roles"):
         raise EnvironmentNotFound(f"{environment.root}: no hosts acquired (run `enosnet deploy` first)")
-    return Roles.from_dict(state["roles"])
+    return Roles.from_dict(state["roles"]), environment
 
 
 @contextmanager

@@ -19,6 +19,7 @@ Example (needs reachable hosts)::
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import re
@@ -31,6 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
+from enosnet.environment import Environment
 from enosnet.errors import ConfigError, UsageError
 from enosnet.model import Host
 from enosnet.remote.results import HostResult, Results, Status
@@ -85,11 +87,13 @@ class _Outcome:
 
 def run_command(cmd: str, *, roles: HostsLike, role: RoleSelector = None, timeout: float = DEFAULT_TIMEOUT,
                 attempts: int = DEFAULT_ATTEMPTS, concurrency: int = DEFAULT_CONCURRENCY, strict: bool = False,
-                ssh: SshOptions | None = None, on_result: ResultCallback | None = None) -> Results[HostResult]:
+                ssh: SshOptions | None = None, on_result: ResultCallback | None = None,
+                env: Environment | None = None) -> Results[HostResult]:
     """Run the shell command ``cmd`` on every selected host; one HostResult per host.
 
     ``{host}`` in ``cmd`` becomes each host's name. With ``strict`` a failure
-    on any host raises ``HostsFailed`` carrying the results.
+    on any host raises ``HostsFailed`` carrying the results. With ``env`` the
+    results are also written to a new folder of its ``runs/`` (``results.jsonl``).
 
     >>> run_command("true", roles=[], role=None)
     Traceback (most recent call last):
@@ -99,13 +103,13 @@ def run_command(cmd: str, *, roles: HostsLike, role: RoleSelector = None, timeou
     _check_knobs(cmd=cmd, attempts=attempts, timeout=timeout, concurrency=concurrency)
     fan = _Fanout(select_hosts(roles, role=role), timeout, Retry(attempts), concurrency, ssh, on_result)
     results = fan.run(lambda host: fan.ssh(host, substitute(cmd, host)))
-    return results.raise_for_failures() if strict else results
+    return _finish(results, strict, env, {"run": cmd})
 
 
 def push(files: Sequence[str | Path], remote_dir: str, *, roles: HostsLike, role: RoleSelector = None,
          timeout: float = DEFAULT_TIMEOUT, attempts: int = DEFAULT_ATTEMPTS, concurrency: int = DEFAULT_CONCURRENCY,
-         strict: bool = False, ssh: SshOptions | None = None,
-         on_result: ResultCallback | None = None) -> Results[HostResult]:
+         strict: bool = False, ssh: SshOptions | None = None, on_result: ResultCallback | None = None,
+         env: Environment | None = None) -> Results[HostResult]:
     """Copy local files (or folders, recursively) into ``remote_dir`` on every host, creating it.
 
     ``{host}`` works in the local paths and in ``remote_dir``. Every local
@@ -120,13 +124,14 @@ def push(files: Sequence[str | Path], remote_dir: str, *, roles: HostsLike, role
     if missing:
         raise ConfigError(f"push: no such local file: {', '.join(missing)}")
     fan = _Fanout(hosts, timeout, Retry(attempts), concurrency, ssh, on_result)
-    return _finish(fan.run(lambda host: fan.sftp(host, _push_batch(*plans[host]))), strict)
+    what = {"push": [str(f) for f in files], "dir": remote_dir}
+    return _finish(fan.run(lambda host: fan.sftp(host, _push_batch(*plans[host]))), strict, env, what)
 
 
 def pull(remote_files: Sequence[str], local_dir: str | Path, *, roles: HostsLike, role: RoleSelector = None,
          timeout: float = DEFAULT_TIMEOUT, attempts: int = DEFAULT_ATTEMPTS, concurrency: int = DEFAULT_CONCURRENCY,
-         strict: bool = False, ssh: SshOptions | None = None,
-         on_result: ResultCallback | None = None) -> Results[HostResult]:
+         strict: bool = False, ssh: SshOptions | None = None, on_result: ResultCallback | None = None,
+         env: Environment | None = None) -> Results[HostResult]:
     """Copy remote files (or folders, recursively; globs work) from every host into ``local_dir``.
 
     ``local_dir`` must contain ``{host}`` when there is more than one host, so
@@ -146,13 +151,14 @@ def pull(remote_files: Sequence[str], local_dir: str | Path, *, roles: HostsLike
         except OSError as exc:
             raise ConfigError(f"pull: cannot create the local folder {folder}: {exc.strerror}") from None
     fan = _Fanout(hosts, timeout, Retry(attempts), concurrency, ssh, on_result)
-    return _finish(fan.run(lambda host: fan.sftp(host, _pull_batch(*plans[host]))), strict)
+    what = {"pull": list(remote_files), "dir": str(local_dir)}
+    return _finish(fan.run(lambda host: fan.sftp(host, _pull_batch(*plans[host]))), strict, env, what)
 
 
 def script(scripts: Sequence[str | Path], *, roles: HostsLike, role: RoleSelector = None,
            timeout: float = DEFAULT_TIMEOUT, attempts: int = DEFAULT_ATTEMPTS, concurrency: int = DEFAULT_CONCURRENCY,
-           strict: bool = False, ssh: SshOptions | None = None,
-           on_result: ResultCallback | None = None) -> Results[HostResult]:
+           strict: bool = False, ssh: SshOptions | None = None, on_result: ResultCallback | None = None,
+           env: Environment | None = None) -> Results[HostResult]:
     """Run local scripts on every host, in order, stopping at the first that fails; nothing is left behind.
 
     Each script is sent over the connection into a temporary file that is
@@ -170,12 +176,13 @@ def script(scripts: Sequence[str | Path], *, roles: HostsLike, role: RoleSelecto
         except OSError as exc:
             raise ConfigError(f"script: cannot read {path}: {exc.strerror}") from None
     fan = _Fanout(hosts, timeout, Retry(attempts), concurrency, ssh, on_result)
-    return _finish(fan.run(lambda host: fan.scripts(host, [substitute(t, host) for t in texts])), strict)
+    results = fan.run(lambda host: fan.scripts(host, [substitute(t, host) for t in texts]))
+    return _finish(results, strict, env, {"script": [str(p) for p in scripts]})
 
 
 def lrun(cmd: str, *, roles: HostsLike, role: RoleSelector = None, timeout: float = DEFAULT_TIMEOUT,
          concurrency: int = DEFAULT_CONCURRENCY, strict: bool = False,
-         on_result: ResultCallback | None = None) -> Results[HostResult]:
+         on_result: ResultCallback | None = None, env: Environment | None = None) -> Results[HostResult]:
     """Run the shell command ``cmd`` here, once per host (ParaMgmt's ``lcmd``).
 
     ``{host}`` and ``{address}`` are substituted; the command also sees
@@ -183,7 +190,7 @@ def lrun(cmd: str, *, roles: HostsLike, role: RoleSelector = None, timeout: floa
     """
     _check_knobs(cmd=cmd, timeout=timeout, concurrency=concurrency)
     fan = _Fanout(select_hosts(roles, role=role), timeout, Retry(1), concurrency, None, on_result)
-    return _finish(fan.run(lambda host: fan.local(host, substitute(cmd, host))), strict)
+    return _finish(fan.run(lambda host: fan.local(host, substitute(cmd, host))), strict, env, {"lrun": cmd})
 
 
 def substitute(text: str, host: Host) -> str:
@@ -394,8 +401,19 @@ def _text(data: bytes | bytearray | None) -> str:
     return (data or b"").decode(errors="replace")
 
 
-def _finish(results: Results[HostResult], strict: bool) -> Results[HostResult]:
+def _finish(results: Results[HostResult], strict: bool, env: Environment | None,
+            what: dict[str, Any]) -> Results[HostResult]:
+    if env is not None:
+        record(env, results, what)
     return results.raise_for_failures() if strict else results
+
+
+def record(env: Environment, results: Results[HostResult], what: dict[str, Any]) -> Path:
+    """Write ``results`` as JSON lines (what ran first, then one line per host) in a new run folder."""
+    folder = env.new_run_dir(next(iter(what)))
+    lines = [json.dumps(what), *(json.dumps(r.to_dict()) for r in results.values())]
+    (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
 
 
 def _check_knobs(*, cmd: str | None = None, attempts: int = 1, timeout: float = 0, concurrency: int = 1) -> None:
