@@ -93,19 +93,24 @@ class CoordinatorError(EnosnetError):
 
 
 class WorkerLost(CoordinatorError):
-    """Agents stopped answering; ``workers`` names them."""
+    """Agents stopped answering; ``workers`` names them (the message names the first 20)."""
 
     def __init__(self, workers: Iterable[str], message: str) -> None:
         self.workers = sorted(workers)
-        super().__init__(f"{message}: {', '.join(self.workers)}")
+        super().__init__(f"{message}: {_names(self.workers)}")
 
 
 class SyncTimeout(CoordinatorError):
-    """Agents did not reach a state before the deadline; ``workers`` names them."""
+    """Agents did not reach a state before the deadline; ``workers`` names them (the message the first 20)."""
 
     def __init__(self, workers: Iterable[str], message: str) -> None:
         self.workers = sorted(workers)
-        super().__init__(f"{message}: {', '.join(self.workers)}")
+        super().__init__(f"{message}: {_names(self.workers)}")
+
+
+def _names(names: list[str], shown: int = 20) -> str:
+    more = f" (and {len(names) - shown} more)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 class BenchError(EnosnetError):
