@@ -31,6 +31,7 @@ from enosnet.config import parse_config
 from enosnet.coordinator import Coordinator, Timeouts, Worker, agent_config, iperf3_actions
 from enosnet.coordinator.install import LocalAgents, ssh, start_agents_over_ssh, stop_agents_over_ssh
 from enosnet.environment import Environment
+from enosnet.errors import CoordinatorError
 from enosnet.model import Host, Roles
 
 ACTIONS: dict[str, Any] = {
@@ -229,9 +230,14 @@ def bench_loopback(count: int, reps: int, per_process: int = 50) -> None:
         t0 = time.monotonic()
         with LocalAgents(configs, folder=base, per_process=per_process):
             print(f"\n{count} agents on loopback ({per_process} per process) up in {time.monotonic() - t0:.1f} s")
-            rounds = [asyncio.run(loopback_cycle(workers, secret)) for _ in range(reps)]
+            attempts = [asyncio.run(loopback_cycle(workers, secret)) for _ in range(reps)]
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    rounds = [r for r in attempts if "error" not in r]
+    for failed in (r for r in attempts if "error" in r):
+        line(f"{count} agents: a cycle failed", "", str(failed["error"])[:120])
+    if not rounds:
+        return
     cycle = [r["cycle"] for r in rounds]
     line(f"{count} agents: whole cycle (ready + prepare + scheduled start + reports)", f"{med(cycle):.2f} s",
          f"target 2 s: ratio {med(cycle) / 2:.2f}; all ok {all(r['ok'] == count for r in rounds)}")
@@ -239,12 +245,15 @@ def bench_loopback(count: int, reps: int, per_process: int = 50) -> None:
         line(f"  of which {phase} (median)", f"{med([r[phase] for r in rounds]):.2f} s")
 
 
-async def loopback_cycle(workers: list[Worker], secret: str) -> dict[str, float]:
+async def loopback_cycle(workers: list[Worker], secret: str) -> dict[str, Any]:
     async with Coordinator(workers, env_id="bench", secret=secret, timeouts=Timeouts(request=30)) as coord:
         t0 = time.monotonic()
-        await coord.ready()
-        t1 = time.monotonic()
-        records = await coord.run("node", "true", {})
+        try:
+            await coord.ready()
+            t1 = time.monotonic()
+            records = await coord.run("node", "true", {})
+        except CoordinatorError as exc:
+            return {"error": exc}
         t2 = time.monotonic()
     starts = [r.start_ns or 0 for r in records]
     return {"cycle": t2 - t0, "ready": t1 - t0, "run": t2 - t1, "spawn_spread": (max(starts) - min(starts)) / 1e9,
@@ -262,8 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps.append(lambda: bench_hosts(args.hosts, args.reps))
     if args.agents:
         steps.append(lambda: bench_loopback(args.agents, max(3, args.reps // 2)))
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for step in steps:
         step()
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
     return 0
 
 

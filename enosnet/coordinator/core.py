@@ -66,7 +66,7 @@ class Timeouts:
     rto_max: float = 1.0
     ready: float = 30.0
     report_slack: float = 5.0
-    start_in: float = 0.25
+    start_in: float = 0.5
     arm_margin: float = 0.005
     per_agent: float = 0.001
     clock_samples: int = 5
@@ -177,6 +177,7 @@ class _Link:
         self.guard = ReplayGuard(window_s=window_s)
         self.stats = LinkStats()
         self.offset_ns: int | None = None
+        self.raw_offset_ns: int | None = None
         self.rtt_ns: int | None = None
 
     def rto(self, t: Timeouts) -> float:
@@ -408,7 +409,8 @@ class Coordinator:
             if best is None or rtt < best[0]:
                 best = (rtt, offset)
         assert best is not None
-        link.rtt_ns, link.offset_ns = max(best[0], 0), best[1]
+        link.rtt_ns, link.raw_offset_ns = max(best[0], 0), best[1]
+        link.offset_ns = _plausible_offset(best[1], link.rtt_ns)
 
     # ── runs ───────────────────────────────────────────────────────────────
 
@@ -741,6 +743,23 @@ class Coordinator:
                 for worker in self.workers:
                     if worker.id == worker_id:
                         self._active.setdefault(worker.role, str(run.get("run")))
+
+
+def _plausible_offset(offset: int, rtt: int) -> int:
+    """The offset closest to zero that the exchange allows.
+
+    One NTP-style exchange only bounds the true offset to ``offset ± rtt/2``
+    (the two legs may be unequal). Hosts with synchronised clocks (NTP, or the
+    one kernel clock of local namespace hosts) measured under load would
+    otherwise get the asymmetry of their legs as a correction, i.e. as start skew.
+
+    >>> _plausible_offset(5_000_000, 30_000_000), _plausible_offset(-40_000_000, 30_000_000)
+    (0, -25000000)
+    """
+    half = rtt // 2
+    if abs(offset) <= half:
+        return 0
+    return offset - half if offset > 0 else offset + half
 
 
 class _NoAnswer(Exception):

@@ -159,6 +159,8 @@ class LocalAgents:
         self.configs = list(configs)
         self.pyz = build_agent_zipapp(self.folder / "agent.pyz")
         self.procs: list[subprocess.Popen[bytes]] = []
+        for config in self.configs:  # a previous instance's pid file would look like "listening"
+            (Path(config["workdir"]) / "agent.pid").unlink(missing_ok=True)
         groups = [self.configs[i:i + per_process] for i in range(0, len(self.configs), per_process)]
         try:
             for group in groups:
