@@ -27,7 +27,7 @@ from enosnet.results.backup import (
     verify_backup,
 )
 from enosnet.results.s3 import MIN_PART, S3Location, UploadEvent, make_client, upload_backup, verify_s3
-from enosnet.results.store import ResultsStore
+from enosnet.results.store import ExperimentRecord, ResultsStore
 from enosnet.results.synthetic import fill_synthetic
 
 ENOSNET = [sys.executable, "-c", "from enosnet.cli import main; main()"]
@@ -71,6 +71,25 @@ def test_round_trip_copies_everything_but_secrets(env: Environment) -> None:
     checked = subprocess.run(["sha256sum", "--strict", "-c", MANIFEST], cwd=made.path, capture_output=True,
                              text=True, timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_experiment_files_are_copied_while_unchanged(env: Environment, tmp_path: Path) -> None:
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text("name: sweep\nrepetitions: 3\n")
+    digest = hashlib.sha256(spec.read_bytes()).hexdigest()
+    gone = tmp_path / "gone.yaml"
+    with ResultsStore.open(env.db_file) as store:
+        store.begin_experiment(ExperimentRecord(name="sweep", file_hash=digest, file_path=str(spec)))
+        store.begin_experiment(ExperimentRecord(name="gone", file_hash="0" * 64, file_path=str(gone)))
+    made = make_backup(env, now=NOW)
+    copied = made.path / f"experiments/sweep-{digest[:12]}.yaml"
+    assert copied.read_text() == spec.read_text() and f"experiments/sweep-{digest[:12]}.yaml" in read_manifest(
+        made.path)
+    assert f"experiment file {gone} (experiment gone) no longer exists" in made.notes
+    spec.write_text("name: sweep\nrepetitions: 30\n")
+    later = make_backup(env, now=NOW)
+    assert f"experiment file {spec} changed since experiment sweep ran: not copied" in later.notes
+    assert verify_backup(made.path).ok and verify_backup(later.path).ok
 
 
 def test_verify_names_corrupted_and_missing_files(env: Environment) -> None:
@@ -277,8 +296,8 @@ def test_cli_backup_to_s3_then_verify(env: Environment, aws: object) -> None:
     location = _bucket()
     done = subprocess.run([*ENOSNET, "backup", "--env", str(env.root), "--s3", str(location)], capture_output=True,
                           text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "uploaded" in done.stdout and "skipped" in done.stdout  # the host step is skipped with a note
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "uploaded" in done.stdout and "skipped" in done.stdout, done.stdout  # the host step: skipped, noted
     checked = subprocess.run([*ENOSNET, "backup", "--env", str(env.root), "--verify", "--s3", str(location)],
                              capture_output=True, text=True, timeout=120)
     assert checked.returncode == 0, checked.stdout + checked.stderr

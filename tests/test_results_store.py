@@ -221,3 +221,17 @@ def test_checks_can_be_added_later(store: ResultsStore, exp: int) -> None:
                                              "forced": True, "at": 5.0}
     with pytest.raises(ResultsError, match="no experiment"):
         store.add_checks(999, [])
+
+
+def test_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with ResultsStore.open(path) as s:
+        s.begin_experiment(ExperimentRecord(name="old", seed=1))
+    with sqlite3.connect(path) as db:  # make it what version 1 wrote
+        db.execute("ALTER TABLE experiments DROP COLUMN file_path")
+        db.execute("PRAGMA user_version = 1")
+    with ResultsStore.open(path) as s:
+        assert s.schema_version == SCHEMA_VERSION == 2
+        assert [(e.name, e.file_path) for e in s.experiments()] == [("old", None)]
+        again = s.begin_experiment(ExperimentRecord(name="old", seed=1, file_path="/x/old.yaml"))
+        assert s.experiment(again).file_path == "/x/old.yaml"

@@ -4,7 +4,8 @@
 
     results.db          consistent copy through SQLite's online backup API (safe while a bench runs)
     runs/ logs/         the run folders and logs
-    config.yaml  state.json  inventory.yaml  experiments/  *.yaml   experiment and config files
+    config.yaml  state.json  inventory.yaml  *.yaml   config files of the environment
+    experiments/        the experiment files the database names, when unchanged since they ran
     hosts/<host>/       logs and agent state fetched from every host (a pluggable step, see HostCollector)
     BACKUP.json         when, from where, what was skipped and why
     MANIFEST.sha256     ``sha256sum -c`` compatible checksums of every other file
@@ -27,6 +28,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -158,6 +160,11 @@ def _fill(env: Environment, staging: Path, final: Path, previous: Path | None,
         notes.append("no results database yet")
     for rel, source in _sources(env):
         writer.add(rel, source)
+    for rel, found, note in _experiment_files(staging / "results.db"):
+        if found is not None:
+            writer.add(rel, found)
+        if note:
+            notes.append(note)
     notes.append(_hosts_step(staging / "hosts", collect_hosts))
     for path in sorted((staging / "hosts").rglob("*")) if (staging / "hosts").is_dir() else []:
         if path.is_file() and not path.is_symlink():
@@ -196,6 +203,43 @@ def _sources(env: Environment) -> Iterator[tuple[str, Path]]:
             for child in sorted(path.rglob("*")):
                 if child.is_file() and not child.is_symlink():
                     yield child.relative_to(env.root).as_posix(), child
+
+
+def _experiment_files(db: Path) -> Iterator[tuple[str, Path | None, str | None]]:
+    """The experiment files the database names, as ``experiments/<name>-<hash>.<ext>``, when still unchanged.
+
+    Read from the backup's own copy of the database. A file that changed since
+    its experiment ran is left out with a note (the spec as run is in the database).
+    """
+    if not db.exists():
+        return
+    # immutable: reading must not touch the copy (already checksummed), not even to make WAL files
+    conn = sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True)
+    try:
+        rows = conn.execute("SELECT name, file_hash, file_path FROM experiments WHERE file_path IS NOT NULL"
+                            " AND file_hash IS NOT NULL ORDER BY id").fetchall()
+    except sqlite3.Error:  # a database from before experiments recorded their file
+        rows = []
+    finally:
+        conn.close()
+    for name, digest, file_path in rows:
+        path = Path(file_path)
+        rel = f"experiments/{name}-{digest[:12]}{path.suffix}"
+        if not path.is_file():
+            yield rel, None, f"experiment file {path} (experiment {name}) no longer exists"
+        elif digest not in _text_hashes(path):
+            yield rel, None, f"experiment file {path} changed since experiment {name} ran: not copied"
+        else:
+            yield rel, path, None
+
+
+def _text_hashes(path: Path) -> set[str]:
+    """SHA-256 of the file's bytes, and of its text as read in Python (newlines normalised)."""
+    raw = path.read_bytes()
+    hashes = {hashlib.sha256(raw).hexdigest()}
+    with contextlib.suppress(UnicodeDecodeError):
+        hashes.add(hashlib.sha256(path.read_text().encode()).hexdigest())
+    return hashes
 
 
 def _hosts_step(dest: Path, collect: HostCollector | None) -> str:

@@ -34,14 +34,15 @@ from typing import Any, Literal
 
 from enosnet.errors import ConfigError, ResultsError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE experiments (
     id              INTEGER PRIMARY KEY,
     key             TEXT NOT NULL UNIQUE,          -- name + file hash + seed: a resumed experiment reuses its row
     name            TEXT NOT NULL,
-    file_hash       TEXT,
+    file_hash       TEXT,                          -- sha256 of the experiment file
+    file_path       TEXT,                          -- where it was read from (backups copy it when unchanged)
     seed            INTEGER,
     run_order       TEXT,                          -- 'shuffled' | 'as-written'
     started         REAL,                          -- Unix time, seconds (UTC)
@@ -121,6 +122,11 @@ CREATE TABLE samples (
 CREATE INDEX samples_run ON samples (run_id, series);
 """
 
+# Statements taking a database from version N to N + 1 (new files get _SCHEMA directly).
+_MIGRATIONS: dict[int, list[str]] = {
+    1: ["ALTER TABLE experiments ADD COLUMN file_path TEXT"],
+}
+
 TABLES = ("experiments", "hosts", "runs", "host_metadata", "processes", "metrics", "samples")
 
 Status = Literal["ok", "failed"]
@@ -150,6 +156,7 @@ class ExperimentRecord:
     order: str | None = None
     started: float | None = None
     checks: Sequence[CheckResult] = ()
+    file_path: str | None = None
     forced: bool = False
     enosnet_version: str | None = None
     spec: Mapping[str, Any] | None = None
@@ -262,6 +269,7 @@ class ExperimentRow:
     id: int
     name: str
     file_hash: str | None
+    file_path: str | None
     seed: int | None
     order: str | None
     started: float | None
@@ -403,11 +411,13 @@ class ResultsStore:
             raise ResultsError(f"{self.path}: schema version {version} is newer than this enosnet "
                                f"understands ({SCHEMA_VERSION}); upgrade enosnet")
         with self.transaction():
-            if self._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
-                return  # another process made the schema while we waited for the lock
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._conn.execute(statement)
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == SCHEMA_VERSION:
+                return  # another process made or upgraded the schema while we waited for the lock
+            statements = [s for s in _SCHEMA.split(";") if s.strip()] if version == 0 else [
+                s for v in range(version, SCHEMA_VERSION) for s in _MIGRATIONS[v]]
+            for statement in statements:
+                self._conn.execute(statement)
             self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @property
@@ -436,13 +446,15 @@ class ResultsStore:
         with self.transaction() as db:
             row = db.execute("SELECT id, checks FROM experiments WHERE key = ?", (record.key,)).fetchone()
             if row is not None:
-                db.execute("UPDATE experiments SET checks = ?, forced = max(forced, ?), ended = NULL WHERE id = ?",
-                           (json.dumps(json.loads(row["checks"]) + checks), int(record.forced), row["id"]))
+                db.execute("UPDATE experiments SET checks = ?, forced = max(forced, ?), ended = NULL,"
+                           " file_path = ifnull(?, file_path) WHERE id = ?",
+                           (json.dumps(json.loads(row["checks"]) + checks), int(record.forced), record.file_path,
+                            row["id"]))
                 return int(row["id"])
             cursor = db.execute(
-                "INSERT INTO experiments (key, name, file_hash, seed, run_order, started, checks, forced,"
-                " enosnet_version, spec) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (record.key, record.name, record.file_hash, record.seed, record.order,
+                "INSERT INTO experiments (key, name, file_hash, file_path, seed, run_order, started, checks, forced,"
+                " enosnet_version, spec) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.key, record.name, record.file_hash, record.file_path, record.seed, record.order,
                  record.started if record.started is not None else time.time(), json.dumps(checks),
                  int(record.forced), record.enosnet_version,
                  None if record.spec is None else json.dumps(record.spec, default=str)))
@@ -547,9 +559,9 @@ class ResultsStore:
     def experiments(self) -> list[ExperimentRow]:
         """Every experiment, oldest first."""
         rows = self._conn.execute("SELECT * FROM experiments ORDER BY started, id")
-        return [ExperimentRow(r["id"], r["name"], r["file_hash"], r["seed"], r["run_order"], r["started"],
-                              r["ended"], json.loads(r["checks"]), bool(r["forced"]), r["enosnet_version"])
-                for r in rows]
+        return [ExperimentRow(r["id"], r["name"], r["file_hash"], r["file_path"], r["seed"], r["run_order"],
+                              r["started"], r["ended"], json.loads(r["checks"]), bool(r["forced"]),
+                              r["enosnet_version"]) for r in rows]
 
     def experiment(self, which: int | str | None = None) -> ExperimentRow:
         """One experiment by id or name (the latest of that name); ``None``: the latest one."""
