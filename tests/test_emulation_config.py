@@ -95,7 +95,8 @@ def _plan(*constraints: dict[str, Any]) -> list[str]:
 
 def test_held_egress_packets_are_copies_and_the_originals_go_to_the_sink() -> None:
     steps = _plan({"destination": "198.18.0.3", "delay": "20ms", "protocol": "udp", "port": 7700})
-    nft, *rules = steps
+    [nft] = [step for step in steps if "nft -f" in step]
+    rules = steps[:steps.index(nft)]  # queue rules first: copies are only made once they can be told apart
     assert "hook postrouting priority -300" in nft and "dup to ip daddr device oif" in nft
     assert "udp dport 7700" in nft and "udp dport != 7700 udp sport 7700" in nft  # either port, counted once
     assert "meta mark set meta mark | 0x40000000" in nft and "| 0x20000000 accept" in nft
@@ -108,8 +109,9 @@ def test_held_egress_packets_are_copies_and_the_originals_go_to_the_sink() -> No
 
 def test_ingress_is_queued_directly_and_duplicated_after_the_queue() -> None:
     steps = _plan({"destination": "198.18.0.0/24", "direction": "ingress", "delay": "5ms", "duplicate": "10%"})
-    assert "hook prerouting priority -100" in steps[0] and "numgen random mod 1000000 < 100000 dup to ip daddr\n" \
-        in steps[0] and "mark" not in steps[0]
+    nft = steps[-1]
+    assert "hook prerouting priority -100" in nft and "numgen random mod 1000000 < 100000 dup to ip daddr\n" in nft
+    assert "mark" not in nft
     assert any(s.endswith("-A ENOSNET_EMU_IN -s 198.18.0.0/24 ! -i lo -j NFQUEUE --queue-num 7400 --queue-bypass")
                for s in steps)
     assert "ip6tables" not in " ".join(steps)
@@ -241,3 +243,17 @@ def test_the_netem_probe_agrees_with_the_kernel_config() -> None:
     assert kernel_has_netem(local_runner()) is bool(built)
     with pytest.raises(RemoteError, match="no tc on this host"):
         kernel_has_netem(local_runner(["env", "PATH=/nowhere:/usr/bin"]))
+
+
+def test_the_netem_roles_variables_translate_to_constraints() -> None:
+    config = d.from_netem_vars({
+        "interfaces": [{"device": "eth0", "delay": "20ms", "loss": "", "ingress": {"rate": "10mbit"}}],
+        "destinations": [{"device": "eth0", "dest": "198.18.0.3", "loss": "1%", "jitter": None}]})
+    assert config["constraints"][0] == {"destination": "198.18.0.3", "device": "eth0", "loss": "1%"}
+    assert [(c["destination"], c.get("direction"), c.get("delay"), c.get("rate")) for c in config["constraints"][1:]] \
+        == [("0.0.0.0/0", "egress", "20ms", None), ("::/0", "egress", "20ms", None),
+            ("0.0.0.0/0", "ingress", None, "10mbit"), ("::/0", "ingress", None, "10mbit")]
+    steps = " ".join(step.describe() for step in d.plan(d.load_config(config)))
+    assert "-d 0.0.0.0/0 -o eth0 -m mark" in steps and 'oifname == "eth0" ip6 daddr ::/0' in steps
+    with pytest.raises(d.ConfigProblem, match=r"interfaces\[0\]: an object with a device"):
+        d.from_netem_vars({"interfaces": [{"delay": "1ms"}]})

@@ -289,3 +289,13 @@ def test_a_killed_daemon_lets_traffic_through_and_clear_still_cleans(hosts: Host
     assert pings.received == 10 and pings.median < 5.0  # --queue-bypass: no listener, no delay, no loss
     assert show(target)["daemon"]["alive"] is False
 
+
+
+def test_the_netem_roles_variables_apply_per_interface(hosts: Hosts) -> None:
+    """What the netem role would run when the kernel lacks netem: its own variables, via the CLI."""
+    netem_vars = json.dumps({"interfaces": [{"device": "eth0", "delay": "10ms"}], "destinations": []})
+    out = hosts.sh(hosts.client, f"{PYTHON} {IMPAIRD} apply --netem-vars --config '{netem_vars}'")
+    assert out.returncode == 0, out.stderr
+    for peer in (hosts.server, hosts.other):
+        pings = ping(hosts, hosts.client, peer, count=10)
+        assert pings.received == 10 and 9.5 < pings.median < 12.0, pings.median

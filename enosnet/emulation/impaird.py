@@ -20,7 +20,7 @@ system ``python3`` as root. It gives what ``tc netem`` gives, per destination:
 
 Commands (root)::
 
-    python3 impaird.py apply --config FILE|-|JSON [--state-dir D] [--dry-run]
+    python3 impaird.py apply --config FILE|-|JSON [--state-dir D] [--dry-run] [--netem-vars]
     python3 impaird.py clear                   [--state-dir D]
     python3 impaird.py show                    [--state-dir D]
     python3 impaird.py run --config FILE [--pidfile P]     (the daemon; apply starts it)
@@ -268,6 +268,33 @@ def load_config(data: Any) -> dict[str, Any]:
     return {"version": VERSION, "constraints": constraints, "seed": seed, "queue_base": base, "realtime": realtime}
 
 
+def from_netem_vars(data: Any) -> dict[str, Any]:
+    """A config from the netem role's variables ``{"interfaces": [...], "destinations": [...]}``.
+
+    Destinations (``{device, dest, delay, jitter, loss, rate}``) come first, as the more specific;
+    an interface entry (``{device, delay, jitter, loss, rate, ingress: {...}}``) covers all of its
+    IPv4 and IPv6 traffic, egress and, with ``ingress``, incoming.
+    """
+    if not isinstance(data, dict) or set(data) - {"interfaces", "destinations"}:
+        raise ConfigProblem("netem vars: an object with 'interfaces' and/or 'destinations' lists")
+    knobs = ("delay", "jitter", "loss", "rate")
+    out: list[dict[str, Any]] = []
+    for i, entry in enumerate(data.get("destinations") or []):
+        if not isinstance(entry, dict):
+            raise ConfigProblem(f"destinations[{i}]: an object, got {entry!r}")
+        out.append({"destination": entry.get("dest"), "device": entry.get("device"),
+                    **{k: entry[k] for k in knobs if entry.get(k) not in (None, "")}})
+    for i, entry in enumerate(data.get("interfaces") or []):
+        if not isinstance(entry, dict) or not entry.get("device"):
+            raise ConfigProblem(f"interfaces[{i}]: an object with a device, got {entry!r}")
+        for direction, side in (("egress", entry), ("ingress", entry.get("ingress") or {})):
+            chosen = {k: side[k] for k in knobs if side.get(k) not in (None, "")}
+            if chosen:
+                out += [{"destination": net, "device": entry["device"], "direction": direction, **chosen}
+                        for net in ("0.0.0.0/0", "::/0")]
+    return {"version": VERSION, "constraints": out}
+
+
 # ── nfnetlink_queue ─────────────────────────────────────────────────────────
 
 
@@ -455,6 +482,9 @@ class Emulator:
         self.stats_path, self.stats_written = stats_path, 0.0
         self.running = True
         self.nfq = NfQueue()
+        self.wake_r, self.wake_w = socket.socketpair()  # a signal wakes select() at once
+        for end in (self.wake_r, self.wake_w):
+            end.setblocking(False)
 
     def bind(self) -> None:
         for queue, c in self.queues.items():
@@ -465,11 +495,8 @@ class Emulator:
         while self.running:
             self._release(time.monotonic())
             timeout = 1.0 if not self.heap else max(0.0, self.heap[0][0] - time.monotonic() - self.SPIN)
-            try:
-                ready = select.select([self.nfq], [], [], min(timeout, 1.0))[0]
-            except InterruptedError:
-                continue
-            if ready:
+            ready = select.select([self.nfq.fileno(), self.wake_r.fileno()], [], [], min(timeout, 1.0))[0]
+            if self.nfq.fileno() in ready:
                 self.nfq.receive(arrived, 256)
                 self._admit(arrived, time.monotonic())
                 arrived.clear()
@@ -573,6 +600,7 @@ def run_daemon(config_path: str, pidfile: str | None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.set_wakeup_fd(emulator.wake_w.fileno())
     if pidfile:
         write_text(pidfile, f"{os.getpid()}\n")
     log(f"serving queues {sorted(emulator.queues)}")
@@ -623,7 +651,8 @@ class Step:
 
 
 def _match(c: dict[str, Any], *, ingress: bool) -> list[str]:
-    argv = ["-s" if ingress else "-d", c["destination"], "!", "-i" if ingress else "-o", "lo"]
+    interface = ["-i" if ingress else "-o", c["device"]] if c["device"] else ["!", "-i" if ingress else "-o", "lo"]
+    argv = ["-s" if ingress else "-d", c["destination"], *interface]
     if c["protocol"]:
         argv += ["-p", c["protocol"]]
     if c["port"]:
@@ -660,7 +689,8 @@ def iptables_steps(config: dict[str, Any]) -> list[Step]:
 def _nft_match(c: dict[str, Any], *, ingress: bool) -> list[str]:
     """nft selectors for ``c``; a port matches as source or destination, so two selectors then."""
     ip = "ip" if c["family"] == 4 else "ip6"
-    head = f'{"iifname" if ingress else "oifname"} != "lo" {ip} {"saddr" if ingress else "daddr"} {c["destination"]}'
+    interface = f'{"iifname" if ingress else "oifname"} ' + (f'== "{c["device"]}"' if c["device"] else '!= "lo"')
+    head = f'{interface} {ip} {"saddr" if ingress else "daddr"} {c["destination"]}'
     if c["protocol"]:
         head += f" meta l4proto {c['protocol']}"
     if not c["port"]:
@@ -790,8 +820,12 @@ def _htb_steps(device: str, classes: list[tuple[int, dict[str, Any]]], *, ingres
 
 
 def plan(config: dict[str, Any]) -> list[Step]:
-    """Every change ``apply`` makes after starting the daemon, in order."""
-    return nft_steps(config) + iptables_steps(config) + tc_steps(config)
+    """Every change ``apply`` makes after starting the daemon, in order.
+
+    The queue rules come before the nft copies and are undone after them: egress originals and copies
+    are told apart only once both exist, so neither ever leaves unqueued (no spurious duplicates).
+    """
+    return iptables_steps(config) + nft_steps(config) + tc_steps(config)
 
 
 # ── state ───────────────────────────────────────────────────────────────────
@@ -994,6 +1028,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd.add_argument("--config", required=True, help="config file (JSON), - for stdin, or the JSON itself")
         if name == "apply":
             cmd.add_argument("--dry-run", action="store_true", help="check the config, print the commands")
+            cmd.add_argument("--netem-vars", action="store_true",
+                             help="the config is the netem role's {interfaces, destinations}")
         if name == "run":
             cmd.add_argument("--pidfile", help="written once the queues are bound")
     args = parser.parse_args(argv)
@@ -1018,6 +1054,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_daemon(args.config, args.pidfile)
     if args.command == "apply":
         raw = read_json(args.config)
+        if args.netem_vars:
+            raw = from_netem_vars(raw)
         if args.dry_run:
             print("\n".join(step.describe() for step in plan(load_config(raw))))
             return 0
