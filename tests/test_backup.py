@@ -27,7 +27,7 @@ from enosnet.results.backup import (
     verify_backup,
 )
 from enosnet.results.s3 import MIN_PART, S3Location, UploadEvent, make_client, upload_backup, verify_s3
-from enosnet.results.store import ExperimentRecord, ResultsStore
+from enosnet.results.store import ExperimentRecord, HostMeta, ResultsStore
 from enosnet.results.synthetic import fill_synthetic
 
 ENOSNET = [sys.executable, "-c", "from enosnet.cli import main; main()"]
@@ -78,13 +78,19 @@ def test_experiment_files_are_copied_while_unchanged(env: Environment, tmp_path:
     spec.write_text("name: sweep\nrepetitions: 3\n")
     digest = hashlib.sha256(spec.read_bytes()).hexdigest()
     gone = tmp_path / "gone.yaml"
+    other = tmp_path / "other.yml"
+    other.write_text("name: other\n")
+    other_digest = hashlib.sha256(other.read_bytes()).hexdigest()
     with ResultsStore.open(env.db_file) as store:
         store.begin_experiment(ExperimentRecord(name="sweep", file_hash=digest, file_path=str(spec)))
         store.begin_experiment(ExperimentRecord(name="gone", file_hash="0" * 64, file_path=str(gone)))
+        exp = store.begin_experiment(ExperimentRecord(name="other", file_hash=other_digest))  # path only in metadata
+        store.add_metadata(exp, [HostMeta("server-0", "experiment.file", str(other), "enosnet")])
     made = make_backup(env, now=NOW)
     copied = made.path / f"experiments/sweep-{digest[:12]}.yaml"
     assert copied.read_text() == spec.read_text() and f"experiments/sweep-{digest[:12]}.yaml" in read_manifest(
         made.path)
+    assert (made.path / f"experiments/other-{other_digest[:12]}.yml").read_text() == "name: other\n"
     assert f"experiment file {gone} (experiment gone) no longer exists" in made.notes
     spec.write_text("name: sweep\nrepetitions: 30\n")
     later = make_backup(env, now=NOW)

@@ -216,9 +216,10 @@ def _experiment_files(db: Path) -> Iterator[tuple[str, Path | None, str | None]]
     # immutable: reading must not touch the copy (already checksummed), not even to make WAL files
     conn = sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True)
     try:
-        rows = conn.execute("SELECT name, file_hash, file_path FROM experiments WHERE file_path IS NOT NULL"
-                            " AND file_hash IS NOT NULL ORDER BY id").fetchall()
-    except sqlite3.Error:  # a database from before experiments recorded their file
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(experiments)")}
+        recorded = "e.file_path" if "file_path" in columns else "NULL"  # schema 1 had no such column
+        rows = conn.execute(_EXPERIMENT_FILES.format(recorded=recorded)).fetchall()
+    except sqlite3.Error:  # no experiments table: nothing was ever run
         rows = []
     finally:
         conn.close()
@@ -231,6 +232,17 @@ def _experiment_files(db: Path) -> Iterator[tuple[str, Path | None, str | None]]
             yield rel, None, f"experiment file {path} changed since experiment {name} ran: not copied"
         else:
             yield rel, path, None
+
+
+# The file's path as the experiment recorded it, else as host metadata ``experiment.file`` says.
+_EXPERIMENT_FILES = """
+SELECT name, file_hash, path FROM (
+    SELECT e.id, e.name, e.file_hash, coalesce({recorded}, (
+        SELECT m.value FROM host_metadata m WHERE m.experiment_id = e.id AND m.key = 'experiment.file'
+        AND m.value != '' LIMIT 1)) AS path
+    FROM experiments e)
+WHERE path IS NOT NULL AND file_hash IS NOT NULL ORDER BY id
+"""
 
 
 def _text_hashes(path: Path) -> set[str]:
