@@ -19,11 +19,12 @@ backup costs only what changed while every backup stays a complete, plain
 folder tree that can be browsed, copied or restored on its own.
 
 >>> import tempfile
->>> env = Environment(tempfile.mkdtemp()).create()
->>> _ = env.config_file.write_text("name: demo\\n")
->>> first = make_backup(env)
->>> verify_backup(first.path).ok
-True
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     env = Environment(tmp).create()
+...     _ = env.config_file.write_text("name: demo\\n")
+...     first = make_backup(env)
+...     print(sorted(read_manifest(first.path)), verify_backup(first.path).ok)
+['BACKUP.json', 'config.yaml'] True
 """
 
 from __future__ import annotations

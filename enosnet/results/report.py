@@ -8,12 +8,12 @@ numbers (the bootstrap is seeded).
 
 >>> from enosnet.results.synthetic import fill_synthetic
 >>> import tempfile
->>> out = Path(tempfile.mkdtemp())
->>> with ResultsStore.open(out / "results.db") as store:
-...     _ = fill_synthetic(store, repetitions=3)
->>> report = build_report(out / "results.db", out / "report")
->>> report.html.name, report.markdown.name
-('report.html', 'report.md')
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     with ResultsStore.open(Path(tmp) / "results.db") as store:
+...         _ = fill_synthetic(store, repetitions=3)
+...     report = build_report(Path(tmp) / "results.db", Path(tmp) / "report")
+...     print(report.html.name, report.markdown.name, report.plots[0].name)
+report.html report.md metric-throughput
 """
 
 from __future__ import annotations
