@@ -25,8 +25,11 @@ from enosnet.emulation import (
     Constraint,
     Target,
     apply,
+    apply_all,
+    between,
     choose_backend,
     clear,
+    clear_all,
     kernel_has_netem,
     local_runner,
     show,
@@ -84,8 +87,7 @@ def clean(hosts: Hosts) -> Iterator[None]:
     try:
         yield
     finally:
-        for host in (hosts.client, hosts.server, hosts.other):
-            clear(hosts.target(host))
+        clear_all(hosts.target(h) for h in (hosts.client, hosts.server, hosts.other))
         left = {h.name: hosts.sh(h, LEFTOVERS).stdout.strip() for h in (hosts.client, hosts.server, hosts.other)}
     assert not any(left.values()), left
 
@@ -299,3 +301,12 @@ def test_the_netem_roles_variables_apply_per_interface(hosts: Hosts) -> None:
     for peer in (hosts.server, hosts.other):
         pings = ping(hosts, hosts.client, peer, count=10)
         assert pings.received == 10 and 9.5 < pings.median < 12.0, pings.median
+
+
+def test_a_symmetric_delay_between_groups_adds_twice_the_delay_to_the_rtt(hosts: Hosts) -> None:
+    base = ping(hosts, hosts.client, hosts.server, count=10)
+    plan = between([hosts.client], [hosts.server], delay="10ms")
+    shown = apply_all({hosts.target(h): constraints for h, constraints in plan.items()})
+    assert sorted(shown) == ["client-0", "server-0"]
+    rtt = ping(hosts, hosts.client, hosts.server, count=10)
+    assert 19.0 < rtt.median - base.median < 21.5, (base.median, rtt.median)

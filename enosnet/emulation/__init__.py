@@ -24,13 +24,14 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from enosnet.emulation import impaird
-from enosnet.errors import ConfigError, RemoteError
+from enosnet.errors import ConfigError, EnosnetError, RemoteError
 from enosnet.model import Host
 
 IMPAIRD = Path(__file__).with_name("impaird.py")
@@ -48,10 +49,12 @@ __all__ = [
     "Runner",
     "Target",
     "apply",
+    "apply_all",
     "apply_argv",
     "between",
     "choose_backend",
     "clear",
+    "clear_all",
     "clear_argv",
     "emulation_config",
     "install",
@@ -294,6 +297,36 @@ def show(target: Target) -> dict[str, Any]:
     """What is applied on the host: config, daemon pid and liveness, per-queue counters."""
     shown: dict[str, Any] = json.loads(_check(target, target.run(show_argv(**_where(target))), "showing").stdout)
     return shown
+
+
+def apply_all(plan: Mapping[Target, Sequence[Constraint]], *, seed: int | None = None,
+              copy: bool = True) -> dict[str, dict[str, Any]]:
+    """``apply`` on many hosts at once (threads); ``RemoteError``/``ConfigError`` name every host that failed.
+
+    Returns each host's ``show`` by target name.
+    """
+    return _fan_out(list(plan), lambda t: apply(t, plan[t], seed=seed, copy=copy), "applying emulation")
+
+
+def clear_all(targets: Iterable[Target]) -> None:
+    """``clear`` on many hosts at once; raises naming every host that could not be cleared."""
+    _fan_out(list(targets), clear, "clearing emulation")
+
+
+def _fan_out(targets: list[Target], step: Callable[[Target], Any], what: str) -> dict[str, Any]:
+    done: dict[str, Any] = {}
+    failed: dict[str, EnosnetError] = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(32, len(targets)))) as pool:
+        for target, future in [(t, pool.submit(step, t)) for t in targets]:
+            try:
+                done[target.name] = future.result()
+            except EnosnetError as exc:
+                failed[target.name] = exc
+    if failed:
+        kind = ConfigError if all(isinstance(e, ConfigError) for e in failed.values()) else RemoteError
+        raise kind(f"{what} failed on {len(failed)} of {len(targets)} hosts: " +
+                   "; ".join(f"{name}: {exc}" for name, exc in sorted(failed.items())))
+    return done
 
 
 def _where(target: Target) -> dict[str, str]:
