@@ -103,13 +103,25 @@ def test_replace_swaps_a_failed_run_for_its_retry(store: ResultsStore, exp: int,
 
 
 def test_a_run_that_fails_to_commit_leaves_nothing(store: ResultsStore, exp: int, tmp_path: Path) -> None:
-    bad = RunRecord(key="k", params={}, repetition=0, position=0,
-                    metrics=[Metric("client-0", "x", 1.0)], samples=[Sample("client-0", "s", 0.0, "nan?", "")])  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
+    # the run row, its metrics and samples go in first; the process row then breaks a NOT NULL constraint
+    bad = RunRecord(key="k", params={}, repetition=0, position=0, metrics=[Metric("client-0", "x", 1.0)],
+                    samples=[Sample("client-0", "s", 0.0, 1.0)],
+                    processes=[ProcessRecord("client-0", None)])  # type: ignore[arg-type]
+    with pytest.raises(ResultsError, match="run k not stored"):
         store.record_run(exp, bad)
     db = tmp_path / "results.db"
-    assert [_count(db, t) for t in ("runs", "metrics", "samples")] == [0, 0, 0]
+    assert [_count(db, t) for t in ("runs", "metrics", "samples", "processes")] == [0, 0, 0, 0]
     assert store.record_run(exp, _run()).inserted
+
+
+def test_values_sqlite_cannot_hold_are_refused_with_their_names(store: ResultsStore, exp: int) -> None:
+    bad = RunRecord(key="k", params={}, repetition=0, position=0,
+                    metrics=[Metric("client-0", "rtt", float("nan"), "ms"), Metric(None, "ok", 1.0)],
+                    samples=[Sample("client-0", "cpu", 1.0, float("inf"), "%")])
+    with pytest.raises(ConfigError, match="2 values") as raised:
+        store.record_run(exp, bad)
+    assert "metric rtt" in str(raised.value) and "series cpu" in str(raised.value)
+    assert store.committed_runs(exp) == set()
 
 
 def test_bad_status_is_a_config_error(store: ResultsStore, exp: int) -> None:

@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -502,18 +503,20 @@ class ResultsStore:
         the old run and its rows are deleted and the new one written, in the
         same transaction (e.g. retrying a failed run).
         """
-        if run.status not in ("ok", "failed"):
-            raise ConfigError(f"run {run.key}: status must be 'ok' or 'failed', not {run.status!r}")
-        with self.transaction() as db:
-            old = db.execute("SELECT id FROM runs WHERE experiment_id = ? AND key = ?",
-                             (experiment_id, run.key)).fetchone()
-            if old is not None and not replace:
-                return Recorded(int(old["id"]), inserted=False)
-            if old is not None:
-                db.execute("DELETE FROM runs WHERE id = ?", (old["id"],))
-            run_id = self._insert_run(db, experiment_id, run)
-            self._insert_run_rows(db, experiment_id, run_id, run)
-            return Recorded(run_id, inserted=True)
+        _check_run(run)
+        try:
+            with self.transaction() as db:
+                old = db.execute("SELECT id FROM runs WHERE experiment_id = ? AND key = ?",
+                                 (experiment_id, run.key)).fetchone()
+                if old is not None and not replace:
+                    return Recorded(int(old["id"]), inserted=False)
+                if old is not None:
+                    db.execute("DELETE FROM runs WHERE id = ?", (old["id"],))
+                run_id = self._insert_run(db, experiment_id, run)
+                self._insert_run_rows(db, experiment_id, run_id, run)
+                return Recorded(run_id, inserted=True)
+        except sqlite3.Error as exc:
+            raise ResultsError(f"{self.path}: run {run.key} not stored (nothing of it was written): {exc}") from None
 
     def committed_runs(self, experiment_id: int, *, status: Status | None = None) -> set[str]:
         """Keys of the experiment's committed runs (what ``--resume`` skips)."""
@@ -654,6 +657,25 @@ class ResultsStore:
             self._conn.backup(target)
         finally:
             target.close()
+
+
+def _check_run(run: RunRecord) -> None:
+    """Refuse what SQLite would store wrongly: an unknown status, values that are not finite numbers."""
+    if run.status not in ("ok", "failed"):
+        raise ConfigError(f"run {run.key}: status must be 'ok' or 'failed', not {run.status!r}")
+    problems = [(f"run {run.key} metric {m.name}", f"{m.value!r} on {m.host or 'the run'} is not a finite number")
+                for m in run.metrics if not _finite(m.value)]
+    problems += [(f"run {run.key} series {s.series}", f"t={s.t!r} value={s.value!r} on {s.host or 'the run'} is not "
+                  "finite") for s in run.samples if not (_finite(s.t) and _finite(s.value))]
+    if problems:
+        raise ConfigError(f"run {run.key}: {len(problems)} values cannot be stored (leave them out)", problems[:10])
+
+
+def _finite(value: object) -> bool:
+    try:
+        return math.isfinite(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
 
 
 class _ParamsCache:
