@@ -400,6 +400,7 @@ class Ec2Provider(Provider):
                           placement_groups=list(state.get("placement_groups", [])),
                           security_groups=[state["security_group"]] if state.get("security_group") else [],
                           key_pairs=[state["key_pair"]] if state.get("key_generated") else [])
+        # placement group names are deterministic and in the state before they are created: no need to list them
         tagged, _ = res.find(self.aws, res.tag_filters(env_id=state["env_id"], owner=state.get("owner")),
                              placement_groups=False)
         if not state.get("key_generated"):
