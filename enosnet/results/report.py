@@ -89,6 +89,15 @@ def _headline(names: Sequence[str]) -> list[str]:
     return [m for m in HEADLINE if m in names][:1] or list(names[:1])
 
 
+def _skew_text(skews: Sequence[float]) -> str:
+    """``median 1.2 ms, max 3.4 ms over 12 runs``: how well the processes of a run started together."""
+    if not skews:
+        return "not recorded"
+    ordered = sorted(skews)
+    return (f"median {ordered[len(ordered) // 2] * 1000:.2f} ms, max {ordered[-1] * 1000:.2f} ms "
+            f"over {len(ordered)} runs")
+
+
 def _time(t: float | None) -> str:
     return "—" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -136,7 +145,8 @@ class Page:
             ("parameters", "; ".join(f"{p}: {', '.join(v)}" for p, v in levels.items()) or "—"),
             ("fixed in every run", ", ".join(f"{k}={v}" for k, v in self.a.constants.items()) or "—"),
             ("repetitions per combination", f"{reps[0]}" if reps[0] == reps[-1] else f"{reps[0]}–{reps[-1]}"),
-            ("experiment file", f"sha256 {e.file_hash or '—'}"),
+            ("start skew", _skew_text([r.start_skew for r in runs if r.start_skew is not None])),
+            ("experiment file", f"{e.file_path or ''} sha256 {e.file_hash or '—'}".strip()),
             ("enosnet", e.enosnet_version or "—"),
             ("method", (f"95 % bootstrap CIs ({self.a.options.resamples} resamples, seed {self.a.options.seed}); "
                         f"Welch t-test, Holm-corrected over {len(self.a.comparisons)} comparisons; practically "
