@@ -54,6 +54,8 @@ def bench(
     _print_end(result)
     if report and result.done:
         _build_report(environment.db_file, result)
+    if result.failed and not result.done:
+        raise typer.Exit(1)  # every run failed: nothing was measured
 
 
 def _print_plan(plan: Plan) -> None:
