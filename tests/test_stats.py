@@ -203,3 +203,17 @@ def test_relative_difference_keeps_its_direction_for_negative_values() -> None:
     c = compare_levels([-10.0, -10.2, -9.8], [-5.0, -5.1, -4.9], options=StatsOptions(), seed_key="neg",
                        metric="offset", levels=("a", "b"))
     assert c.rel_diff == pytest.approx(0.5) and c.ci.low > 0  # -5 is higher than -10, by half its magnitude
+
+
+def test_the_reason_given_when_nothing_is_concluded() -> None:
+    from dataclasses import replace
+
+    rng = np.random.default_rng(5)
+    base = compare_levels(100 + rng.normal(0, 1, 8), 120 + rng.normal(0, 1, 8), options=StatsOptions(),
+                          seed_key="r", metric="m", parameter="cc", levels=("x", "y"))
+    assert base.ci.excludes_zero() and base.rel_diff > 0.05
+    weak = replace(base, p_value=0.06, p_adjusted=0.06)
+    assert "not statistically significant (p = 0.060 before correction)" in weak.sentence
+    corrected = replace(base, p_value=0.01, p_adjusted=0.2, family=20)
+    assert "once corrected for the 20 comparisons made (Holm)" in corrected.sentence
+    assert replace(base, p_adjusted=0.01).practically_significant

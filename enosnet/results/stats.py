@@ -117,6 +117,7 @@ class Comparison:
     p_adjusted: float = math.nan
     threshold: float = 0.05
     alpha: float = 0.05
+    family: int = 1
 
     @property
     def practically_significant(self) -> bool:
@@ -360,7 +361,10 @@ def _why_not(c: Comparison) -> str:
         return "not distinguishable from noise"
     if abs(c.rel_diff) <= c.threshold:
         return f"below the {c.threshold * 100:g} % threshold"
-    return "not significant once corrected for the number of comparisons (Holm): more repetitions would tell"
+    if c.p_value >= c.alpha:
+        return f"not statistically significant (p = {c.p_value:.3f} before correction): more repetitions would tell"
+    return (f"not significant once corrected for the {c.family} comparisons made (Holm): more repetitions, or "
+            "fewer metrics compared (--metric), would tell")
 
 
 def _p(p: float) -> str:
@@ -443,7 +447,8 @@ def analyze(store: ResultsStore, *, experiment: int | str | None = None, metrics
         summaries += [summarize(name, unit, combo, vals, options=options) for combo, vals in groups.items()]
         comparisons += _compare_all(name, unit, groups, parameters, options)
     adjusted = holm([c.p_value for c in comparisons])
-    comparisons = [replace(c, p_adjusted=p) for c, p in zip(comparisons, adjusted, strict=True)]
+    family = sum(not math.isnan(p) for p in adjusted)
+    comparisons = [replace(c, p_adjusted=p, family=family) for c, p in zip(comparisons, adjusted, strict=True)]
     warnings = collect_warnings(exp, runs, summaries, options)
     if metrics:
         missing = [m for m in metrics if m not in {s.metric for s in summaries}]
