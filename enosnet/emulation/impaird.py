@@ -94,6 +94,9 @@ SO_RCVBUFFORCE = 33
 # one verdict message: nlmsghdr, nfgenmsg (queue number big-endian), NFQA_VERDICT_HDR (verdict, id big-endian)
 VERDICT = struct.Struct("=IHHIIBBHHHII")
 NLMSGHDR = struct.Struct("=IHHII")
+# a packet message's start: nlmsg length and type, nfgenmsg queue (raw big-endian), first attribute, packet id (raw)
+PACKET_START = struct.Struct("=IH12xHHHI")
+PACKET_TYPE = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET
 
 
 class ConfigProblem(ValueError):
@@ -365,12 +368,22 @@ class NfQueue:
 
     def receive(self, out: list[tuple[int, int]], budget: int) -> None:
         """Append (queue, packet id) of waiting packets to ``out``, reading at most ``budget`` datagrams."""
-        packet_type = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET
+        buffer, recv, first = self.buffer, self.sock.recv_into, PACKET_START.unpack_from
         for _ in range(budget):
             try:
-                size = self.sock.recv_into(self.buffer, 0, socket.MSG_DONTWAIT)
+                size = recv(buffer, 0, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
+            if size >= PACKET_START.size:  # the usual datagram: one packet message, its header attribute first
+                length, msg_type, queue, _alen, kind, packet_id = first(buffer)
+                if msg_type == PACKET_TYPE and kind & 0x3FFF == NFQA_PACKET_HDR and (length + 3) & ~3 >= size:
+                    out.append((socket.ntohs(queue), socket.ntohl(packet_id)))
+                    continue
+            self._parse(size, out)
+
+    def _parse(self, size: int, out: list[tuple[int, int]]) -> None:
+        packet_type = PACKET_TYPE
+        if size:
             for msg_type, offset, length in self._messages(size):
                 if msg_type == packet_type:
                     found = self._packet_id(offset, length)
@@ -420,7 +433,7 @@ class Impairment:
         self.loss, self.loss_corr, self.reorder = float(c["loss"]), float(c["loss_correlation"]), float(c["reorder"])
         self.rng = rng
         self.last_loss = 0.0
-        self.stats = {"received": 0, "dropped": 0, "reordered": 0, "released": 0, "held_max": 0}
+        self.stats = {"received": 0, "dropped": 0, "reordered": 0, "held_max": 0}
 
     def due(self, now: float) -> float | None:
         """When to release a packet that arrived at ``now``; None to drop it."""
@@ -466,7 +479,11 @@ class Held:
 
 
 class Emulator:
-    """The daemon's loop: receive, decide, hold on a timer heap, release with precise timeouts."""
+    """The daemon's loop: receive, decide, hold until due, release with precise timeouts.
+
+    A queue without jitter or reordering releases in arrival order: a plain FIFO, and one batch
+    verdict per release. Others keep a heap of (due, id) and batch only when no older packet is held.
+    """
 
     SPIN = 0.00005  # release what is due within 50 us: select() would not wake any closer
 
@@ -475,7 +492,9 @@ class Emulator:
         self.queues = {c["queue"]: c for c in config["constraints"] if c["queue"] is not None}
         self.impair = {q: Impairment(c, random.Random(None if seed is None else seed + q))
                        for q, c in self.queues.items()}
-        self.held = {q: Held() for q in self.queues}
+        self.fifo: dict[int, collections.deque[tuple[float, int]]] = {
+            q: collections.deque() for q, i in self.impair.items() if not i.jitter and not i.reorder}
+        self.held = {q: Held() for q in self.impair if q not in self.fifo}
         self.heap: list[tuple[float, int, int, int]] = []  # (due, sequence, queue, id)
         self.sequence = 0
         self.late = {"count": 0, "sum_us": 0.0, "max_us": 0.0}
@@ -490,80 +509,108 @@ class Emulator:
         for queue, c in self.queues.items():
             self.nfq.bind(queue, c["limit"])
 
+    def next_due(self) -> float | None:
+        heads = [fifo[0][0] for fifo in self.fifo.values() if fifo]
+        if self.heap:
+            heads.append(self.heap[0][0])
+        return min(heads) if heads else None
+
     def serve(self) -> None:
         arrived: list[tuple[int, int]] = []
+        sockets = [self.nfq.fileno(), self.wake_r.fileno()]
         while self.running:
             self._release(time.monotonic())
-            timeout = 1.0 if not self.heap else max(0.0, self.heap[0][0] - time.monotonic() - self.SPIN)
-            ready = select.select([self.nfq.fileno(), self.wake_r.fileno()], [], [], min(timeout, 1.0))[0]
-            if self.nfq.fileno() in ready:
+            due = self.next_due()
+            timeout = 1.0 if due is None else min(1.0, max(0.0, due - time.monotonic() - self.SPIN))
+            if sockets[0] in select.select(sockets, [], [], timeout)[0]:
                 self.nfq.receive(arrived, 256)
                 self._admit(arrived, time.monotonic())
                 arrived.clear()
             self._write_stats(False)
 
     def _admit(self, arrived: list[tuple[int, int]], now: float) -> None:
-        verdicts: list[tuple[int, int, int, bool]] = []
+        drops: list[tuple[int, int, int, bool]] = []
         for queue, packet_id in arrived:
             impair = self.impair.get(queue)
-            due = impair.due(now) if impair else now
+            due = impair.due(now) if impair is not None else now
             if due is None:
-                verdicts.append((queue, packet_id, NF_DROP, False))
+                drops.append((queue, packet_id, NF_DROP, False))
+                continue
+            fifo = self.fifo.get(queue)
+            if fifo is not None:
+                fifo.append((due, packet_id))
                 continue
             self.sequence += 1
             heapq.heappush(self.heap, (due, self.sequence, queue, packet_id))
             if queue in self.held:
-                held = self.held[queue]
-                held.add(packet_id)
-                stats = self.impair[queue].stats
-                stats["held_max"] = max(stats["held_max"], len(held.waiting))
-        if verdicts:
-            self.nfq.send_verdicts(verdicts)
+                self.held[queue].add(packet_id)
+        if drops:
+            self.nfq.send_verdicts(drops)
+        for queue, impair in self.impair.items():
+            held = len(self.fifo[queue]) if queue in self.fifo else len(self.held[queue].waiting)
+            impair.stats["held_max"] = max(impair.stats["held_max"], held)
         self._release(now)
 
     def _release(self, now: float) -> None:
+        limit = now + self.SPIN
+        verdicts: list[tuple[int, int, int, bool]] = []
+        late: list[float] = []
+        for queue, fifo in self.fifo.items():
+            last = -1
+            while fifo and fifo[0][0] <= limit:
+                when, last = fifo.popleft()
+                late.append(now - when)
+            if last >= 0:
+                verdicts.append((queue, last, NF_ACCEPT, True))
         due: dict[int, list[int]] = {}
-        while self.heap and self.heap[0][0] <= now + self.SPIN:
+        while self.heap and self.heap[0][0] <= limit:
             when, _, queue, packet_id = heapq.heappop(self.heap)
             due.setdefault(queue, []).append(packet_id)
-            late = max(0.0, now - when) * 1e6
-            self.late["count"] += 1
-            self.late["sum_us"] += late
-            self.late["max_us"] = max(self.late["max_us"], late)
-        if not due:
-            return
-        verdicts: list[tuple[int, int, int, bool]] = []
+            late.append(now - when)
         for queue, ids in due.items():
             held = self.held.get(queue)
             if held is not None and held.release(ids):
                 verdicts.append((queue, max(ids), NF_ACCEPT, True))
             else:
                 verdicts.extend((queue, i, NF_ACCEPT, False) for i in ids)
-            if queue in self.impair:
-                self.impair[queue].stats["released"] += len(ids)
-        self.nfq.send_verdicts(verdicts)
+        if late:
+            self.late["count"] += len(late)
+            self.late["sum_us"] += sum(x for x in late if x > 0) * 1e6
+            self.late["max_us"] = max(self.late["max_us"], max(late) * 1e6)
+            self.nfq.send_verdicts(verdicts)
+
+    def _held(self, queue: int) -> int:
+        return len(self.fifo[queue]) if queue in self.fifo else len(self.held[queue].waiting)
 
     def stop(self) -> None:
         """Release every held packet now (and any still unread), then unbind the queues."""
         unread: list[tuple[int, int]] = []
         self.nfq.receive(unread, 100_000)
-        for queue, packet_id in unread:
-            self.sequence += 1
-            self.heap.append((0.0, self.sequence, queue, packet_id))
         last: dict[int, int] = {}
+        for queue, packet_id in unread:
+            last[queue] = max(last.get(queue, 0), packet_id)
+        for queue, fifo in self.fifo.items():
+            if fifo:
+                last[queue] = max(last.get(queue, 0), fifo[-1][1])
+            fifo.clear()
         for _, _, queue, packet_id in self.heap:
             last[queue] = max(last.get(queue, 0), packet_id)
         self.nfq.send_verdicts([(q, i, NF_ACCEPT, True) for q, i in last.items()])
         self.heap.clear()
+        for held in self.held.values():
+            held.waiting.clear()
         for queue in self.queues:
             self.nfq.unbind(queue)
         self._write_stats(True)
         self.nfq.close()
 
     def stats(self) -> dict[str, Any]:
-        per_queue = {str(q): {**i.stats, "held": len(self.held[q].waiting)} for q, i in self.impair.items()}
+        per_queue = {str(q): {**i.stats, "held": self._held(q),
+                              "released": i.stats["received"] - i.stats["dropped"] - self._held(q)}
+                     for q, i in self.impair.items()}
         count = self.late["count"] or 1
-        return {"queues": per_queue, "netlink_errors": self.nfq.errors, "held": len(self.heap),
+        return {"queues": per_queue, "netlink_errors": self.nfq.errors,
+                "held": sum(self._held(q) for q in self.impair),
                 "release_late_us": {"mean": round(self.late["sum_us"] / count, 1),
                                     "max": round(self.late["max_us"], 1), "count": self.late["count"]},
                 "time": time.time()}
