@@ -208,7 +208,8 @@ class Target:
     @classmethod
     def over_ssh(cls, host: Host, *, timeout: float = 60.0) -> Target:
         """``host`` over plain ssh, with its ``ansible_python_interpreter`` when it has one."""
-        python = str(host.extra.get("ansible_python_interpreter", "python3"))
+        python = str(host.extra.get("ansible_python_interpreter", ""))
+        python = python if python.startswith("/") else "python3"  # not Ansible's "auto" discovery values
         return cls(ssh_runner(host, timeout=timeout), name=host.name, python=python)
 
 
