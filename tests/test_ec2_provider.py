@@ -7,6 +7,7 @@ to anything but loopback.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import socket
@@ -135,6 +136,8 @@ def test_full_lifecycle_two_roles_in_two_zones(ec2: Any, tmp_path: Path) -> None
             assert inst["KeyName"] == state["key_pair"]
         attribute = ec2.describe_instance_attribute(InstanceId=ids[0], Attribute="instanceInitiatedShutdownBehavior")
         assert attribute["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
+        user_data = ec2.describe_instance_attribute(InstanceId=ids[0], Attribute="userData")["UserData"]["Value"]
+        assert "shutdown -P +240" in base64.b64decode(user_data).decode()  # the 4 h safety net, scheduled at boot
 
         group = ec2.describe_security_groups(GroupIds=[state["security_group"]])["SecurityGroups"][0]
         rules = {(p["IpProtocol"], p.get("FromPort")): p for p in group["IpPermissions"]}
