@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import shutil
 import socket
 import struct
 import subprocess
@@ -257,3 +258,24 @@ def test_the_netem_roles_variables_translate_to_constraints() -> None:
     assert "-d 0.0.0.0/0 -o eth0 -m mark" in steps and 'oifname == "eth0" ip6 daddr ::/0' in steps
     with pytest.raises(d.ConfigProblem, match=r"interfaces\[0\]: an object with a device"):
         d.from_netem_vars({"interfaces": [{"delay": "1ms"}]})
+
+
+OLDEST = shutil.which("python3.8")
+
+
+@pytest.mark.skipif(OLDEST is None, reason="no python3.8 on this machine")
+def test_impaird_runs_on_python_38() -> None:
+    """Plans and emulator logic under the oldest Python hosts may have (the netlink part runs on hosts' tests)."""
+    config = json.dumps({"constraints": [
+        {"destination": "198.18.0.3", "delay": "20ms", "jitter": "1ms", "duplicate": "1%", "protocol": "udp",
+         "port": 7700},
+        {"destination": "198.18.0.0/24", "direction": "ingress", "rate": "10mbit", "device": "eth0"}]})
+    out = subprocess.run([str(OLDEST), str(IMPAIRD), "apply", "--dry-run", "--config", config], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "NFQUEUE --queue-num 7400" in out.stdout, out.stderr
+    logic = ("import sys; sys.path.insert(0, sys.argv[1]); import impaird as d\n"
+             "c = d.load_config({'constraints': [{'destination': '198.18.0.3', 'delay': '1us', 'jitter': '1us'}]})\n"
+             "h = d.Held(); h.add(1); h.add(2); assert h.release([2]) is False and h.release([1]) is True\n"
+             "i = d.Impairment(c['constraints'][0], __import__('random').Random(1)); assert i.due(0.0) >= 0\n")
+    done = subprocess.run([str(OLDEST), "-c", logic, str(IMPAIRD.parent)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
