@@ -143,6 +143,8 @@ def test_resume_after_the_bench_process_is_killed_loses_and_duplicates_nothing(
     assert 2 <= len(before) < 6
     with pytest.raises(subprocess.CalledProcessError):  # without --resume: refused, pointing at --resume
         subprocess.run(command, check=True, capture_output=True)
+    dry = subprocess.run([*command, "--dry-run", "--resume"], capture_output=True, text=True)
+    assert f"resume: {6 - len(before)} runs left to run" in dry.stdout, dry.stdout + dry.stderr
     done = subprocess.run([*command, "--resume"], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{len(before)} skipped" in done.stdout

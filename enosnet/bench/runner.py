@@ -372,6 +372,16 @@ def _conditions(section: Mapping[str, Any] | None) -> netem.Conditions | None:
     return netem.Conditions.from_section(section) if section else None
 
 
+def committed_keys(env: Environment, spec: Experiment) -> set[str]:
+    """Keys of the runs of ``spec`` (same name, file and seed) already committed in ``env``'s database."""
+    if not env.db_file.exists():
+        return set()
+    key = ExperimentRecord(name=spec.name, file_hash=spec.file_hash, seed=spec.effective_seed).key
+    with ResultsStore.open(env.db_file, create=False) as store:
+        found = _existing(store, key)
+        return store.committed_runs(found) if found is not None else set()
+
+
 def _existing(store: ResultsStore, key: str) -> int | None:
     for exp in store.experiments():
         if f"{exp.name}:{exp.file_hash or '-'}:{exp.seed if exp.seed is not None else '-'}" == key:

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from enosnet.bench.events import ChecksDone, Event, ExperimentFinished, ExperimentStarted, RunFinished, RunStarted
 from enosnet.bench.plan import Plan, make_plan
-from enosnet.bench.runner import BenchOptions, BenchResult, run_experiment
+from enosnet.bench.runner import BenchOptions, BenchResult, committed_keys, run_experiment
 from enosnet.bench.spec import load_experiment
 from enosnet.cli.common import EnvOption, console, find_env
 from enosnet.errors import EnosnetError
@@ -26,8 +26,9 @@ def register(app: typer.Typer) -> None:
 def bench(
     experiment: Annotated[Path, typer.Argument(help="Experiment file (YAML).", show_default=False)],
     env: EnvOption = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs in order with the estimated time; "
-                                                            "run nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs in order with the estimated time "
+                                                            "(with --resume: those not committed yet); run "
+                                                            "nothing.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Skip runs already committed to the database.")] = False,
     only: Annotated[list[str] | None, typer.Option("--only", help="Only runs with parameter K equal to V (K=V, "
                                                                   "repeatable).")] = None,
@@ -39,7 +40,9 @@ def bench(
     spec = load_experiment(experiment)
     plan = make_plan(spec, only=only or [])
     if dry_run:
-        _print_plan(plan)
+        if resume:
+            plan = plan.without(committed_keys(find_env(env), spec))
+        _print_plan(plan, resumed=resume)
         return
     environment = find_env(env)
     view = _View()
@@ -58,9 +61,10 @@ def bench(
         raise typer.Exit(1)  # every run failed: nothing was measured
 
 
-def _print_plan(plan: Plan) -> None:
+def _print_plan(plan: Plan, *, resumed: bool = False) -> None:
+    left = " left to run" if resumed else ""
     table = Table("#", "position", "parameters", "repetition", "key", title=f"{plan.experiment.name}: "
-                  f"{len(plan.runs)} runs, order {plan.order}, seed {plan.seed}")
+                  f"{len(plan.runs)} runs{left}, order {plan.order}, seed {plan.seed}")
     for index, run in enumerate(plan.runs):
         params = " ".join(f"{k}={v}" for k, v in run.params.items())
         table.add_row(str(index), str(run.position), escape(params), str(run.repetition), run.key)
