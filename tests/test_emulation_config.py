@@ -260,7 +260,16 @@ def test_the_netem_roles_variables_translate_to_constraints() -> None:
         d.from_netem_vars({"interfaces": [{"delay": "1ms"}]})
 
 
-OLDEST = shutil.which("python3.8")
+def _python38() -> str | None:
+    """A working python3.8 (a pyenv shim may exist without the version being selected)."""
+    found = [shutil.which("python3.8"), *map(str, Path.home().glob(".pyenv/versions/3.8*/bin/python3.8"))]
+    for candidate in filter(None, found):
+        if subprocess.run([candidate, "-c", "pass"], capture_output=True, timeout=30).returncode == 0:
+            return candidate
+    return None
+
+
+OLDEST = _python38()
 
 
 @pytest.mark.skipif(OLDEST is None, reason="no python3.8 on this machine")
