@@ -111,3 +111,13 @@ def test_boto3_takes_the_endpoint_region_and_retries_from_its_standard_chain(
     retries = aws.client("ec2").meta.config.retries
     assert retries is not None and retries["mode"] == "adaptive" and retries["total_max_attempts"] == 7
     assert not endpoint_is_local("https://ec2.eu-north-1.amazonaws.com")
+
+
+def test_zero_hosts_is_refused_before_any_aws_call(tmp_path: Path) -> None:
+    from enosnet.environment import Environment
+
+    provider = Ec2Provider(parse_config(GOOD.replace("count: 4", "count: 0").replace("count: 2", "count: 0")
+                                        .replace("spare: 1", "spare: 0").replace(", az: [us-west-2b, us-west-2c]", "")),
+                           Environment(tmp_path / "env"))
+    with pytest.raises(ConfigError, match="every role asks for 0 hosts"):
+        provider.plan()

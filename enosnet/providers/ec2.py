@@ -168,12 +168,16 @@ class Ec2Provider(Provider):
         subnets: dict[str | None, Subnet] = {}
         launches: list[Launch] = []
         for role, spec in self.roles_spec().items():
+            if not spec.count:
+                continue
             ref = spec.ami or self.settings.ami
             image = images.get(ref) or images.setdefault(ref, resolve_image(self.aws, ref))
             for az, slots in _group_by_zone(spec.zones()).items():
                 subnet = subnets.get(az) or subnets.setdefault(az, resolve_subnet(self.aws, self.settings, az))
                 pg = self._placement_group_name(spec.placement, subnet.az) if spec.placement else None
                 launches.append(Launch(role, slots, spec, image, subnet, pg))
+        if not launches:
+            raise ConfigError("every role asks for 0 hosts: nothing to deploy")
         vpcs = {s.vpc for s in subnets.values()}
         if len(vpcs) > 1:
             raise ConfigError(f"the roles' subnets are in several VPCs ({', '.join(sorted(vpcs))}); one "
