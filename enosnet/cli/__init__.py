@@ -13,6 +13,7 @@ import typer
 
 from enosnet.cli import bench as bench_commands
 from enosnet.cli import env as env_commands
+from enosnet.cli import netem as netem_commands
 from enosnet.cli import remote as remote_commands
 from enosnet.cli import results as results_commands
 from enosnet.cli.common import err_console, print_error
@@ -37,6 +38,7 @@ env_commands.register(app)
 results_commands.register(app)
 bench_commands.register(app)
 remote_commands.register(app)
+netem_commands.register(app)
 
 
 def main() -> None:

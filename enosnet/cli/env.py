@@ -40,8 +40,12 @@ def deploy(
                                                             "hourly cost estimate); create nothing.")] = False,
     keep_on_error: Annotated[bool, typer.Option("--keep-on-error", help="When deploy fails, keep what it "
                                                 "acquired (to investigate) instead of releasing it.")] = False,
+    no_install: Annotated[bool, typer.Option("--no-install", help="Only acquire hosts; skip installing tools "
+                                             "and the agent (playbooks/deploy.yml).")] = False,
+    netbench_dir: Annotated[Path | None, typer.Option("--netbench-dir", help="Push prebuilt s2n-netbench "
+                                                      "binaries from this folder to every host.")] = None,
 ) -> None:
-    """Acquire the hosts a config asks for (reusing what exists) and write the inventory."""
+    """Acquire the hosts a config asks for (reusing what exists), write the inventory, install tools and agents."""
     cfg = load_config(config)
     environment = Environment(env) if env else Environment.for_name(cfg.name)
     provider = make_provider(cfg, environment)
@@ -54,6 +58,13 @@ def deploy(
     counts = ", ".join(f"{role}: {len(hosts)}" for role, hosts in roles.items())
     console.print(f"[green]deployed[/green] {len(roles.all())} hosts ({counts}) in {environment.root}")
     console.print(f"inventory: {environment.inventory_file}")
+    if not no_install and not _waits_for_ssh(provider):
+        console.print("install skipped: the provider does not wait for SSH (wait_ssh: false), "
+                      "so the hosts may not be reachable")
+    elif not no_install:
+        from enosnet.cli.install import run_install
+
+        run_install(environment, roles, agent_port=cfg.agent.port, netbench_dir=netbench_dir)
 
 
 def _provider_for(environment: Environment):  # type: ignore[no-untyped-def]
@@ -168,6 +179,12 @@ def _ec2(provider: Provider) -> Ec2Provider | None:
     from enosnet.providers.ec2 import Ec2Provider
 
     return provider if isinstance(provider, Ec2Provider) else None
+
+
+def _waits_for_ssh(provider: Provider) -> bool:
+    """Whether deploy waited for the hosts' SSH; if not (EC2 ``wait_ssh: false``), installing could reach nothing."""
+    ec2 = _ec2(provider)
+    return ec2 is None or ec2.settings.wait_ssh
 
 
 def _print_plan(provider: Provider) -> None:
