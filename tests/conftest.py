@@ -39,6 +39,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(skip)
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own teardown of module and session fixtures
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not IS_ROOT:
         return
