@@ -5,9 +5,12 @@
 '198.18.0.2'
 """
 
-from enosnet.bench import BenchOptions, BenchResult, Experiment, load_experiment, run_experiment
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from enosnet.config import EnvConfig, load_config, parse_config
-from enosnet.coordinator import Coordinator, SyncCoordinator, WorkerRecord
 from enosnet.environment import Environment
 from enosnet.errors import (
     BenchError,
@@ -27,23 +30,51 @@ from enosnet.errors import (
 )
 from enosnet.model import Host, Network, Networks, Roles
 from enosnet.providers import HostStatus, Provider, make_provider
-from enosnet.remote import (
-    AnsibleOptions,
-    AnsibleResults,
-    HostEvent,
-    HostResult,
-    Results,
-    SshOptions,
-    Status,
-    actions,
-    close_connections,
-    lrun,
-    pull,
-    push,
-    run_command,
-    run_playbook,
-    script,
-)
+
+if TYPE_CHECKING:
+    from enosnet.bench import BenchOptions, BenchResult, Experiment, load_experiment, run_experiment
+    from enosnet.coordinator import Coordinator, SyncCoordinator, WorkerRecord
+    from enosnet.remote import (
+        AnsibleOptions,
+        AnsibleResults,
+        HostEvent,
+        HostResult,
+        Results,
+        SshOptions,
+        Status,
+        actions,
+        close_connections,
+        lrun,
+        pull,
+        push,
+        run_command,
+        run_playbook,
+        script,
+    )
+
+# The heavier layers load on first use, so `import enosnet` (and every CLI start) stays fast.
+_LAZY = {
+    "enosnet.bench": ("BenchOptions", "BenchResult", "Experiment", "load_experiment", "run_experiment"),
+    "enosnet.coordinator": ("Coordinator", "SyncCoordinator", "WorkerRecord"),
+    "enosnet.remote": ("AnsibleOptions", "AnsibleResults", "HostEvent", "HostResult", "Results", "SshOptions",
+                       "Status", "actions", "close_connections", "lrun", "pull", "push", "run_command",
+                       "run_playbook", "script"),
+}
+_LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'enosnet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_NAMES})
+
 
 __version__ = "0.1.0"
 

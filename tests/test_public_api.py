@@ -8,9 +8,20 @@ import enosnet
 
 
 def test_all_lists_exactly_the_public_names() -> None:
-    public = {name for name, value in vars(enosnet).items()
-              if not name.startswith("_") and not inspect.ismodule(value)}
+    public = {name for name in dir(enosnet)
+              if not name.startswith("_") and not inspect.ismodule(getattr(enosnet, name))
+              and name not in {"annotations", "importlib", "TYPE_CHECKING", "Any"}}
     assert set(enosnet.__all__) == public
+
+
+def test_importing_enosnet_does_not_load_the_heavy_layers() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, enosnet; print(sorted(m for m in sys.modules if m.startswith(('enosnet.bench', "
+    code += "'enosnet.remote', 'enosnet.coordinator', 'ansible', 'boto3', 'matplotlib'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_all_is_sorted_and_unique() -> None:
