@@ -148,14 +148,13 @@ def test_agent_killed_mid_run_is_lost_then_restarted_by_its_supervisor(deploymen
     victim = deployment.host("client-0")
     with deployment.coordinator(timeouts=Timeouts(report_slack=2.0, request=3.0)) as coord:
         [status] = [s for s in coord.status() if s.worker == "client-0"]
-        killer = subprocess.Popen(["sh", "-c", "sleep 1.5; exec \"$@\"", "killer", "ssh",
-                                   *_ssh_argv(victim), f"kill -9 {status.pid}"])
+        killer = _watch(victim, '"state": "running"', f"sleep 0.5; kill -9 {status.pid}")
         began = time.monotonic()
         with pytest.raises(WorkerLost, match="client-0") as info:
-            deployment.pair(coord, duration=3)
-        killer.wait()
+            deployment.pair(coord, duration=4)
+        assert killer.wait(timeout=60) == 0
         assert info.value.workers == ["client-0"]
-        assert time.monotonic() - began < 3 + 5 + 2 + 3 + 5
+        assert time.monotonic() - began < 30  # run deadline (8 s) + slack + chase, on a loaded machine
         time.sleep(0.5)
         [after] = [s for s in coord.status() if s.worker == "client-0"]
         assert after.state in ("idle", "exited", "failed") and after.pid != status.pid
@@ -180,10 +179,11 @@ def test_coordinator_killed_mid_run_and_a_new_one_reattaches(deployment: Deploym
             coord.run("client", "iperf3-client", lambda w: {{"host": hosts[w.index], "duration": 2}},
                       run_id="reattach-clients", start_in=0.2)
     """))
+    watcher = _watch(deployment.host("client-1"), 'reattach-clients.*"state": "running"', "true")
     driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         assert driver.stdout is not None and driver.stdout.readline().strip() == "started"
-        time.sleep(1.0)
+        assert watcher.wait(timeout=120) == 0
         driver.kill()
     finally:
         driver.wait()
@@ -205,16 +205,29 @@ def test_forged_and_damaged_datagrams_are_dropped_and_counted_on_hosts(deploymen
     forged = encode(MessageType.STOP, {"all": True}, key=b"guessed-secret-guessed-secret", env=env_hash("coord"),
                     worker=worker.id, session=5, seq=1)
     with deployment.coordinator() as coord:
-        [before] = [s for s in coord.status() if s.worker == worker.id]
+        [before] = [s for s in coord.status(force=True) if s.worker == worker.id]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             for data in (forged, good[:70], good[:-1] + b"\0", good + b"x" * 1200, b"\0" * 200, good, good):
                 sock.sendto(data, (worker.address, worker.port))
         time.sleep(0.3)
-        [after] = [s for s in coord.status() if s.worker == worker.id]
+        [after] = [s for s in coord.status(force=True) if s.worker == worker.id]
     grew = {k: after.counters["drop"].get(k, 0) - before.counters["drop"].get(k, 0)
             for k in ("bad_mac", "truncated", "oversized", "bad_magic", "replayed")}
     assert grew == {"bad_mac": 2, "truncated": 1, "oversized": 1, "bad_magic": 1, "replayed": 1}
     assert after.pid == before.pid and after.state == "idle"
+
+
+def _watch(host: Host, pattern: str, then: str) -> subprocess.Popen[str]:
+    """An ssh session on ``host`` that runs ``then`` as soon as the agent's state matches ``pattern``.
+
+    Returns once the session is connected (ssh itself can take seconds on a loaded machine).
+    """
+    quoted = pattern.replace("'", "'\\''")
+    command = (f"echo watching; for i in $(seq 2400); do grep -q '{quoted}' {REMOTE_DIR}/work/state.json && "
+               f"{{ {then}; exit 0; }}; sleep 0.025; done; exit 1")
+    proc = subprocess.Popen(["ssh", *_ssh_argv(host), command], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "watching"
+    return proc
 
 
 def _ssh_argv(host: Host) -> list[str]:

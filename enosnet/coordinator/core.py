@@ -474,10 +474,10 @@ class Coordinator:
         links = self._links(workers)
         await self._ensure_clocks(links)
         run_id = run_id or new_run_id(role)
+        began = time.monotonic()
         replies = await self._prepare(workers, run_id, action, params, deadline_s)
         deadline = max(float(m.payload.get("deadline_s") or 0) for m in replies.values())
-        lead = self.timeouts.start_in + len(links) * self.timeouts.per_agent / 2 if start_in is None else start_in
-        start_at = time.time_ns() + int(lead * 1e9)
+        start_at = time.time_ns() + int(self._lead(len(links), time.monotonic() - began, start_in) * 1e9)
         await self._arm_at(links, run_id, start_at)
         self._quiet = True
         try:
@@ -487,6 +487,12 @@ class Coordinator:
             self._quiet = False
             self._flush_acks()
         return await self._conclude(run_id, workers)
+
+    def _lead(self, fan_out: int, prepare_s: float, start_in: float | None) -> float:
+        """How far ahead to schedule: as asked, else enough for the ARM fan-out (which costs what PREPARE did)."""
+        if start_in is not None:
+            return start_in
+        return max(self.timeouts.start_in + fan_out * self.timeouts.per_agent / 2, 2 * prepare_s)
 
     async def stop(self, role: str, *, timeout: float | None = None) -> list[WorkerRecord]:
         """Stop the service of ``role`` (process groups killed) and return its records."""
