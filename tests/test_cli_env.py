@@ -70,11 +70,11 @@ def test_without_root_the_local_provider_refuses_at_once(tmp_path: Path) -> None
 def test_deploy_status_inventory_destroy(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("name: demo\nprovider: {kind: local}\nroles: {server: 1, client: 2}\n")
     try:
-        out = enosnet("deploy", "-c", "c.yaml", cwd=tmp_path, check=True)
+        out = enosnet("deploy", "-c", "c.yaml", "--no-install", cwd=tmp_path, check=True)
         assert "deployed 3 hosts (server: 1, client: 2)" in out.stdout
         assert (tmp_path / ".enosnet" / "current").resolve() == tmp_path / ".enosnet" / "demo"
 
-        again = enosnet("deploy", "-c", "c.yaml", cwd=tmp_path, check=True)
+        again = enosnet("deploy", "-c", "c.yaml", "--no-install", cwd=tmp_path, check=True)
         assert "deployed 3 hosts" in again.stdout
 
         status = json.loads(enosnet("status", "--json", cwd=tmp_path, check=True).stdout)
