@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -180,6 +181,13 @@ def test_checks_catch_a_leftover_iperf3_server_and_store_the_results(leftover_ip
         [exp] = store.experiments()
         assert store.runs() == []
     assert [c["host"] for c in exp.checks if not c["ok"]] == ["server-0"]
+    path = experiment(tmp_path, "name: chk\nduration: 1s\n")
+    cli = subprocess.run([str(Path(sys.executable).parent / "enosnet"), "bench", str(path), "--env",
+                          str(leftover_iperf3.env.root)], capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert cli.returncode == 1, cli.stdout + cli.stderr
+    assert "failed environment checks" in cli.stdout and "port(s) 5201 already listening" in cli.stdout
+    assert "error: 1 environment check(s) failed" in cli.stderr and "--force" in cli.stderr
 
     forced = run_experiment(leftover_iperf3.env, spec, options=BenchOptions(force=True))
     with ResultsStore.open(leftover_iperf3.env.db_file, create=False) as store:
