@@ -16,7 +16,6 @@ import re
 import selectors
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from typing import IO, Any
@@ -123,7 +122,7 @@ class Run:
     def __init__(self, **values: Any) -> None:
         for name in self.FIELDS:
             setattr(self, name, values.get(name))
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Child | None = None
         self.files: list[IO[bytes]] = []
         self.spawn_args: tuple[list[str], dict[str, str], str] | None = None
         self.target_mono: int = 0
@@ -136,6 +135,51 @@ class Run:
         keys = ("run", "action", "state", "rc", "error", "scheduled", "start_wall", "start_mono",
                 "exec_ns", "end_wall", "pid", "dir", "late_ns")
         return {k: getattr(self, k) for k in keys}
+
+
+class Child:
+    """A process started with posix_spawn in its own session; ``poll`` reaps it.
+
+    posix_spawn (vfork semantics) costs the agent ~0.2 ms where fork-based
+    subprocess.Popen costs milliseconds on a busy host: that time is start skew.
+    """
+
+    RESET = (signal.SIGPIPE, signal.SIGXFSZ)  # ignored by Python; a started program gets the defaults
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    @classmethod
+    def spawn(cls, argv: list[str], env: dict[str, str], cwd: str, stdout: int, stderr: int, *, home: str) -> Child:
+        os.chdir(cwd)
+        try:
+            pid = os.posix_spawnp(argv[0], argv, env, setsid=True, setsigdef=cls.RESET, setsigmask=(),
+                                  file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                                                (os.POSIX_SPAWN_DUP2, stdout, 1), (os.POSIX_SPAWN_DUP2, stderr, 2)])
+        finally:
+            os.chdir(home)
+        return cls(pid)
+
+    def poll(self) -> int | None:
+        """The exit code (negative: killed by that signal) once it exited, else None."""
+        if self.returncode is None:
+            self._wait(os.WNOHANG)
+        return self.returncode
+
+    def wait(self) -> int | None:
+        if self.returncode is None:
+            self._wait(0)
+        return self.returncode
+
+    def _wait(self, flags: int) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, flags)
+        except ChildProcessError:
+            self.returncode = -1
+            return
+        if pid:
+            self.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
 class Agent:
@@ -410,10 +454,8 @@ class Agent:
         run.state = "running"
         run.start_wall, run.start_mono = time.time_ns(), time.monotonic_ns()
         try:
-            run.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=run.files[0], stderr=run.files[1],
-                                        env=env, cwd=cwd, start_new_session=True,
-                                        close_fds=False)  # fds Python opens are non-inheritable anyway (PEP 446)
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            run.proc = Child.spawn(argv, env, cwd, run.files[0].fileno(), run.files[1].fileno(), home=self.cfg.workdir)
+        except (OSError, ValueError, TypeError) as exc:
             self._finish(run, "failed", error=f"cannot start {argv[0]}: {getattr(exc, 'strerror', None) or exc}")
             return
         run.exec_ns = time.monotonic_ns() - run.start_mono
