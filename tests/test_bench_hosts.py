@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from enosnet.bench import checks as chk
-from enosnet.bench.conditions import Conditions
+from enosnet.bench.conditions import Conditions, Emulation
 from enosnet.bench.hostio import Shell
 from enosnet.bench.plan import make_plan
 from enosnet.bench.runner import BenchOptions, agent_access, run_experiment
@@ -283,3 +283,10 @@ def test_a_delay_is_in_place_during_its_run_and_gone_after(local_hosts: Callable
     assert [c["ok"] for c in exp.checks if c["name"] == "netem"] == [True]
     assert sorted(h for _, h in applied) == ["client-0", "server-0"]
     assert all(v.startswith("delay 20ms (") for v in applied.values())
+
+    with Shell(deployment.env.root) as shell:  # as if a bench were killed during a 20 ms run
+        Emulation(shell, deployment.roles).apply(Conditions.from_section({"between": ["client", "server"],
+                                                                          "delay": "20ms"}))
+    again = run_experiment(deployment.env, load_experiment(experiment(tmp_path, text.replace("delay\n", "again\n"),
+                                                                      "again.yaml")))
+    assert (again.done, again.failed) == (2, 0)  # the leftover delay was cleared before the baseline RTT check

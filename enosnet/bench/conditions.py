@@ -195,7 +195,7 @@ class Emulation:
             self._each(list(plan), lambda h: self._impaird_apply(h, plan[h]), "applying emulation")
 
     def clear(self, conditions: Conditions) -> None:
-        if self._backend is None or self._backend == "netem":
+        if self.backend == "netem":
             clear(self.shell, self.roles, conditions)
         else:
             self._each(list(self._plan(conditions)), lambda h: emulation.clear(self._target(h)),
@@ -203,7 +203,7 @@ class Emulation:
 
     def clear_lines(self, conditions: Conditions) -> dict[Host, str]:
         """A shell line per host that clears ``conditions`` (run inside the after-run command)."""
-        if self._backend is None or self._backend == "netem":
+        if self.backend == "netem":
             return clear_commands(self.roles, conditions)
         return {h: self._impaird_clear_line(h) for h in self._plan(conditions)}
 

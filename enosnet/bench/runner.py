@@ -113,7 +113,14 @@ def run_experiment(env: Environment, spec: Experiment, *, options: BenchOptions 
 
     Raises ``CheckFailed`` (before the first run) when an environment check
     fails and ``options.force`` is not set; ``ConfigError`` when the
-    experiment does not fit the hosts.
+    experiment does not fit the hosts; ``UsageError`` when runs of it are
+    already committed and ``options.resume`` is not set.
+
+    Example (needs deployed hosts running the agent)::
+
+        result = run_experiment(Environment(".enosnet/incast"), load_experiment("examples/incast.yaml"),
+                                options=BenchOptions(resume=True), on_event=print)
+        print(result.done, result.failed, result.database)
     """
     bench = _Bench(env, spec, options or BenchOptions(), on_event, roles or environment_roles(env))
     return asyncio.run(bench.main())
@@ -230,6 +237,11 @@ class _Bench:
         groups = settings[0].between if settings else self._driver_groups()
         if groups is None:
             return
+        if settings:
+            try:  # an interrupted experiment may have left its emulation in place: the baseline must be clean
+                self.emulation.clear(settings[0])
+            except EnosnetError as exc:
+                checks.add("netem", False, f"clearing what an earlier run left: {exc}")
         baseline = chk.check_base_rtt(self.shell, chk.pairs_between(self.roles, *groups), self.spec.checks, checks)
         if self.spec.checks.netem and settings:
             chk.check_netem(self.shell, self.roles, settings, self.spec.checks, baseline, checks,
