@@ -1,0 +1,87 @@
+"""``enosnet deploy`` installs tools and agents; a second deploy changes nothing; a failed host is named."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enosnet.deploy import InstallOptions, install, install_vars
+from enosnet.environment import Environment
+from enosnet.errors import ConfigError, HostsFailed
+
+ENOSNET = str(Path(sys.executable).with_name("enosnet"))
+BINARIES = ["s2n-netbench-collector", "s2n-netbench-scenarios", "s2n-netbench-driver-server-tcp",
+            "s2n-netbench-driver-client-tcp", "s2n-netbench-driver-server-s2n-quic",
+            "s2n-netbench-driver-client-s2n-quic"]
+RECAP_ROW = re.compile(r"│ (\S+)\s*│ ok\s*│\s*(\d+)\s*│\s*(\d+)\s*│")
+
+
+def enosnet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([ENOSNET, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=500)
+
+
+def test_install_vars_carry_the_agent_and_netbench_settings(tmp_path: Path) -> None:
+    env = Environment(tmp_path / "e")
+    (tmp_path / "bin").mkdir()
+    extra = install_vars(env, InstallOptions(agent_port=7800, netbench_dir=tmp_path / "bin"))
+    assert extra["enosnet_agent_port"] == 7800 and extra["enosnet_agent_secret"] == env.secret()
+    assert Path(extra["enosnet_agent_pyz"]).is_file() and extra["enosnet_agent_env_id"] == "e"
+    assert {"iperf3-server", "netbench-client"} <= set(extra["enosnet_agent_actions"])
+    assert extra["deploy_netbench"] and extra["netbench_local_dir"] == str(tmp_path / "bin")
+    with pytest.raises(ConfigError, match="not a folder"):
+        install_vars(env, InstallOptions(netbench_dir=tmp_path / "missing"))
+
+
+@pytest.mark.hosts
+@pytest.mark.timeout(900)
+def test_second_deploy_changes_nothing_on_any_host(tmp_path: Path) -> None:
+    bins = tmp_path / "netbench"
+    bins.mkdir()
+    for name in BINARIES:
+        (bins / name).write_text(f"#!/bin/sh\necho {name}\n")
+        (bins / name).chmod(0o755)
+    (tmp_path / "c.yaml").write_text("name: inst\nprovider: {kind: local}\nroles: {server: 1, client: 2}\n")
+    try:
+        first = enosnet("deploy", "-c", "c.yaml", "--netbench-dir", str(bins), cwd=tmp_path)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
+        assert "install recap" in first.stdout and "3 succeeded, 0 failed, 3 total" in first.stdout
+        second = enosnet("deploy", "-c", "c.yaml", "--netbench-dir", str(bins), cwd=tmp_path)
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
+        rows = {host: int(changed) for host, _ok, changed in RECAP_ROW.findall(second.stdout)}
+        assert rows == {"server-0": 0, "client-0": 0, "client-1": 0}, second.stdout[-3000:]
+        assert "3 succeeded, 0 failed, 3 total; 0 changes" in second.stdout
+        state = Environment(tmp_path / ".enosnet" / "inst").load_state() or {}
+        assert state["agent"] == {"env_id": "inst", "port": 7700}
+        skipped = enosnet("deploy", "-c", "c.yaml", "--no-install", cwd=tmp_path)
+        assert skipped.returncode == 0 and "install recap" not in skipped.stdout
+    finally:
+        enosnet("destroy", cwd=tmp_path)
+
+
+@pytest.mark.hosts
+@pytest.mark.timeout(400)
+def test_a_failed_host_is_named_with_its_task_and_message(local_hosts: Callable[..., Any]) -> None:
+    deployment = local_hosts({"server": 1, "client": 1}, name="fail")
+    roles = deployment.roles
+    strict = roles.find("client-0").with_extra(enosnet_common_sysctl_unsettable="fail")
+    broken = type(roles)({"server": roles["server"], "client": [strict]})
+    events: list[Any] = []
+    with pytest.raises(HostsFailed) as caught:
+        install(deployment.env, broken, options=InstallOptions(agent=False), on_event=events.append)
+    text = str(caught.value)
+    assert "1 of 2 hosts failed" in text
+    assert "client-0: task 'Tune kernel parameters for network benchmarks'" in text
+    assert "sysctl keys not set: net.core" in text
+    assert any(e.host is not None and e.host.name == "server-0" for e in events)
+    report = install(deployment.env, broken, options=InstallOptions(agent=False), strict=False)
+    rows = {r.host: r for r in report.recap()}
+    assert rows["client-0"].failed == 1 and "Tune kernel parameters" in rows["client-0"].message
+    assert rows["server-0"].failed == 0 and rows["server-0"].changed == 0
