@@ -1,0 +1,96 @@
+"""Install step: first and second ``deploy`` on 20 local hosts, next to a bare ``ansible all -m ping``.
+
+Each round acquires fresh hosts (not timed), then runs, interleaved: ping,
+first install, ping, second install, ping. The peer is Ansible's own ping
+module on the same inventory with the same forks and pipelining: the least
+any Ansible-driven deploy can cost. Target: second deploy ≤ 10× ping.
+Run as root::
+
+    .venv/bin/python benchmarks/deploy.py [--hosts 20] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from enosnet.config import parse_config
+from enosnet.deploy import InstallOptions, install
+from enosnet.environment import Environment
+from enosnet.providers.local import LocalProvider
+
+os.environ.setdefault("ENOSNET_LOCAL_PREFIX", "bdepl")
+ANSIBLE = str(Path(sys.executable).with_name("ansible"))
+BINARIES = ["s2n-netbench-collector", "s2n-netbench-scenarios", "s2n-netbench-driver-server-tcp",
+            "s2n-netbench-driver-client-tcp", "s2n-netbench-driver-server-s2n-quic",
+            "s2n-netbench-driver-client-s2n-quic"]
+
+
+def stand_ins(folder: Path) -> Path:
+    folder.mkdir(exist_ok=True)
+    for name in BINARIES:
+        (folder / name).write_text(f"#!/bin/sh\necho {name}\n")
+        (folder / name).chmod(0o755)
+    return folder
+
+
+def ping(env: Environment, forks: int) -> float:
+    """Seconds for ``ansible all -m ping`` on the environment's inventory."""
+    environ = {**os.environ, "ANSIBLE_PIPELINING": "True", "ANSIBLE_HOST_KEY_CHECKING": "True"}
+    start = time.monotonic()
+    out = subprocess.run([ANSIBLE, "all", "-i", str(env.inventory_file), "-m", "ping", "-f", str(forks)],
+                         env=environ, capture_output=True, text=True, timeout=600)
+    elapsed = time.monotonic() - start
+    if out.returncode != 0:
+        raise RuntimeError(f"ansible ping failed: {out.stdout[-2000:]}")
+    return elapsed
+
+
+def one_round(folder: Path, hosts: int, bins: Path) -> tuple[float, float, float, int]:
+    """(median ping s, first install s, second install s, changes in the second install) on fresh hosts."""
+    half = hosts // 2
+    text = f"name: bench\nprovider: {{kind: local}}\nroles: {{server: {half}, client: {hosts - half}}}\n"
+    env = Environment(folder / "env")
+    provider = LocalProvider(parse_config(text), env)
+    try:
+        roles, _ = provider.init()
+        options = InstallOptions(netbench_dir=bins)
+        pings = [ping(env, hosts)]
+        first = install(env, roles, options=options)
+        pings.append(ping(env, hosts))
+        second = install(env, roles, options=options)
+        pings.append(ping(env, hosts))
+        return statistics.median(pings), first.duration, second.duration, second.changed
+    finally:
+        provider.destroy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="enosnet-bench-deploy-") as tmp:
+        bins = stand_ins(Path(tmp) / "netbench")
+        for i in range(args.rounds):
+            row = one_round(Path(tmp) / f"r{i}", args.hosts, bins)
+            rows.append(row)
+            print(f"round {i + 1}: ping {row[0]:.2f} s, first deploy {row[1]:.1f} s, second deploy {row[2]:.1f} s "
+                  f"({row[3]} changes)", flush=True)
+    ping_s, first_s, second_s = (statistics.median(r[k] for r in rows) for k in range(3))
+    print(f"\n{args.hosts} local hosts, {args.rounds} rounds (medians)")
+    print(f"  ansible all -m ping : {ping_s:6.2f} s")
+    print(f"  first deploy        : {first_s:6.2f} s  ({first_s / ping_s:.1f}× ping)")
+    print(f"  second deploy       : {second_s:6.2f} s  ({second_s / ping_s:.1f}× ping; target ≤ 10×)")
+    print(f"  changes in second deploys: {[r[3] for r in rows]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The Python Netem API: plans per host, the role-group matrix, expected RTT, the spec file, and a real run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from enosnet.errors import ConfigError
+from enosnet.model import Host, Roles
+from enosnet.netem import Constraint, Netem, _parse_ping, from_spec
+
+ROLES = Roles({"client": [Host("198.18.0.3", alias="client-0"), Host("198.18.0.4", alias="client-1")],
+               "server": [Host("198.18.0.2", alias="server-0")]})
+
+
+def test_matrix_gives_each_host_destination_classes_towards_the_other_group() -> None:
+    netem = Netem(ROLES).matrix({("client", "server"): Constraint(delay="20ms", loss="0.5%")})
+    plan = netem.plan()
+    assert plan["server-0"]["netem_destinations"] == [
+        {"device": "eth0", "dest": "198.18.0.3", "delay": "20ms", "loss": "0.5%"},
+        {"device": "eth0", "dest": "198.18.0.4", "delay": "20ms", "loss": "0.5%"}]
+    assert plan["client-1"]["netem_destinations"] == [
+        {"device": "eth0", "dest": "198.18.0.2", "delay": "20ms", "loss": "0.5%"}]
+    assert all(p["netem_interfaces"] == [] for p in plan.values())
+    a, b = ROLES.find("client-0"), ROLES.find("server-0")
+    rtt, loss = netem.expected(a, b)
+    assert rtt == 40.0 and loss == pytest.approx(0.9975)
+    assert netem.expected(a, ROLES.find("client-1")) == (0.0, 0.0)
+    assert len(netem.pairs()) == 2
+
+
+def test_one_way_and_interface_constraints_add_up() -> None:
+    netem = (Netem(ROLES, device="ens5")
+             .between("client-0", "server", Constraint(delay="20ms"), symmetric=False)
+             .interface("server", Constraint(rate="1gbit", delay="500us"), ingress=Constraint(delay="1s")))
+    plan = netem.plan()
+    assert plan["server-0"]["netem_interfaces"] == [
+        {"device": "ens5", "delay": "500us", "rate": "1gbit", "ingress": {"delay": "1s"}}]
+    assert plan["client-1"] == {"netem_interfaces": [], "netem_destinations": []}
+    rtt, _ = netem.expected(ROLES.find("client-0"), ROLES.find("server-0"))
+    assert rtt == pytest.approx(20 + 1000 + 0.5)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"delay": "20"}, "delay='20': not a time"),
+    ({"loss": "101%"}, "above 100%"),
+    ({"rate": "fast"}, "rate='fast': not a rate"),
+    ({"jitter": "1ms"}, "needs a delay"),
+])
+def test_constraints_are_checked_when_built(kwargs: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Constraint(**kwargs)
+
+
+def test_spec_file_errors_name_the_entry() -> None:
+    with pytest.raises(ConfigError, match=r"x.yaml between\[0\]: unknown keys speed"):
+        from_spec(ROLES, {"between": [{"from": "client", "to": "server", "speed": "1"}]}, where="x.yaml")
+    with pytest.raises(ConfigError, match=r"interfaces\[0\]: delay='x': not a time"):
+        from_spec(ROLES, {"interfaces": [{"hosts": "server", "delay": "x"}]})
+    with pytest.raises(ConfigError, match="'db': neither a role"):
+        from_spec(ROLES, {"between": [{"from": "client", "to": "db", "delay": "1ms"}]})
+    with pytest.raises(ConfigError, match="unknown keys matrix"):
+        from_spec(ROLES, {"matrix": []})
+
+
+def test_ping_output_is_parsed() -> None:
+    text = ("--- 198.18.0.2 ping statistics ---\n20 packets transmitted, 19 received, 5% packet loss, time 3805ms\n"
+            "rtt min/avg/max/mdev = 20.051/20.112/20.301/0.052 ms\n")
+    assert _parse_ping(text) == (20, 19, 20.112)
+    assert _parse_ping("3 packets transmitted, 0 received, 100% packet loss\n") == (3, 0, None)
+    assert _parse_ping("") == (0, 0, None)
+
+
+@pytest.mark.hosts
+@pytest.mark.timeout(400)
+def test_apply_show_validate_clear_on_local_hosts(local_hosts: Callable[..., Any]) -> None:
+    deployment = local_hosts({"server": 1, "client": 1}, name="netemapi")
+    netem = Netem(deployment.roles).between("client", "server", Constraint(rate="30mbit"))
+    netem.interface("server", Constraint(rate="50mbit"))
+    applied = netem.apply(env=deployment.env)
+    assert {h.name: r.changed for h, r in applied.items()} == {"server-0": 1, "client-0": 1}
+    shown = netem.show(env=deployment.env)
+    assert "rate 30Mbit" in shown["client-0"]["eth0"] and "rate 50Mbit" in shown["server-0"]["eth0"]
+    (check,) = netem.validate(count=5, interval=0.05, env=deployment.env)
+    assert (check.source, check.target, check.requested_ms, check.sent) == ("client-0", "server-0", 0.0, 5)
+    assert check.measured_ms is not None and check.measured_ms < 10 and check.measured_loss == 0.0
+    cleared = netem.clear(env=deployment.env)
+    assert all(r.changed == 1 for r in cleared.values())
+    assert netem.show(env=deployment.env) == {"server-0": {}, "client-0": {}}
