@@ -52,7 +52,7 @@ def test_run_groups_identical_output_and_ends_with_the_summary(deployed: LocalDe
         assert "client-1 (1): failed, rc=1, attempts=1" in out.stdout
         assert summary(out) == ["1 succeeded, 1 failed, 2 total", "client-1"]
 
-        out = enosnet("run", "--env", env, "--json", "-t", "5", "--", "echo {host} >&2", cwd=tmp_path)
+        out = enosnet("run", "--env", env, "--json", "-t", "30", "--", "echo {host} >&2", cwd=tmp_path)
         doc = json.loads(out.stdout)
         assert out.returncode == 0 and doc["summary"] == {"succeeded": 3, "failed": 0, "total": 3}
         assert [(h["host"], h["stderr"], h["status"]) for h in doc["hosts"]] == [
