@@ -34,6 +34,8 @@ from enosnet.providers import HostStatus, Provider, make_provider
 if TYPE_CHECKING:
     from enosnet.bench import BenchOptions, BenchResult, Experiment, load_experiment, run_experiment
     from enosnet.coordinator import Coordinator, SyncCoordinator, WorkerRecord
+    from enosnet.deploy import InstallOptions, InstallReport, install
+    from enosnet.netem import Constraint, Netem, RttCheck
     from enosnet.remote import (
         AnsibleOptions,
         AnsibleResults,
@@ -56,6 +58,8 @@ if TYPE_CHECKING:
 _LAZY = {
     "enosnet.bench": ("BenchOptions", "BenchResult", "Experiment", "load_experiment", "run_experiment"),
     "enosnet.coordinator": ("Coordinator", "SyncCoordinator", "WorkerRecord"),
+    "enosnet.deploy": ("InstallOptions", "InstallReport", "install"),
+    "enosnet.netem": ("Constraint", "Netem", "RttCheck"),
     "enosnet.remote": ("AnsibleOptions", "AnsibleResults", "HostEvent", "HostResult", "Results", "SshOptions",
                        "Status", "actions", "close_connections", "lrun", "pull", "push", "run_command",
                        "run_playbook", "script"),
@@ -86,6 +90,7 @@ __all__ = [
     "BenchResult",
     "CheckFailed",
     "ConfigError",
+    "Constraint",
     "Coordinator",
     "CoordinatorError",
     "EnosnetError",
@@ -98,6 +103,9 @@ __all__ = [
     "HostResult",
     "HostStatus",
     "HostsFailed",
+    "InstallOptions",
+    "InstallReport",
+    "Netem",
     "Network",
     "Networks",
     "PrivilegeError",
@@ -107,6 +115,7 @@ __all__ = [
     "Results",
     "ResultsError",
     "Roles",
+    "RttCheck",
     "SshOptions",
     "Status",
     "SyncCoordinator",
@@ -116,6 +125,7 @@ __all__ = [
     "WorkerRecord",
     "actions",
     "close_connections",
+    "install",
     "load_config",
     "load_experiment",
     "lrun",
