@@ -137,3 +137,12 @@ def test_prefix_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ENOSNET_LOCAL_PREFIX", "Bad-Prefix")
     with pytest.raises(ProviderError, match="ENOSNET_LOCAL_PREFIX"):
         prefix_from_env()
+
+
+def test_no_secret_on_a_command_line_and_a_fresh_root_home(local_hosts: Callable[..., LocalDeployment]) -> None:
+    dep = local_hosts({"node": 1})
+    (host,) = dep.roles["node"]
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert "PRIVATE KEY" not in ps
+    assert "PRIVATE KEY" not in ssh(host, "cat /proc/1/cmdline").stdout
+    assert ssh(host, "cat /root/.bashrc").stdout == Path("/etc/skel/.bashrc").read_text()

@@ -77,6 +77,11 @@ class Provider(abc.ABC):
 
     def destroy(self) -> None:
         """Release everything the state names; safe to call any number of times."""
+        state = self.env.load_state() or {}
+        if state.get("roles"):
+            from enosnet.remote.ssh import close_connections  # the controller's side of the hosts
+
+            close_connections(Roles.from_dict(state["roles"]).all())
         self._release()
         self.env.update_state(released=True, acquired=False, roles={}, networks=[])
         self.env.inventory_file.unlink(missing_ok=True)

@@ -1,11 +1,16 @@
-"""PID 1 of one local host. Stdlib only; run as ``python3 -I -S hostinit.py SPEC_JSON``.
+"""PID 1 of one local host. Stdlib only; run as ``python3 -I -S hostinit.py SPEC_FILE NETNS``.
 
 Started by the local provider inside the host's network namespace under
 ``unshare --mount --uts --pid --fork``. It builds the host's root (a
 copy-on-write overlay of the machine's ``/`` whose upper layer lives on a
 tmpfs private to this mount namespace, so nothing is left on the machine),
-sets the hostname, configures ``lo`` and ``eth0``, starts sshd, and then reaps
-every orphan until it is killed. When it dies the kernel kills everything in
+sets the hostname, configures ``lo`` and ``eth0``, gives root the
+distribution's default shell start-up files (the machine's own, e.g. a
+version manager's hooks, would run on every SSH command), starts sshd, and
+then reaps every orphan until it is killed. The spec file (it holds the host's
+private key) is read before the root changes, and stays on the controller; its
+path and the namespace name are the only arguments, so no secret shows in
+``ps``. When it dies the kernel kills everything in
 the host's PID namespace and the mounts vanish with the namespace.
 """
 
@@ -83,6 +88,15 @@ def write(path: str, text: str, mode: int = 0o644) -> None:
     os.chmod(path, mode)
 
 
+def fresh_root_home() -> None:
+    """Root's shell start-up files as on a freshly installed machine (in this host's layer only)."""
+    for name in (".bashrc", ".profile"):
+        skeleton = os.path.join("/etc/skel", name)
+        if os.path.exists(skeleton):
+            with open(skeleton) as src:
+                write(os.path.join("/root", name), src.read())
+
+
 def start_sshd(spec: dict[str, str]) -> None:
     os.makedirs(SSHD_DIR, exist_ok=True)
     os.makedirs("/run/sshd", exist_ok=True)
@@ -119,13 +133,16 @@ def reap_forever() -> None:
 
 
 def main() -> None:
-    spec = json.loads(sys.argv[1])
+    with open(sys.argv[1]) as spec_file:
+        spec = json.load(spec_file)
     outer_pid = os.readlink("/proc/self")  # the machine's /proc is still mounted here
     build_root(spec.get("scratch", "/mnt"))
     socket.sethostname(spec["hostname"])
     write("/etc/hostname", spec["hostname"] + "\n")
     write("/etc/hosts", spec["etc_hosts"])
     configure_network(spec)
+    if spec.get("fresh_home", True):
+        fresh_root_home()
     start_sshd(spec)
     os.environ.update(PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", HOME="/root")
     print(f"enosnet host {spec['hostname']} up, pid {outer_pid}", flush=True)

@@ -137,12 +137,17 @@ class LocalProvider(Provider):
         common = {"host_key": host_key.read_text(), "authorized_key": self.env.public_key(),
                   "prefixlen": prefixlen, "etc_hosts": etc_hosts}
         self.env.logs_dir.mkdir(parents=True, exist_ok=True)
+        specs = self.env.root / "hosts"
+        specs.mkdir(mode=0o700, exist_ok=True)
         for h in hosts:
             spec = {**common, "hostname": h["alias"], "address": h["address"], "netns": h["netns"]}
+            spec_file = specs / f"{h['alias']}.json"
+            write_atomic(spec_file, json.dumps(spec), mode=0o600)
             with open(self.env.logs_dir / f"{h['alias']}.log", "ab") as log:
                 proc = subprocess.Popen(
                     ["nsenter", f"--net={NETNS_DIR / h['netns']}", "unshare", "--mount", "--uts", "--pid",
-                     "--fork", "--kill-child", sys.executable, "-I", "-S", str(HOSTINIT), json.dumps(spec)],
+                     "--fork", "--kill-child", sys.executable, "-I", "-S", str(HOSTINIT), str(spec_file),
+                     h["netns"]],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             h["pid"] = proc.pid
         self.save_provider_state(hosts=hosts)
@@ -297,12 +302,9 @@ def destroy_all(prefix: str | None = None) -> list[str]:
 
 def _hostinit_pids(prefix: str) -> list[int]:
     """``unshare`` processes of hosts with this prefix, found by their command line."""
-    marker = re.compile(rf'"netns": "{re.escape(prefix)}-[0-9a-f]{{6}}-\d+"')
-    found = []
-    for pid, argv in _processes():
-        if argv and argv[0].endswith("unshare") and str(HOSTINIT.name) in " ".join(argv) and marker.search(argv[-1]):
-            found.append(pid)
-    return found
+    netns = Names.netns_pattern(prefix)
+    return [pid for pid, argv in _processes()
+            if argv and argv[0].endswith("unshare") and HOSTINIT.name in " ".join(argv) and netns.match(argv[-1])]
 
 
 def _processes() -> Iterator[tuple[int, list[str]]]:
