@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from enosnet.config import parse_config
+from enosnet.coordinator import build_agent_zipapp
 from enosnet.deploy import InstallOptions, install
 from enosnet.environment import Environment
 from enosnet.providers.local import LocalProvider
@@ -52,7 +53,7 @@ def ping(env: Environment, forks: int) -> float:
     return elapsed
 
 
-def one_round(folder: Path, hosts: int, bins: Path) -> tuple[float, float, float, int]:
+def one_round(folder: Path, hosts: int, bins: Path, pyz: Path) -> tuple[float, float, float, int]:
     """(median ping s, first install s, second install s, changes in the second install) on fresh hosts."""
     half = hosts // 2
     text = f"name: bench\nprovider: {{kind: local}}\nroles: {{server: {half}, client: {hosts - half}}}\n"
@@ -60,7 +61,7 @@ def one_round(folder: Path, hosts: int, bins: Path) -> tuple[float, float, float
     provider = LocalProvider(parse_config(text), env)
     try:
         roles, _ = provider.init()
-        options = InstallOptions(netbench_dir=bins)
+        options = InstallOptions(netbench_dir=bins, agent_pyz=pyz)
         pings = [ping(env, hosts)]
         first = install(env, roles, options=options)
         pings.append(ping(env, hosts))
@@ -79,8 +80,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="enosnet-bench-deploy-") as tmp:
         bins = stand_ins(Path(tmp) / "netbench")
+        pyz = build_agent_zipapp(Path(tmp) / "agent.pyz")  # once: the sources may change while it runs
         for i in range(args.rounds):
-            row = one_round(Path(tmp) / f"r{i}", args.hosts, bins)
+            row = one_round(Path(tmp) / f"r{i}", args.hosts, bins, pyz)
             rows.append(row)
             print(f"round {i + 1}: ping {row[0]:.2f} s, first deploy {row[1]:.1f} s, second deploy {row[2]:.1f} s "
                   f"({row[3]} changes)", flush=True)

@@ -38,11 +38,13 @@ class InstallOptions:
     ``netbench_dir`` pushes prebuilt s2n-netbench binaries from that controller
     folder; ``netbench_vars`` passes the netbench role's variables directly
     (e.g. ``{"netbench_source": "build", "netbench_git_ref": "v0.1"}``);
-    neither installs no netbench. ``extra_vars`` go to every role.
+    neither installs no netbench. ``agent_pyz`` installs that agent zipapp
+    instead of one built from this package. ``extra_vars`` go to every role.
     """
 
     agent: bool = True
     agent_port: int = DEFAULT_PORT
+    agent_pyz: Path | None = None
     netbench_dir: Path | None = None
     netbench_vars: Mapping[str, Any] = field(default_factory=FrozenVars)
     extra_vars: Mapping[str, Any] = field(default_factory=FrozenVars)
@@ -89,7 +91,10 @@ def install_vars(env: Environment, options: InstallOptions) -> dict[str, Any]:
     """The extra variables ``deploy.yml`` gets for this environment."""
     out: dict[str, Any] = {"deploy_agent": options.agent, "deploy_netbench": False}
     if options.agent:
-        out.update(enosnet_agent_pyz=str(build_agent_zipapp(env.create().root / "agent.pyz")),
+        pyz = options.agent_pyz or build_agent_zipapp(env.create().root / "agent.pyz")
+        if not Path(pyz).is_file():
+            raise ConfigError(f"agent_pyz={pyz}: no such file")
+        out.update(enosnet_agent_pyz=str(Path(pyz).absolute()),
                    enosnet_agent_secret=env.secret(), enosnet_agent_env_id=env.name,
                    enosnet_agent_port=options.agent_port, enosnet_agent_actions=default_actions())
     if options.netbench_dir is not None:
