@@ -96,9 +96,10 @@ async def quiet_round(coord: Coordinator, bridge: str, folder: Path) -> dict[str
     """tcpdump on the bridge while 25 iperf3 clients run against 25 servers; count the timed phase."""
     capture = folder / "control.pcap"
     dump = subprocess.Popen(["tcpdump", "-i", bridge, "-n", "-U", "-w", str(capture), "udp port 7700"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        await asyncio.sleep(1.0)
+        assert dump.stderr is not None
+        await asyncio.to_thread(dump.stderr.readline)  # "listening on ...": capturing from now on
         before = {link.id: link.stats.sent for link in coord.links.values()}
         servers = coord.roles["server"]
         result = await coord.run_pair(servers="server", server_action="iperf3-server", server_params={},
@@ -114,6 +115,7 @@ async def quiet_round(coord: Coordinator, bridge: str, folder: Path) -> dict[str
     end = max(coord.report_times(run_id).values())
     to_agents = from_agents = 0
     out = subprocess.run(["tcpdump", "-r", str(capture), "-n", "-tt"], capture_output=True, text=True).stdout
+    captured = len(out.splitlines())
     for text in out.splitlines():
         stamp, _, rest = text.partition(" ")
         ts = int(float(stamp) * 1e9)
@@ -123,7 +125,7 @@ async def quiet_round(coord: Coordinator, bridge: str, folder: Path) -> dict[str
             else:
                 from_agents += 1
     sent = sum(link.stats.sent for link in coord.links.values()) - sum(before.values())
-    return {"to_agents": to_agents, "from_agents": from_agents, "clients": len(result.clients),
+    return {"to_agents": to_agents, "from_agents": from_agents, "clients": len(result.clients), "captured": captured,
             "window_ms": (end - start) / 1e6, "coordinator_sent_whole_pair": sent,
             "ok": sum(r.ok for r in result.clients)}
 
@@ -208,7 +210,8 @@ async def hosts_rounds(env: Environment, roles: Roles, workers: list[Worker], pa
     line("clients: exec skew (process running), scheduled / on receipt",
          f"{med([s[1] for s in sched]):.2f} / {med([r[1] for r in receipt]):.2f} ms")
     line(f"timed phase ({quiet['window_ms']:.0f} ms, {quiet['clients']} iperf3 clients): coordinator → agents",
-         f"{quiet['to_agents']} datagrams", "(tcpdump on the bridge)")
+         f"{quiet['to_agents']} datagrams", f"(tcpdump on the bridge; {quiet['captured']} control datagrams "
+         "captured over the whole pair)")
     line("timed phase: agents → coordinator", f"{quiet['from_agents']} datagrams",
          f"({quiet['clients']} completion reports + their retransmissions)")
     retx = sum(s.counters.get("retx", 0) for s in agent_status)

@@ -56,8 +56,9 @@ class Timeouts:
     up to ``rto_max``) before its agent counts as lost; ``report_slack`` is how
     long past a run's deadline the coordinator waits for completion reports.
     ``per_agent`` widens timeouts of a fan-out by that much per agent (answers
-    queue behind each other), and the default lead of a scheduled start is
-    ``start_in`` plus half of it per agent.
+    queue behind each other). The default lead of a scheduled start is
+    ``start_in``, or 2.5 times what the PREPARE fan-out took when that is more
+    (the ARM fan-out costs about the same).
     """
 
     request: float = 10.0
@@ -477,7 +478,7 @@ class Coordinator:
         began = time.monotonic()
         replies = await self._prepare(workers, run_id, action, params, deadline_s)
         deadline = max(float(m.payload.get("deadline_s") or 0) for m in replies.values())
-        start_at = time.time_ns() + int(self._lead(len(links), time.monotonic() - began, start_in) * 1e9)
+        start_at = time.time_ns() + int(self._lead(time.monotonic() - began, start_in) * 1e9)
         await self._arm_at(links, run_id, start_at)
         self._quiet = True
         try:
@@ -488,11 +489,11 @@ class Coordinator:
             self._flush_acks()
         return await self._conclude(run_id, workers)
 
-    def _lead(self, fan_out: int, prepare_s: float, start_in: float | None) -> float:
+    def _lead(self, prepare_s: float, start_in: float | None) -> float:
         """How far ahead to schedule: as asked, else enough for the ARM fan-out (which costs what PREPARE did)."""
         if start_in is not None:
             return start_in
-        return max(self.timeouts.start_in + fan_out * self.timeouts.per_agent / 2, 2 * prepare_s)
+        return max(self.timeouts.start_in, 2.5 * prepare_s)
 
     async def stop(self, role: str, *, timeout: float | None = None) -> list[WorkerRecord]:
         """Stop the service of ``role`` (process groups killed) and return its records."""

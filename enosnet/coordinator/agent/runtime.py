@@ -527,6 +527,8 @@ class Agent:
         self._queue_done(run)
         self._persist()
         self._sample()
+        if not any(r.state == "armed" for r in self.runs.values()):
+            _realtime(False)
 
     def _shutdown_run(self, run: Run) -> None:
         """The agent is exiting: kill the group now (short grace) and record it stopped."""
