@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from enosnet.config import EnvConfig, load_config, parse_config
 from enosnet.environment import Environment
 from enosnet.errors import (
     BenchError,
@@ -29,13 +28,14 @@ from enosnet.errors import (
     WorkerLost,
 )
 from enosnet.model import Host, Network, Networks, Roles
-from enosnet.providers import HostStatus, Provider, make_provider
 
 if TYPE_CHECKING:
     from enosnet.bench import BenchOptions, BenchResult, Experiment, load_experiment, run_experiment
+    from enosnet.config import EnvConfig, load_config, parse_config
     from enosnet.coordinator import Coordinator, SyncCoordinator, WorkerRecord
     from enosnet.deploy import InstallOptions, InstallReport, install
     from enosnet.netem import Constraint, Netem, RttCheck
+    from enosnet.providers import HostStatus, Provider, make_provider
     from enosnet.remote import (
         AnsibleOptions,
         AnsibleResults,
@@ -54,8 +54,11 @@ if TYPE_CHECKING:
         script,
     )
 
-# The heavier layers load on first use, so `import enosnet` (and every CLI start) stays fast.
+# Everything that needs pydantic, boto3, Ansible or matplotlib loads on first use, so `import enosnet`
+# (and every CLI start) stays fast.
 _LAZY = {
+    "enosnet.config": ("EnvConfig", "load_config", "parse_config"),
+    "enosnet.providers": ("HostStatus", "Provider", "make_provider"),
     "enosnet.bench": ("BenchOptions", "BenchResult", "Experiment", "load_experiment", "run_experiment"),
     "enosnet.coordinator": ("Coordinator", "SyncCoordinator", "WorkerRecord"),
     "enosnet.deploy": ("InstallOptions", "InstallReport", "install"),

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from enosnet.bench.events import ChecksDone, Event, ExperimentFinished, ExperimentStarted, RunFinished, RunStarted
-from enosnet.bench.plan import Plan, make_plan
-from enosnet.bench.runner import BenchOptions, BenchResult, committed_keys, run_experiment
-from enosnet.bench.spec import load_experiment
 from enosnet.cli.common import EnvOption, console, find_env
 from enosnet.errors import EnosnetError
-from enosnet.results.store import CheckResult
+
+if TYPE_CHECKING:  # the bench layer loads when the command runs, not with every enosnet command
+    from enosnet.bench.events import Event, RunFinished
+    from enosnet.bench.plan import Plan
+    from enosnet.bench.runner import BenchResult
+    from enosnet.results.store import CheckResult
 
 
 def register(app: typer.Typer) -> None:
@@ -37,6 +38,10 @@ def bench(
     report: Annotated[bool, typer.Option("--report/--no-report", help="Build the HTML report at the end.")] = True,
 ) -> None:
     """Run every combination of an experiment's parameters, store everything, then build the report."""
+    from enosnet.bench.plan import make_plan
+    from enosnet.bench.runner import BenchOptions, committed_keys, run_experiment
+    from enosnet.bench.spec import load_experiment
+
     spec = load_experiment(experiment)
     plan = make_plan(spec, only=only or [])
     if dry_run:
@@ -86,6 +91,8 @@ class _View:
         self.failed_checks: list[CheckResult] = []
 
     def on_event(self, event: Event) -> None:
+        from enosnet.bench.events import ChecksDone, ExperimentFinished, ExperimentStarted, RunFinished, RunStarted
+
         out = self.progress.console
         if isinstance(event, ChecksDone):
             bad = [c for c in event.results if not c.ok]

@@ -13,16 +13,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from enosnet.cli.agents import agents_of, print_agents
 from enosnet.cli.common import EnvOption, JsonOption, console, err_console, find_env
-from enosnet.config import load_config
 from enosnet.environment import Environment
 from enosnet.errors import EnosnetError, UsageError
 from enosnet.model import Roles
-from enosnet.providers import make_provider, provider_class
-from enosnet.providers.base import HostStatus, Provider
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # providers (pydantic, boto3) load when a command needs them
+    from enosnet.providers.base import HostStatus, Provider
     from enosnet.providers.ec2 import Ec2Provider
 
 
@@ -46,6 +43,9 @@ def deploy(
                                                       "binaries from this folder to every host.")] = None,
 ) -> None:
     """Acquire the hosts a config asks for (reusing what exists), write the inventory, install tools and agents."""
+    from enosnet.config import load_config
+    from enosnet.providers import make_provider
+
     cfg = load_config(config)
     environment = Environment(env) if env else Environment.for_name(cfg.name)
     provider = make_provider(cfg, environment)
@@ -67,12 +67,13 @@ def deploy(
         run_install(environment, roles, agent_port=cfg.agent.port, netbench_dir=netbench_dir)
 
 
-def _provider_for(environment: Environment):  # type: ignore[no-untyped-def]
-    state = environment.load_state() or {}
+def _provider_for(environment: Environment) -> Provider:
+    """The provider of a deployed environment, rebuilt from the config saved in its state."""
     from enosnet.config import EnvConfig
+    from enosnet.providers import make_provider
 
-    cfg = EnvConfig.model_validate(state["config"])
-    return make_provider(cfg, environment)
+    state = environment.load_state() or {}
+    return make_provider(EnvConfig.model_validate(state["config"]), environment)
 
 
 def status(env: EnvOption = None, as_json: JsonOption = False) -> None:
@@ -80,6 +81,8 @@ def status(env: EnvOption = None, as_json: JsonOption = False) -> None:
     environment = find_env(env)
     provider = _provider_for(environment)
     rows = provider.status()
+    from enosnet.cli.agents import agents_of, print_agents
+
     agents = agents_of(environment, rows)
     if as_json:
         doc: dict[str, object] = {"environment": str(environment.root), "hosts": [_row(r) for r in rows],
@@ -149,7 +152,6 @@ def destroy(
     if not state.get("config"):
         console.print(f"nothing to release in {environment.root}")
         return
-    provider_class(state.get("kind", "local"))
     _provider_for(environment).destroy()
     console.print(f"[green]released[/green] everything of {environment.root}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.markup import escape
@@ -12,7 +12,9 @@ from rich.markup import escape
 from enosnet.cli.common import EnvOption, console, err_console, find_env
 from enosnet.environment import Environment
 from enosnet.errors import EnosnetError, UsageError
-from enosnet.results.s3 import S3Location
+
+if TYPE_CHECKING:  # boto3 loads only when a backup goes to S3
+    from enosnet.results.s3 import S3Location
 
 DbOption = Annotated[
     Path | None,
@@ -97,6 +99,8 @@ def backup(
 ) -> None:
     """Back up the database, runs, experiment and config files, and host logs to backup/<UTC time>/."""
     environment = find_env(env)
+    from enosnet.results.s3 import S3Location
+
     location = S3Location.parse(s3) if s3 else None
     if verify:
         _verify(environment, name, location)
