@@ -23,7 +23,9 @@ options:
     choices: [present, absent, query]
     default: present
   interfaces:
-    description: Per-interface constraints; keys device, delay, jitter, loss, rate, ingress (a dict of delay, jitter, loss, rate).
+    description: >-
+      Per-interface constraints; keys device, delay, jitter, loss, rate,
+      ingress (a dict of delay, jitter, loss, rate).
     type: list
     elements: dict
     default: []
@@ -113,7 +115,7 @@ def normalise(interfaces, destinations):
         try:
             net = ipaddress.ip_network(str(item.get("dest")), strict=False)
         except ValueError:
-            raise SpecError("%s.dest=%r: not an IPv4/IPv6 address or prefix" % (where, item.get("dest")))
+            raise SpecError("%s.dest=%r: not an IPv4/IPv6 address or prefix" % (where, item.get("dest"))) from None
         shape = check_shape(where, {k: item.get(k) for k in SHAPE_KEYS})
         if not shape:
             raise SpecError("%s: no delay, loss or rate given" % where)
@@ -144,7 +146,7 @@ def htb_commands(device, default_shape, dests, unlimited):
                      "htb", "rate", rate, "ceil", rate, "quantum", QUANTUM])
         if netem_args(shape):
             cmds.append(["qdisc", "add", "dev", device, "parent", "1:%x" % minor, "handle", "%x:" % (minor + 16),
-                         "netem", "limit", "100000"] + netem_args(shape))
+                         "netem", "limit", "100000", *netem_args(shape)])
     for i, dest in enumerate(dests):
         net = ipaddress.ip_network(dest["dest"])
         proto, match = ("ip", "ip") if net.version == 4 else ("ipv6", "ip6")
@@ -160,7 +162,7 @@ def plan(spec, unlimited):
         if dev["egress"] or dev["dests"]:
             undo = ["tc", "qdisc", "del", "dev", device, "root"]
             for i, cmd in enumerate(htb_commands(device, dev["egress"], dev["dests"], unlimited)):
-                steps.append((["tc"] + cmd, undo if i == 0 else None))
+                steps.append((["tc", *cmd], undo if i == 0 else None))
         if dev["ingress"]:
             ifb = ifb_name(device)
             steps.append((["ip", "link", "add", ifb, "type", "ifb"], ["ip", "link", "del", ifb]))
@@ -170,7 +172,7 @@ def plan(spec, unlimited):
             steps.append((["tc", "filter", "add", "dev", device, "parent", "ffff:", "protocol", "all", "u32",
                            "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", ifb], None))
             for cmd in htb_commands(ifb, dev["ingress"], [], unlimited):
-                steps.append((["tc"] + cmd, None))
+                steps.append((["tc", *cmd], None))
     return steps
 
 
@@ -179,8 +181,8 @@ def run(argv):
     if proc.returncode != 0:
         why = (proc.stderr or proc.stdout).strip()
         if "qdisc kind is unknown" in why:
-            why += " (this kernel lacks that qdisc: load it, e.g. modprobe sch_%s, or use a kernel built with it)" % next(
-                (t for t in argv if t in ("netem", "htb", "ingress", "mirred")), "?")
+            kind = next((t for t in argv if t in ("netem", "htb", "ingress", "mirred")), "?")
+            why += " (this kernel lacks that qdisc: load it, e.g. modprobe sch_%s, or use a kernel with it)" % kind
         raise TcError("`%s` failed (rc %d): %s" % (" ".join(argv), proc.returncode, why))
     return proc.stdout
 
@@ -205,7 +207,7 @@ def apply_steps(steps):
         except TcError as exc:
             leftovers = undo_all(undos)
             extra = ("; rollback also failed: " + "; ".join(leftovers)) if leftovers else ""
-            raise TcError(str(exc) + extra)
+            raise TcError(str(exc) + extra) from exc
         if undo:
             undos.append(undo)
     return undos
