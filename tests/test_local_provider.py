@@ -101,14 +101,18 @@ def test_destroy_all_removes_a_stateless_leftover(local_hosts: Callable[..., Loc
     assert machine_leftovers(dep.env.tag) == []
 
 
-def test_a_host_that_fails_to_boot_is_reported_and_cleaned(tmp_path: Path) -> None:
-    text = "name: slow\nprovider: {kind: local, boot_timeout: 0.001}\nroles: {node: 2}\n"
-    env = Environment(tmp_path / "slow")
+def test_a_host_that_fails_to_boot_is_reported_and_cleaned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = tmp_path / "hostinit.py"  # a real init program that dies before starting sshd
+    broken.write_text("import sys\nsys.exit('hostinit: cannot build the root')\n")
+    monkeypatch.setattr("enosnet.providers.local.HOSTINIT", broken)
+    text = "name: broken\nprovider: {kind: local, boot_timeout: 2}\nroles: {node: 2}\n"
+    env = Environment(tmp_path / "broken")
     provider = LocalProvider(parse_config(text), env)
     try:
-        with pytest.raises(ProviderError, match=r"did not answer on SSH within 0.001 s: .*node-0") as err:
+        with pytest.raises(ProviderError, match=r"did not answer on SSH within 2 s: node-0, node-1") as err:
             provider.init()
         assert "logs/node-0.log" in str(err.value)
+        assert "cannot build the root" in (env.logs_dir / "node-0.log").read_text()
         assert machine_leftovers(env.tag)  # the state named everything; destroy releases it
     finally:
         provider.destroy()

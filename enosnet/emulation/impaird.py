@@ -500,6 +500,7 @@ class Emulator:
         self.late = {"count": 0, "sum_us": 0.0, "max_us": 0.0}
         self.stats_path, self.stats_written = stats_path, 0.0
         self.running = True
+        self.stats_requested = False  # set by SIGUSR1: `show` wants counters now, not within a second
         self.nfq = NfQueue()
         self.wake_r, self.wake_w = socket.socketpair()  # a signal wakes select() at once
         for end in (self.wake_r, self.wake_w):
@@ -522,11 +523,22 @@ class Emulator:
             self._release(time.monotonic())
             due = self.next_due()
             timeout = 1.0 if due is None else min(1.0, max(0.0, due - time.monotonic() - self.SPIN))
-            if sockets[0] in select.select(sockets, [], [], timeout)[0]:
+            ready = select.select(sockets, [], [], timeout)[0]
+            if sockets[0] in ready:
                 self.nfq.receive(arrived, 256)
                 self._admit(arrived, time.monotonic())
                 arrived.clear()
-            self._write_stats(False)
+            if sockets[1] in ready:
+                self._drain_wakeups()
+            self._write_stats(self.stats_requested)
+            self.stats_requested = False
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self.wake_r.recv(64):
+                pass
+        except BlockingIOError:
+            pass
 
     def _admit(self, arrived: list[tuple[int, int]], now: float) -> None:
         drops: list[tuple[int, int, int, bool]] = []
@@ -645,8 +657,12 @@ def run_daemon(config_path: str, pidfile: str | None) -> int:
     def stop(_signum: int, _frame: Any) -> None:
         emulator.running = False
 
+    def refresh(_signum: int, _frame: Any) -> None:
+        emulator.stats_requested = True
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGUSR1, refresh)
     signal.set_wakeup_fd(emulator.wake_w.fileno())
     if pidfile:
         write_text(pidfile, f"{os.getpid()}\n")
@@ -1056,9 +1072,25 @@ def show(folder: str) -> dict[str, Any]:
     data = read_json(path)
     pid = data.get("daemon")
     stats_path = os.path.join(folder, "stats.json")
+    if pid and _daemon_alive(pid):
+        _refresh_stats(pid, stats_path)
     stats = read_json(stats_path) if os.path.exists(stats_path) else None
     return {"applied": True, "state_dir": folder, "config": data.get("config"), "undo": data.get("undo", []),
             "daemon": {"pid": pid, "alive": _daemon_alive(pid)} if pid else None, "stats": stats}
+
+
+def _refresh_stats(pid: int, stats_path: str, timeout: float = 2.0) -> None:
+    """Ask the daemon to write its counters now (it writes them at most once a second otherwise)."""
+    before = os.stat(stats_path).st_mtime_ns if os.path.exists(stats_path) else 0
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except OSError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(stats_path) and os.stat(stats_path).st_mtime_ns != before:
+            return
+        time.sleep(0.01)
 
 
 # ── command line ────────────────────────────────────────────────────────────
