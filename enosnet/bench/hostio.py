@@ -32,6 +32,7 @@ from typing import TypeVar
 
 from enosnet.errors import RemoteError
 from enosnet.model import Host
+from enosnet.remote.ssh import plain_ssh_argv
 
 T = TypeVar("T")
 TAR_MARK = "@@ENOSNET-TAR@@"
@@ -72,12 +73,8 @@ class Shell:
     def argv(self, host: Host, command: str) -> list[str]:
         self.control_dir.mkdir(mode=0o700, exist_ok=True)
         self._hosts[host.name] = host
-        opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout:g}",
-                "-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C", "-o", "ControlPersist=120"]
-        if host.keyfile:
-            opts += ["-i", host.keyfile]
-        opts += shlex.split(str(host.extra.get("ansible_ssh_common_args", "")))
-        return ["ssh", *opts, "-p", str(host.port), f"{host.user}@{host.address}", command]
+        master = ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C", "-o", "ControlPersist=120"]
+        return plain_ssh_argv(host, command, connect_timeout=self.connect_timeout, extra=master)
 
     def run(self, host: Host, command: str, *, timeout: float = 60.0, stdin: bytes | None = None) -> Output:
         """Run a shell ``command`` on ``host``; never raises for a failing command (see ``Output.rc``).

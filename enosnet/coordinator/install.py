@@ -27,6 +27,7 @@ from enosnet.coordinator.core import Worker, workers_from_roles
 from enosnet.coordinator.zipapp import agent_zipapp_bytes, build_agent_zipapp
 from enosnet.errors import ConfigError, HostsFailed, RemoteError
 from enosnet.model import Host, Roles
+from enosnet.remote.ssh import plain_options, plain_ssh_argv
 
 REMOTE_DIR = "/var/lib/enosnet-agent"
 
@@ -50,17 +51,12 @@ class SshResult:
 
 def ssh_base(host: Host) -> list[str]:
     """ssh options for ``host`` from its fields (key, port, ``ansible_ssh_common_args``)."""
-    opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
-    if host.keyfile:
-        opts += ["-i", host.keyfile]
-    opts += shlex.split(str(host.extra.get("ansible_ssh_common_args", "")))
-    return opts
+    return plain_options(host)
 
 
 def ssh(host: Host, command: str, *, timeout: float = 60.0, stdin: bytes | None = None) -> SshResult:
     """Run ``command`` (a shell line) on ``host`` over ssh, feeding it ``stdin``."""
-    argv = ["ssh", *ssh_base(host), "-p", str(host.port), f"{host.user}@{host.address}", command]
-    return _run(host, argv, timeout, stdin)
+    return _run(host, plain_ssh_argv(host, command), timeout, stdin)
 
 
 def scp(host: Host, files: Mapping[str, Path], *, timeout: float = 60.0) -> SshResult:

@@ -33,6 +33,7 @@ from typing import Any, Literal, Protocol
 from enosnet.emulation import impaird
 from enosnet.errors import ConfigError, EnosnetError, RemoteError
 from enosnet.model import Host
+from enosnet.remote.ssh import plain_ssh_argv
 
 IMPAIRD = Path(__file__).with_name("impaird.py")
 REMOTE_PATH = "/var/lib/enosnet-emu/impaird.py"
@@ -177,20 +178,11 @@ def local_runner(prefix: Sequence[str] = (), *, timeout: float = 60.0) -> Runner
     return run
 
 
-def ssh_argv(host: Host, command: str) -> list[str]:
-    """Plain ssh to ``host`` from its fields: key, port, user, ``ansible_ssh_common_args``."""
-    opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
-    if host.keyfile:
-        opts += ["-i", host.keyfile]
-    opts += shlex.split(str(host.extra.get("ansible_ssh_common_args", "")))
-    return ["ssh", *opts, "-p", str(host.port), f"{host.user}@{host.address}", command]
-
-
 def ssh_runner(host: Host, *, timeout: float = 60.0) -> Runner:
     """Run on ``host`` over plain ssh (no Ansible); the argv is quoted into one remote shell line."""
 
     def run(argv: Sequence[str], *, stdin: bytes | None = None) -> CommandOutput:
-        return _run(ssh_argv(host, shlex.join(argv)), stdin, timeout)
+        return _run(plain_ssh_argv(host, shlex.join(argv)), stdin, timeout)
 
     return run
 
