@@ -1,9 +1,10 @@
 """The netem role on real local hosts, measured: rate caps with iperf3, delay and loss with ping.
 
 Runs ``playbooks/netem.yml`` / ``netem-clear.yml`` with plain ansible-playbook
-on the environment's inventory. Delay and loss need the kernel's netem qdisc;
-where it is missing (some VM kernels), the test instead proves that the role
-reports tc's failure with the command and leaves nothing behind.
+on the environment's inventory. Delay and loss come from the kernel's netem
+qdisc where it has one, else from impaird (``netem_backend: auto``); forcing
+the tc backend on a kernel without netem proves the role reports tc's failure
+with the command and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=\d+\s+failed=(\d+)", re.M)
 
 
-def playbook(deployment: Any, name: str, spec: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+def playbook(deployment: Any, name: str, spec: dict[str, Any], *options: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "ANSIBLE_PIPELINING": "True", "ANSIBLE_FORKS": "10",
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     return subprocess.run([ANSIBLE_PLAYBOOK, "-i", str(deployment.env.inventory_file), str(ROOT / "playbooks" / name),
-                           "-e", json.dumps(spec)], env=env, capture_output=True, text=True, timeout=180)
+                           "-e", json.dumps(spec), *options], env=env, capture_output=True, text=True, timeout=180)
 
 
 def changed(out: subprocess.CompletedProcess[str]) -> dict[str, int]:
@@ -85,30 +86,38 @@ def pair(local_hosts: Callable[..., Any]) -> Any:
     return local_hosts({"server": 1, "client": 1}, name="netem")
 
 
+def impaird_state(deployment: Any, host: str) -> str:
+    """impaird's daemon and state folder on the host ('' when nothing of it is there)."""
+    return sh(deployment, host, "pgrep -af 'impaird.py run' | grep -v pgrep; ls /run/enosnet-emu 2>/dev/null").strip()
+
+
 @pytest.mark.hosts
 @pytest.mark.timeout(300)
-def test_rate_caps_show_in_iperf3_and_clear_removes_exactly_what_was_added(pair: Any) -> None:
+@pytest.mark.parametrize("backend", ["tc", "impaird"])
+def test_rate_caps_show_in_iperf3_and_clear_removes_exactly_what_was_added(pair: Any, backend: str) -> None:
     before = tc_state(pair, "client-0")
     server = pair.roles.find("server-0").address
-    spec = {"netem_hosts": "client",
+    spec = {"netem_hosts": "client", "netem_backend": backend,
             "netem_interfaces": [{"device": "eth0", "ingress": {"rate": "40mbit"}}],
             "netem_destinations": [{"device": "eth0", "dest": server, "rate": "20mbit"},
                                    {"device": "eth0", "dest": "2001:db8::/64", "rate": "5mbit"}]}
     applied = playbook(pair, "netem.yml", spec)
     assert applied.returncode == 0, applied.stdout[-2000:]
-    assert changed(applied)["client-0"] == 1
+    assert changed(applied)["client-0"] >= 1
     again = playbook(pair, "netem.yml", spec)
     assert changed(again)["client-0"] == 0, again.stdout[-2000:]
-    assert "ifbeth0" in tc_state(pair, "client-0")
+    assert ("ifbeth0" if backend == "tc" else "e57ifb") in tc_state(pair, "client-0")
 
     egress, ingress = iperf3_mbits(pair), iperf3_mbits(pair, reverse=True)
-    print(f"\nrate cap 20mbit client→server: {egress:.1f} Mbit/s; ingress cap 40mbit server→client: {ingress:.1f}")
+    print(f"\n{backend}: rate cap 20mbit client→server: {egress:.1f} Mbit/s; "
+          f"ingress cap 40mbit server→client: {ingress:.1f}")
     assert 14 <= egress <= 21, egress
     assert 28 <= ingress <= 42, ingress
 
     cleared = playbook(pair, "netem-clear.yml", {"netem_hosts": "client"})
     assert cleared.returncode == 0 and changed(cleared)["client-0"] == 1
     assert tc_state(pair, "client-0") == before
+    assert impaird_state(pair, "client-0") == ""
     assert changed(playbook(pair, "netem-clear.yml", {"netem_hosts": "client"}))["client-0"] == 0
 
 
@@ -126,29 +135,50 @@ def check_refusals(deployment: Any, before: str) -> None:
 
 @pytest.mark.hosts
 @pytest.mark.timeout(300)
-def test_delay_and_loss_are_measured_or_the_missing_qdisc_is_reported(pair: Any) -> None:
+def test_delay_and_loss_show_in_ping_with_the_kernels_backend(pair: Any) -> None:
     before = tc_state(pair, "client-0")
     base_rtt, _ = ping(pair)
     server = pair.roles.find("server-0").address
     spec = {"netem_hosts": "client", "netem_destinations": [{"device": "eth0", "dest": server, "delay": "20ms"}]}
+    checked = playbook(pair, "netem.yml", spec, "--check")
+    assert checked.returncode == 0 and changed(checked)["client-0"] >= 1, checked.stdout[-2000:]
+    assert tc_state(pair, "client-0") == before and impaird_state(pair, "client-0") == ""
     applied = playbook(pair, "netem.yml", spec)
-    if not kernel_has_netem(pair):
-        assert applied.returncode != 0
-        assert "netem limit 100000 delay 20ms` failed" in applied.stdout
-        assert "qdisc kind is unknown" in applied.stdout
-        assert tc_state(pair, "client-0") == before  # the failed apply removed what it had added
-        check_refusals(pair, before)
-        pytest.skip("this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM): failure reported and rolled back")
     assert applied.returncode == 0, applied.stdout[-2000:]
+    backend = "tc" if kernel_has_netem(pair) else "impaird"
+    assert f'"backend": "{backend}"' in sh(pair, "client-0", "cat /run/enosnet/netem.json")
+    assert changed(playbook(pair, "netem.yml", spec))["client-0"] == 0
     rtt, _ = ping(pair)
-    print(f"\nRTT {base_rtt:.2f} ms → {rtt:.2f} ms with 20ms delay")
+    print(f"\n{backend}: RTT {base_rtt:.2f} ms → {rtt:.2f} ms with 20ms delay")
     assert 18 <= rtt - base_rtt <= 25
     lossy = {**spec, "netem_destinations": [{"device": "eth0", "dest": server, "loss": "30%"}]}
     assert playbook(pair, "netem.yml", lossy).returncode == 0
     _, loss = ping(pair, count=200, interval=0.01)
-    print(f"loss 30% → {loss:.1f} % of 200 pings lost")
+    print(f"{backend}: loss 30% → {loss:.1f} % of 200 pings lost")
     assert 15 <= loss <= 45
+    shown = playbook(pair, "netem.yml", {"netem_hosts": "client", "netem_state": "query"})
+    assert "loss 30" in shown.stdout, shown.stdout[-2000:]
+    cleared = playbook(pair, "netem-clear.yml", {"netem_hosts": "client"})
+    assert cleared.returncode == 0 and changed(cleared)["client-0"] == 1
+    assert tc_state(pair, "client-0") == before and impaird_state(pair, "client-0") == ""
+    assert ping(pair)[0] < 10
     check_refusals(pair, before)
+
+
+@pytest.mark.hosts
+@pytest.mark.timeout(300)
+def test_the_tc_backend_reports_a_missing_netem_qdisc_and_rolls_back(pair: Any) -> None:
+    if kernel_has_netem(pair):
+        pytest.skip("this kernel has the netem qdisc: nothing is missing to report")
+    before = tc_state(pair, "client-0")
+    server = pair.roles.find("server-0").address
+    spec = {"netem_hosts": "client", "netem_backend": "tc",
+            "netem_destinations": [{"device": "eth0", "dest": server, "delay": "20ms"}]}
+    applied = playbook(pair, "netem.yml", spec)
+    assert applied.returncode != 0
+    assert "netem limit 100000 delay 20ms` failed" in applied.stdout
+    assert "qdisc kind is unknown" in applied.stdout
+    assert tc_state(pair, "client-0") == before  # the failed apply removed what it had added
 
 
 def load_module() -> Any:

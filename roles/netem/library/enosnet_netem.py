@@ -5,7 +5,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: enosnet_netem
-short_description: Apply or clear tc network emulation (netem, htb, u32, ifb)
+short_description: Apply or clear network emulation with tc (netem, htb, u32, ifb) or impaird
 description:
   - Per interface, egress delay/jitter/loss/rate (htb class + netem leaf) and ingress
     constraints (redirected through an ifb device created inside the host's network namespace).
@@ -16,6 +16,9 @@ description:
     (root and ingress qdiscs, ifb devices), nothing else.
   - Every tc or ip command that fails is reported with its command line and error; a failed apply
     removes what it had added so far.
+  - With O(backend=impaird) (kernels built without the netem qdisc) the same specification is handed to
+    impaird, enosnet's userspace emulator (NFQUEUE for delay, jitter and loss; htb for rate), which must
+    already be at O(impaird_path); the backend in use is recorded, so clearing and querying need no choice.
 options:
   state:
     description: present (apply), absent (clear) or query (report, change nothing).
@@ -42,6 +45,19 @@ options:
     description: Rate of htb classes that carry no rate limit.
     type: str
     default: 100gbit
+  backend:
+    description: tc (the kernel's netem qdisc) or impaird (userspace, for kernels without netem).
+    type: str
+    choices: [tc, impaird]
+    default: tc
+  impaird_path:
+    description: Where impaird.py is on the host (run with the module's own Python).
+    type: path
+    default: /var/lib/enosnet-emu/impaird.py
+  impaird_state_dir:
+    description: impaird's state folder on the host (one impaird per host, whoever applied it).
+    type: path
+    default: /run/enosnet-emu
 """
 
 import ipaddress
@@ -49,6 +65,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -246,6 +263,61 @@ def show(spec):
             for d in devices}
 
 
+def impaird(params, *args):
+    """Run impaird with the module's Python; its output (JSON for apply and show)."""
+    argv = [sys.executable, params["impaird_path"], *args, "--state-dir", params["impaird_state_dir"]]
+    if not os.path.exists(params["impaird_path"]):
+        raise TcError("impaird is not at %s (the netem role copies it there when it chooses the impaird backend)"
+                      % params["impaird_path"])
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    if proc.returncode == 2:
+        raise SpecError(proc.stderr.strip())
+    if proc.returncode != 0:
+        shown = " ".join(a if len(a) < 80 else a[:77] + "..." for a in argv)
+        raise TcError("`%s` failed (rc %d): %s" % (shown, proc.returncode, (proc.stderr or proc.stdout).strip()))
+    return proc.stdout
+
+
+def impaird_config(params):
+    return json.dumps({"interfaces": params["interfaces"], "destinations": params["destinations"]})
+
+
+def impaird_in_place(params, recorded):
+    """Whether what impaird shows is still what the role applied (and its daemon, if it needs one, runs)."""
+    shown = json.loads(impaird(params, "show"))
+    daemon = shown.get("daemon")
+    return bool(shown.get("applied")) and shown.get("config") == recorded.get("config") and \
+        (daemon is None or daemon.get("alive"))
+
+
+def impaird_report(shown):
+    """device -> tc text of the qdiscs impaird added, and 'impaird' -> its constraints, daemon and counters."""
+    undo = [argv for step in shown.get("undo", []) for argv in step]
+    devices = sorted({argv[argv.index("dev") + 1] for argv in undo if argv[:1] == ["tc"] and "dev" in argv[:-1]})
+    out = {d: (run(["tc", "qdisc", "show", "dev", d]) + run(["tc", "class", "show", "dev", d])).strip()
+           for d in devices}
+    if not shown.get("applied"):
+        return out
+    lines = []
+    daemon = shown.get("daemon")
+    if daemon:
+        lines.append("daemon pid %s %s" % (daemon.get("pid"), "alive" if daemon.get("alive") else "DEAD"))
+    queues = ((shown.get("stats") or {}).get("queues")) or {}
+    for c in (shown.get("config") or {}).get("constraints", []):
+        knobs = ["%s %gms" % (k[:-2], c[k] * 1000) for k in ("delay_s", "jitter_s") if c.get(k)]
+        knobs += ["%s %g%%" % (k, c[k] * 100) for k in ("loss", "duplicate", "reorder") if c.get(k)]
+        knobs += ["rate %gmbit" % (c["rate_bps"] / 1e6)] if c.get("rate_bps") else []
+        line = "%s %s%s: %s" % (c.get("direction"), c.get("destination"),
+                                " on %s" % c["device"] if c.get("device") else "", ", ".join(knobs))
+        counters = queues.get(str(c.get("queue"))) if c.get("queue") is not None else None
+        if counters:
+            line += " (queue %s: received %s, dropped %s, held %s)" % (
+                c["queue"], counters.get("received"), counters.get("dropped"), counters.get("held"))
+        lines.append(line)
+    out["impaird"] = "\n".join(lines)
+    return out
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -254,6 +326,9 @@ def main():
             "destinations": {"type": "list", "elements": "dict", "default": []},
             "state_file": {"type": "path", "default": "/run/enosnet/netem.json"},
             "unlimited_rate": {"type": "str", "default": "100gbit"},
+            "backend": {"type": "str", "choices": ["tc", "impaird"], "default": "tc"},
+            "impaird_path": {"type": "path", "default": "/var/lib/enosnet-emu/impaird.py"},
+            "impaird_state_dir": {"type": "path", "default": "/run/enosnet-emu"},
         },
         supports_check_mode=True,
     )
@@ -269,34 +344,69 @@ def main():
         result = act(module, params, spec, recorded)
     except TcError as exc:
         module.fail_json(msg=str(exc))
+    except SpecError as exc:
+        module.fail_json(msg="invalid netem specification: %s" % exc)
     module.exit_json(**result)
+
+
+def backend_of(recorded):
+    return recorded.get("backend", "tc") if recorded else None
+
+
+def remove(params, recorded):
+    """Undo what ``recorded`` says was applied, with the backend that applied it, and forget it."""
+    if backend_of(recorded) == "impaird":
+        impaird(params, "clear")
+    else:
+        errors = undo_all(recorded["undo"])
+        if errors:
+            raise TcError("clearing netem: " + "; ".join(errors))
+    os.unlink(params["state_file"])
 
 
 def act(module, params, spec, recorded):
     path = params["state_file"]
+    backend = params["backend"]
     if params["state"] == "query":
         current = recorded["spec"] if recorded else {}
-        return {"changed": False, "spec": current, "tc": show(current)}
+        if backend_of(recorded) == "impaird":
+            return {"changed": False, "spec": current, "backend": "impaird",
+                    "tc": impaird_report(json.loads(impaird(params, "show")))}
+        return {"changed": False, "spec": current, "backend": backend_of(recorded), "tc": show(current)}
     if params["state"] == "absent" or not spec:
         if not recorded:
             return {"changed": False, "spec": {}}
         if not module.check_mode:
-            errors = undo_all(recorded["undo"])
-            if errors:
-                raise TcError("clearing netem: " + "; ".join(errors))
-            os.unlink(path)
-        return {"changed": True, "spec": {}, "removed": recorded["spec"]}
-    if recorded and recorded["spec"] == spec and still_in_place(spec):
-        return {"changed": False, "spec": spec}
+            remove(params, recorded)
+        return {"changed": True, "spec": {}, "removed": recorded["spec"], "backend": backend_of(recorded)}
+    if recorded and recorded["spec"] == spec and backend_of(recorded) == backend:
+        in_place = impaird_in_place(params, recorded) if backend == "impaird" else still_in_place(spec)
+        if in_place:
+            return {"changed": False, "spec": spec, "backend": backend}
+    if backend == "impaird":
+        return apply_impaird(module, params, spec, recorded)
     steps = plan(spec, params["unlimited_rate"])
     if module.check_mode:
-        return {"changed": True, "spec": spec, "commands": [" ".join(a) for a, _ in steps]}
+        return {"changed": True, "spec": spec, "backend": backend, "commands": [" ".join(a) for a, _ in steps]}
     if recorded:
-        undo_all(recorded["undo"])
-        os.unlink(path)
+        remove(params, recorded)
     undos = apply_steps(steps)
-    save_state(path, {"spec": spec, "undo": undos})
-    return {"changed": True, "spec": spec, "commands": [" ".join(a) for a, _ in steps]}
+    save_state(path, {"backend": "tc", "spec": spec, "undo": undos})
+    return {"changed": True, "spec": spec, "backend": backend, "commands": [" ".join(a) for a, _ in steps]}
+
+
+def apply_impaird(module, params, spec, recorded):
+    """Hand the role's variables to impaird (it replaces what it applied before and rolls back on failure)."""
+    if module.check_mode:
+        if not os.path.exists(params["impaird_path"]):  # the role's copy did not happen: check mode
+            return {"changed": True, "spec": spec, "backend": "impaird", "commands": ["impaird apply"]}
+        commands = impaird(params, "apply", "--dry-run", "--netem-vars", "--config", impaird_config(params))
+        return {"changed": True, "spec": spec, "backend": "impaird", "commands": commands.splitlines()}
+    if recorded and backend_of(recorded) != "impaird":
+        remove(params, recorded)
+    shown = json.loads(impaird(params, "apply", "--netem-vars", "--config", impaird_config(params)))
+    save_state(params["state_file"], {"backend": "impaird", "spec": spec, "config": shown.get("config")})
+    return {"changed": True, "spec": spec, "backend": "impaird", "tc": impaird_report(shown)}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+../../../enosnet/emulation/impaird.py
