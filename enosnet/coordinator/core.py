@@ -229,8 +229,11 @@ class Coordinator:
             if link.addr != (worker.address, worker.port):
                 raise ConfigError(f"worker {worker.id}: two addresses ({link.addr} and {worker.address})")
         self.roles: dict[str, list[Worker]] = {}
+        self._roles_of: dict[str, tuple[str, ...]] = {}
         for worker in sorted(self.workers, key=lambda w: (w.role, w.index)):
             self.roles.setdefault(worker.role, []).append(worker)
+        for worker in self.workers:
+            self._roles_of[worker.id] = (*self._roles_of.get(worker.id, ()), worker.role)
         self._pending: dict[tuple[str, int], _Pending] = {}
         self._records: dict[tuple[str, str], WorkerRecord] = {}
         self._delivered: set[tuple[str, str]] = set()
@@ -645,7 +648,7 @@ class Coordinator:
 
     def _record(self, link: _Link, rec: dict[str, Any]) -> WorkerRecord:
         run_id = str(rec.get("run"))
-        roles = [w.role for w in self.workers if w.id == link.id]
+        roles = self._roles_of.get(link.id, ())
         role = next((r for r, active in self._active.items() if active == run_id), roles[0] if roles else "")
         if run_id.startswith(tuple(f"{r}-" for r in roles)):
             role = run_id.split("-", 1)[0]
@@ -702,7 +705,7 @@ class Coordinator:
         return list(results)
 
     async def _status_one(self, link: _Link, force: bool, deadline: float) -> AgentStatus:
-        roles = tuple(w.role for w in self.workers if w.id == link.id)
+        roles = self._roles_of.get(link.id, ())
         try:
             await self._sync_clock(link, deadline)
             msg, _, _ = await self._request(link, MessageType.STATUS, {"force": force}, deadline)

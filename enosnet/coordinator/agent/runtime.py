@@ -196,6 +196,7 @@ class Agent:
         self.coord: Addr | None = None
         self.timers: dict[str, tuple[int, Callable[[], None]]] = {}
         self.events: dict[str, dict[str, Any]] = {}
+        self.started_now: list[Run] = []
         self.counters: dict[str, Any] = {"rx": 0, "tx": 0, "retx": 0, "refused": 0, "drop": {}}
         self.started = time.monotonic()
         self.rlog = RateLimitedLog(config.log_interval_s)
@@ -459,14 +460,28 @@ class Agent:
             self._finish(run, "failed", error=f"cannot start {argv[0]}: {getattr(exc, 'strerror', None) or exc}")
             return
         run.exec_ns = time.monotonic_ns() - run.start_mono
-        run.pid, run.ticks = run.proc.pid, _start_ticks(run.proc.pid)
-        self._persist()
+        run.pid = run.proc.pid
+        self.started_now.append(run)
         action = self.cfg.actions[run.action]
         self._timer(f"deadline:{run.run}", run.start_mono + int(run.deadline_s * 1e9),
                     lambda: self._terminate(run, reason="deadline"))
         if action.kind == "service":
             self._watch_ready(run, action, time.monotonic())
-        self._sample()
+
+    def settle(self) -> None:
+        """Record the runs started in this turn of the loop (pid identity, state file, first sample).
+
+        ``serve`` calls it once every due start of every agent in the process
+        has happened, so one agent's disk writes never delay another's start;
+        until then a started process is still a zombie at worst, so its start
+        ticks can be read.
+        """
+        started, self.started_now = self.started_now, []
+        for run in started:
+            run.ticks = _start_ticks(run.pid or 0)
+        if started:
+            self._persist()
+            self._sample()
 
     def _terminate(self, run: Run, *, reason: str) -> None:
         """SIGTERM to the run's process group now, SIGKILL after the action's grace."""
@@ -795,3 +810,5 @@ def _turn(agents: Sequence[Agent], sel: selectors.BaseSelector, wake_r: int) -> 
         when = agent.next_timer()
         if when is not None and when <= now:
             agent.run_timers()
+    for agent in agents:
+        agent.settle()
