@@ -41,6 +41,50 @@ ACTIONS: dict[str, Any] = {
 }
 
 
+# The machine's floor for start skew: n bare processes at the agent's real-time
+# priority sleep, then spin, to one shared instant and take a timestamp -- no
+# protocol, no spawn. On a host of its own each would wake within microseconds;
+# n of them sharing this machine's CPUs wake one after another, which bounds
+# what any per-host agent can do here.
+WAKE_FLOOR = r"""
+import os, struct, sys, time
+n, target = int(sys.argv[1]), time.monotonic_ns() + 1_000_000_000
+r, w = os.pipe()
+sink = os.open(os.devnull, os.O_WRONLY)
+
+def wake(at, out):
+    time.sleep(max(0, at - time.monotonic_ns() - 200_000) / 1e9)
+    while time.monotonic_ns() < at:
+        pass
+    os.write(out, struct.pack("q", time.monotonic_ns()))
+
+kids = []
+for _ in range(n):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+            wake(time.monotonic_ns() + 1_000_000, sink)  # a dry run: copy-on-write faults now, not at the instant
+            wake(target, w)
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))  # exit without holding the CPU
+        finally:
+            os._exit(0)
+    kids.append(pid)
+for pid in kids:
+    os.waitpid(pid, 0)
+os.close(w)
+data = b"".join(iter(lambda: os.read(r, 4096), b""))
+stamps = [struct.unpack_from("q", data, i)[0] for i in range(0, len(data), 8)]
+print((max(stamps) - min(stamps)) / 1e6)
+"""
+
+
+def wake_floor(n: int) -> float:
+    """Start skew (ms) of ``n`` bare processes waking at one instant on this machine (see WAKE_FLOOR)."""
+    out = subprocess.run([sys.executable, "-c", WAKE_FLOOR, str(n)], capture_output=True, text=True, check=True)
+    return float(out.stdout)
+
+
 def med(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -181,11 +225,12 @@ async def hosts_rounds(env: Environment, roles: Roles, workers: list[Worker], pa
         for _ in range(reps):
             coord_rounds.append(await servers_round(coord, workers))
             ssh_rounds.append(await asyncio.to_thread(ssh_servers_round, hosts))
-        sched, receipt = [], []
+        sched, receipt, floor = [], [], []
         for _ in range(reps):
             a, b = await skew_round(coord)
             sched.append(a)
             receipt.append(b)
+            floor.append(await asyncio.to_thread(wake_floor, len(workers)))
         status = await coord.status()
         cpu = await asyncio.to_thread(idle_cpu, hosts[:10], status, 10.0)
     async with Coordinator(paired, env_id=env.name, secret=env.secret()) as pair:
@@ -207,6 +252,8 @@ async def hosts_rounds(env: Environment, roles: Roles, workers: list[Worker], pa
          f"max over reps {max(s_start):.3f} ms")
     line(f"clients: start skew (max−min of {n}), start on receipt", f"{med(r_start):.3f} ms",
          f"ratio receipt/scheduled {med(r_start) / med(s_start):.1f}x")
+    line(f"machine floor: {n} bare processes waking at one instant", f"{med(floor):.3f} ms",
+         f"ratio scheduled/floor {med(s_start) / med(floor):.2f}x (no agent can start {n} here closer)")
     line("clients: exec skew (process running), scheduled / on receipt",
          f"{med([s[1] for s in sched]):.2f} / {med([r[1] for r in receipt]):.2f} ms")
     line(f"timed phase ({quiet['window_ms']:.0f} ms, {quiet['clients']} iperf3 clients): coordinator → agents",

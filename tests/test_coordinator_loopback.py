@@ -38,6 +38,8 @@ TEST_ACTIONS: dict[str, Any] = {
     "sleep": {"argv": ["sleep", "{seconds}"], "params": {"seconds": {"type": "float", "min": 0, "max": 600}}},
     "group": {"kind": "service", "argv": ["sh", "-c", "sleep 300 & sleep 300 & wait"]},
     "true": {"argv": ["true"]},
+    "mark": {"argv": ["touch", "ran"]},
+    "missing": {"argv": ["enosnet-no-such-program"]},
 }
 
 
@@ -331,3 +333,57 @@ def _kill_when_running(pid: int, state_file: Path, run_id: str) -> Any:
     thread = threading.Thread(target=kill)
     thread.start()
     return thread
+
+
+def _run_state(state_file: Path, run_id: str) -> dict[str, Any]:
+    try:
+        return next((r for r in json.loads(state_file.read_text())["runs"] if r["run"] == run_id), {})
+    except (OSError, ValueError):
+        return {}
+
+
+def test_a_scheduled_run_waits_at_its_gate_and_never_starts_without_its_agent(cluster: Callable[..., Cluster]) -> None:
+    c = cluster({"client": 1})
+    agents = c.agents
+    assert agents is not None
+    state_file, marker = c.workdir("client-0") / "state.json", c.workdir("client-0") / "runs" / "gated" / "ran"
+
+    async def scenario() -> None:
+        async with Coordinator(c.workers, env_id=ENV_ID, secret=SECRET,
+                               timeouts=Timeouts(request=2.0, report_slack=1.0)) as driver:
+            run = asyncio.create_task(driver.run("client", "mark", {}, start_in=3.0, run_id="gated", deadline_s=2.0))
+            deadline = time.monotonic() + 20
+            while _run_state(state_file, "gated").get("state") != "armed":
+                assert time.monotonic() < deadline, "never armed"
+                await asyncio.sleep(0.02)
+            pid = _run_state(state_file, "gated")["pid"]
+            # the run's process exists before the start: a shell at its gate, in its own process group
+            assert os.path.basename(os.readlink(f"/proc/{pid}/exe")) in ("sh", "dash", "bash", "busybox")
+            assert os.getpgid(pid) == pid and not marker.exists()
+            agents.procs[0].kill()  # the agent dies before the start: its gate closes with it
+            with pytest.raises(WorkerLost, match="client-0"):
+                await run
+            assert not _group_alive(pid)
+
+    asyncio.run(scenario())
+    time.sleep(0.5)  # past the scheduled instant
+    assert not marker.exists(), "the run started without its agent"
+    agents.procs[0].wait()
+    restarted = LocalAgents([c.configs[0]], folder=c.folder)
+    try:
+        with c.coordinator() as coord:
+            [late] = coord.collect(timeout=5)
+        assert (late.run, late.state) == ("gated", "failed") and "before the scheduled start" in (late.error or "")
+    finally:
+        restarted.close()
+
+
+def test_an_unknown_program_is_refused_before_anything_is_armed(cluster: Callable[..., Cluster]) -> None:
+    c = cluster({"client": 2})
+    with c.coordinator() as coord:
+        with pytest.raises(CoordinatorError, match="client-0: cannot start enosnet-no-such-program: no such program"):
+            coord.run("client", "missing", {}, run_id="nothing")
+        [record] = coord.run("client", "mark", {}, run_id="after")[:1]
+    assert record.ok and (c.workdir("client-0") / "runs" / "after" / "ran").exists()
+    assert all(_run_state(c.workdir(w) / "state.json", "nothing").get("state") in (None, "stopped")
+               for w in ("client-0", "client-1"))

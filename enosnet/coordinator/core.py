@@ -57,8 +57,10 @@ class Timeouts:
     long past a run's deadline the coordinator waits for completion reports.
     ``per_agent`` widens timeouts of a fan-out by that much per agent (answers
     queue behind each other). The default lead of a scheduled start is
-    ``start_in``, or 2.5 times what the PREPARE fan-out took when that is more
-    (the ARM fan-out costs about the same).
+    ``start_in``, or 2.5 times what an ARM fan-out is expected to take when
+    that is more: one round of the clock exchanges per agent (ARM is one small
+    request, like a clock exchange), measured by ``ready``; before any, what
+    the PREPARE fan-out took (an upper bound: PREPARE also makes the processes).
     """
 
     request: float = 10.0
@@ -243,6 +245,7 @@ class Coordinator:
         self._active: dict[str, str] = {}
         self._deferred: dict[str, list[str]] = {}
         self._quiet = False
+        self._round_per_link: float | None = None  # seconds per agent of one request round (from clock rounds)
         self._changed: asyncio.Event | None = None
         self._transport: asyncio.DatagramTransport | None = None
 
@@ -393,11 +396,13 @@ class Coordinator:
         links = self._links(workers)
         deadline = asyncio.get_running_loop().time() + self.timeouts.request
         spread = self._spread(len(links))
+        began = time.monotonic()
         results = await asyncio.gather(*(self._sync_clock(link, deadline, spread) for link in links),
                                        return_exceptions=True)
         lost = [link.id for link, result in zip(links, results, strict=True) if isinstance(result, _NoAnswer)]
         if lost:
             raise WorkerLost(lost, f"ready: no answer within {self.timeouts.request:g} s from")
+        self._note_rounds(time.monotonic() - began, len(links))
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -481,7 +486,7 @@ class Coordinator:
         began = time.monotonic()
         replies = await self._prepare(workers, run_id, action, params, deadline_s)
         deadline = max(float(m.payload.get("deadline_s") or 0) for m in replies.values())
-        start_at = time.time_ns() + int(self._lead(time.monotonic() - began, start_in) * 1e9)
+        start_at = time.time_ns() + int(self._lead(time.monotonic() - began, len(links), start_in) * 1e9)
         await self._arm_at(links, run_id, start_at)
         self._quiet = True
         try:
@@ -492,11 +497,12 @@ class Coordinator:
             self._flush_acks()
         return await self._conclude(run_id, workers)
 
-    def _lead(self, prepare_s: float, start_in: float | None) -> float:
-        """How far ahead to schedule: as asked, else enough for the ARM fan-out (which costs what PREPARE did)."""
+    def _lead(self, prepare_s: float, links: int, start_in: float | None) -> float:
+        """How far ahead to schedule: as asked, else enough for the ARM fan-out to ``links`` agents (see Timeouts)."""
         if start_in is not None:
             return start_in
-        return max(self.timeouts.start_in, 2.5 * prepare_s)
+        arm_s = prepare_s if self._round_per_link is None else self._round_per_link * links
+        return max(self.timeouts.start_in, 2.5 * arm_s)
 
     async def stop(self, role: str, *, timeout: float | None = None) -> list[WorkerRecord]:
         """Stop the service of ``role`` (process groups killed) and return its records."""
@@ -546,8 +552,12 @@ class Coordinator:
                 body["deadline_s"] = deadline_s
             return body
 
-        replies = await self._fan_out(self._links(workers), MessageType.PREPARE, payload,
-                                      timeout=self.timeouts.request, what=f"prepare {action}")
+        try:
+            replies = await self._fan_out(self._links(workers), MessageType.PREPARE, payload,
+                                          timeout=self.timeouts.request, what=f"prepare {action}")
+        except WorkerLost as exc:  # the others made the run's process: cancel it there
+            await self._cancel([link for link in self._links(workers) if link.id not in exc.workers], run_id)
+            raise
         refused = {w: m.payload.get("error") for w, m in replies.items() if "state" not in m.payload}
         if refused:
             accepted = [link for link in self._links(workers) if link.id not in refused]
@@ -565,11 +575,18 @@ class Coordinator:
         if unknown:
             deadline = asyncio.get_running_loop().time() + self.timeouts.request
             spread = self._spread(len(unknown))
+            began = time.monotonic()
             results = await asyncio.gather(*(self._sync_clock(link, deadline, spread) for link in unknown),
                                            return_exceptions=True)
             lost = [link.id for link, res in zip(unknown, results, strict=True) if isinstance(res, BaseException)]
             if lost:
                 raise WorkerLost(lost, "clock exchange: no answer from")
+            self._note_rounds(time.monotonic() - began, len(unknown))
+
+    def _note_rounds(self, elapsed: float, links: int) -> None:
+        """Remember what one request round to ``links`` agents cost (``clock_samples`` rounds took ``elapsed``)."""
+        if links:
+            self._round_per_link = elapsed / max(self.timeouts.clock_samples, 1) / links
 
     async def _arm_at(self, links: Sequence[_Link], run_id: str, start_at: int) -> None:
         """ARM every link for ``start_at`` (coordinator clock); all must confirm before the start."""

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import selectors
+import shutil
 import signal
 import socket
 import time
@@ -30,8 +31,12 @@ ACTIVE = ("armed", "running")
 RUN_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,48}$")
 WAKE_EARLY_NS = 2_000_000
 SPIN_NS = 200_000
+GATE_SHELL = "/bin/sh"
+GATE_SCRIPT = 'read -r _ <&3 || exit 125; exec 3<&-; exec "$@"'
+GATE_EXIT = 125
 EVENT_FIRST_S, EVENT_MAX_S, EVENT_GIVE_UP_S = 0.25, 4.0, 600.0
 READY_POLL_S, READY_GIVE_UP_S = 0.002, 120.0
+READY_EXPIRE_S = 600.0  # a PREPAREd run never ARMed (its coordinator died) is cancelled after this
 KEEP_REPORTED = 64
 REALTIME_PRIORITY = 10
 STATUS_RUNS = 8
@@ -124,8 +129,9 @@ class Run:
             setattr(self, name, values.get(name))
         self.proc: Child | None = None
         self.files: list[IO[bytes]] = []
-        self.spawn_args: tuple[list[str], dict[str, str], str] | None = None
         self.target_mono: int = 0
+        self.gate: int | None = None  # write end of a scheduled start's gate (see Child.gated)
+        self.gate_exe: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.FIELDS}
@@ -138,10 +144,12 @@ class Run:
 
 
 class Child:
-    """A process started with posix_spawn in its own session; ``poll`` reaps it.
+    """A run's process, in its own session (its process group is the run); ``poll`` reaps it.
 
-    posix_spawn (vfork semantics) costs the agent ~0.2 ms where fork-based
-    subprocess.Popen costs milliseconds on a busy host: that time is start skew.
+    Made at PREPARE with posix_spawn (vfork semantics, cheap even for a large
+    agent) and held at a gate, so starting it costs the agent one write: on a
+    host shared by many agents, what each does at the start instant is start
+    skew.
     """
 
     RESET = (signal.SIGPIPE, signal.SIGXFSZ)  # ignored by Python; a started program gets the defaults
@@ -151,15 +159,31 @@ class Child:
         self.returncode: int | None = None
 
     @classmethod
-    def spawn(cls, argv: list[str], env: dict[str, str], cwd: str, stdout: int, stderr: int, *, home: str) -> Child:
+    def gated(cls, argv: list[str], env: dict[str, str], cwd: str, stdout: int, stderr: int, *,
+              home: str) -> tuple[Child, int]:
+        """The process of a scheduled start, made ahead of time, waiting at a gate; returns it and the gate.
+
+        It is ``sh`` reading one line from a pipe: writing a line opens the
+        gate and the shell execs ``argv`` (same pid, same process group, files
+        already in place), so at the scheduled instant the agent only writes
+        one byte. Closing the gate without a line (the agent cancelled, or
+        died) makes it exit 125 without running anything.
+        """
+        read_end, gate = os.pipe()
         os.chdir(cwd)
         try:
-            pid = os.posix_spawnp(argv[0], argv, env, setsid=True, setsigdef=cls.RESET, setsigmask=(),
-                                  file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                                                (os.POSIX_SPAWN_DUP2, stdout, 1), (os.POSIX_SPAWN_DUP2, stderr, 2)])
+            pid = os.posix_spawn(GATE_SHELL, ["sh", "-c", GATE_SCRIPT, "enosnet-gate", *argv], env, setsid=True,
+                                 setsigdef=cls.RESET, setsigmask=(),
+                                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                                               (os.POSIX_SPAWN_DUP2, stdout, 1), (os.POSIX_SPAWN_DUP2, stderr, 2),
+                                               (os.POSIX_SPAWN_DUP2, read_end, 3)])
+        except BaseException:
+            os.close(gate)
+            raise
         finally:
+            os.close(read_end)
             os.chdir(home)
-        return cls(pid)
+        return cls(pid), gate
 
     def poll(self) -> int | None:
         """The exit code (negative: killed by that signal) once it exited, else None."""
@@ -235,7 +259,8 @@ class Agent:
         for item in data.get("runs", []):
             run = Run(**item)
             self.runs[run.run] = run
-            if run.state == "armed":
+            if run.state in ("ready", "armed"):
+                _kill_orphan(run)  # its gate closed with the old agent, so it never ran; make sure it is gone
                 self._finish(run, "failed", error="agent restarted before the scheduled start")
             elif run.state == "running":
                 _kill_orphan(run)
@@ -358,7 +383,10 @@ class Agent:
         run = Run(run=run_id, action=action.name, params=params, state="ready", timed=bool(payload.get("timed")),
                   created=time.time_ns(), dir=folder, deadline_s=float(deadline), reported=False,
                   stop_requested=False)
+        self._make_gated(run)
         self.runs[run_id] = run
+        self._timer(f"expire:{run_id}", time.monotonic_ns() + int(READY_EXPIRE_S * 1e9),
+                    lambda: self._terminate(run, reason=f"never started: no ARM within {READY_EXPIRE_S:g} s"))
         self._persist()
         return self._run_reply(run)
 
@@ -371,11 +399,11 @@ class Agent:
         at = payload.get("at", 0)
         if isinstance(at, bool) or not isinstance(at, int):
             raise ActionError("at must be an integer (ns since the epoch, agent clock; 0 = now)")
-        self._stage(run)
+        self.timers.pop(f"expire:{run_id}", None)
         run.scheduled = at or None
         if not at or at <= time.time_ns():
             run.late_ns = time.time_ns() - at if at else None
-            self._spawn(run)
+            self._open_gate(run)
         else:
             run.state = "armed"
             _realtime(True)
@@ -426,18 +454,33 @@ class Agent:
 
     # ── processes ──────────────────────────────────────────────────────────
 
-    def _stage(self, run: Run) -> None:
-        """Everything before fork that can be done ahead of the start: argv, env, files."""
+    def _make_gated(self, run: Run) -> None:
+        """PREPARE: argv, env and files, and the run's process itself, waiting at its gate (``Child.gated``).
+
+        Whatever could fail fails here, before any host is armed: an unknown
+        program is refused naming it.
+        """
         action = self.cfg.actions[run.action]
-        os.makedirs(run.dir, exist_ok=True)
         builtins = {"run_id": run.run, "run_dir": run.dir, "worker_id": self.cfg.worker_id}
         argv, extra = action.render(run.params, builtins=builtins)
         env = dict(os.environ)
         env.update(extra)
-        run.spawn_args = (argv, env, action.cwd or run.dir)
+        if shutil.which(argv[0], path=env.get("PATH", os.defpath)) is None:
+            raise ActionError(f"cannot start {argv[0]}: no such program on PATH")
+        os.makedirs(run.dir, exist_ok=True)
         run.files = [open(os.path.join(run.dir, name), "wb") for name in ("stdout", "stderr")]  # noqa: SIM115
+        try:
+            run.proc, run.gate = Child.gated(argv, env, action.cwd or run.dir, run.files[0].fileno(),
+                                             run.files[1].fileno(), home=self.cfg.workdir)
+        except (OSError, ValueError, TypeError) as exc:
+            for stream in run.files:
+                stream.close()
+            raise ActionError(f"cannot start {argv[0]}: {getattr(exc, 'strerror', None) or exc}") from None
+        run.pid, run.ticks = run.proc.pid, _start_ticks(run.proc.pid)
+        run.gate_exe = _exe(run.pid)
 
     def _start_on_time(self, run: Run) -> None:
+        """At the scheduled instant open the gate: one write, then give the CPU up for the program to exec."""
         if run.state != "armed":
             return
         remaining = run.target_mono - time.monotonic_ns()
@@ -445,25 +488,42 @@ class Agent:
             time.sleep((remaining - SPIN_NS) / 1e9)
         while time.monotonic_ns() < run.target_mono:
             pass
-        self._spawn(run)
-        if not any(r.state == "armed" for r in self.runs.values()):
-            _realtime(False)
+        self._open_gate(run)
 
-    def _spawn(self, run: Run) -> None:
-        assert run.spawn_args is not None
-        argv, env, cwd = run.spawn_args
-        run.state = "running"
+    def _open_gate(self, run: Run) -> None:
+        """Start the run: one line through its gate; the shell execs the program (normal priority)."""
+        if run.gate is None:  # a run recovered from a previous agent instance has no gate left
+            self._finish(run, "failed", error="its process is gone (agent restarted after PREPARE)")
+            return
         run.start_wall, run.start_mono = time.time_ns(), time.monotonic_ns()
         try:
-            run.proc = Child.spawn(argv, env, cwd, run.files[0].fileno(), run.files[1].fileno(), home=self.cfg.workdir)
-        except (OSError, ValueError, TypeError) as exc:
-            self._finish(run, "failed", error=f"cannot start {argv[0]}: {getattr(exc, 'strerror', None) or exc}")
+            os.write(run.gate, b"\n")
+        except OSError as exc:  # the gated process was killed from outside: reap() reports how it ended
+            log.warning("run %s: its process left before the start: %s", run.run, exc)
+        if not any(r.state == "armed" and r is not run for r in self.runs.values()):
+            _realtime(False)
+        os.close(run.gate)
+        run.gate = None
+        run.state = "running"
+        self._watch_exec(run)
+        self._started(run)
+
+    def _watch_exec(self, run: Run) -> None:
+        """Note when the gated program replaced the shell (exec_ns); polled, at normal priority."""
+        if run.state != "running" or run.pid is None or run.start_mono is None:
             return
-        run.exec_ns = time.monotonic_ns() - run.start_mono
-        run.pid = run.proc.pid
+        exe = _exe(run.pid)
+        elapsed = time.monotonic_ns() - run.start_mono
+        if exe is not None and exe != run.gate_exe:
+            run.exec_ns = elapsed
+        elif exe is not None and elapsed < 2_000_000_000:
+            self._timer(f"exec:{run.run}", time.monotonic_ns() + 500_000, lambda: self._watch_exec(run))
+
+    def _started(self, run: Run) -> None:
+        """What follows a start: deadline, readiness watch, and (at the end of the turn) the bookkeeping."""
         self.started_now.append(run)
         action = self.cfg.actions[run.action]
-        self._timer(f"deadline:{run.run}", run.start_mono + int(run.deadline_s * 1e9),
+        self._timer(f"deadline:{run.run}", (run.start_mono or time.monotonic_ns()) + int(run.deadline_s * 1e9),
                     lambda: self._terminate(run, reason="deadline"))
         if action.kind == "service":
             self._watch_ready(run, action, time.monotonic())
@@ -478,7 +538,8 @@ class Agent:
         """
         started, self.started_now = self.started_now, []
         for run in started:
-            run.ticks = _start_ticks(run.pid or 0)
+            if run.ticks is None:
+                run.ticks = _start_ticks(run.pid or 0)
         if started:
             self._persist()
             self._sample()
@@ -487,6 +548,7 @@ class Agent:
         """SIGTERM to the run's process group now, SIGKILL after the action's grace."""
         if run.state in ("ready", "armed"):
             self.timers.pop(f"start:{run.run}", None)
+            self._close_gate(run)
             self._finish(run, "stopped", error=None if reason == "stop" else reason)
             return
         if run.state != "running" or run.pid is None:
@@ -499,6 +561,16 @@ class Agent:
         grace = self.cfg.actions[run.action].stop_grace_s
         self._timer(f"kill:{run.run}", time.monotonic_ns() + int(grace * 1e9),
                     lambda: _signal_group(run.pid or 0, signal.SIGKILL))
+
+    def _close_gate(self, run: Run) -> None:
+        """Cancel a scheduled start: the gated shell exits without running anything, and is reaped."""
+        if run.gate is not None:
+            os.close(run.gate)
+            run.gate = None
+        if run.proc is not None:
+            _signal_group(run.pid or 0, signal.SIGKILL)
+            run.proc.wait()
+            run.proc = None
 
     def reap(self) -> None:
         """Notice runs whose leading process exited; they finish once their whole group is gone."""
@@ -531,6 +603,9 @@ class Agent:
         run.state, run.rc, run.error = state, rc, error
         run.end_wall = time.time_ns()
         run.proc = None
+        if run.gate is not None:
+            os.close(run.gate)
+            run.gate = None
         for stream in run.files:
             stream.close()
         run.files = []
@@ -558,6 +633,7 @@ class Agent:
             rc = run.proc.wait() if run.proc is not None else None
             self._finish(run, "stopped", rc=rc, error="agent shut down")
         else:
+            self._close_gate(run)
             self._finish(run, "stopped", error="agent shut down")
 
     # ── readiness ──────────────────────────────────────────────────────────
@@ -712,6 +788,14 @@ def _group_members(pgid: int) -> list[int]:
         if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
             members.append(int(name))
     return members
+
+
+def _exe(pid: int) -> str | None:
+    """The program process ``pid`` runs (None once it is gone)."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
 
 
 def _start_ticks(pid: int) -> int | None:
