@@ -124,6 +124,19 @@ def test_default_catalogue_parses_and_renders_iperf3_and_netbench(tmp_path: Path
     with pytest.raises(ActionError):
         nb.check({"driver": "s2n-netbench-driver-server-tcp", "scenario": "incast.json", "servers": []})
     assert actions["netbench-server"].kind == "service" and "SERVER_ID" in netbench_actions()["netbench-server"]["env"]
+    server = actions["netbench-server"]
+    values = {"driver": "s2n-netbench-driver-server-tcp", "scenario": "incast.json", "port": 4500}
+    assert server.listen_port(server.check({**values, "transport": "udp"})) == ("udp", 4500)
+    assert server.listen_port(server.check(values)) is None  # no transport given: ready once it runs
+
+
+def test_listen_declarations_are_checked() -> None:
+    service = {"kind": "service", "argv": ["srv"], "params": {"port": {"type": "int", "min": 1, "max": 65535}}}
+    assert parse_action("s", {**service, "listen": "tcp:{port}"}).listen_port({"port": 80}) == ("tcp", 80)
+    with pytest.raises(ActionError, match="listen must be"):
+        parse_action("s", {**service, "listen": "sctp:{port}"})
+    with pytest.raises(ActionError, match="listen names undeclared params proto"):
+        parse_action("s", {**service, "listen": "{proto}:{port}"})
 
 
 def test_agent_config_is_flat_json_the_agent_accepts(tmp_path: Path) -> None:

@@ -75,7 +75,9 @@ def netbench_actions(*, bin_dir: str = "/usr/local/bin", scenario_dir: str = "/v
     The driver is chosen by file name inside ``bin_dir``; the scenario by file
     name inside ``scenario_dir``. Servers get ``PORT``, ``SERVER_ID`` (the
     host's index in its role), ``SCENARIO``; clients also get ``CLIENT_ID`` and
-    ``SERVER_<i>=host:port`` for every server of the scenario.
+    ``SERVER_<i>=host:port`` for every server of the scenario. A server given
+    ``transport`` (``tcp`` or ``udp``, what its driver listens on) is ready once
+    it listens on ``port``; without it, as soon as it runs.
     """
     collector_path = collector if "/" in collector else f"{bin_dir.rstrip('/')}/{collector}"
     common = {
@@ -93,8 +95,9 @@ def netbench_actions(*, bin_dir: str = "/usr/local/bin", scenario_dir: str = "/v
             "kind": "service",
             "argv": argv,
             "env": {"PORT": "{port}", "SERVER_ID": "{index}", "SCENARIO": "{scenario}", "TRACE": "{trace}"},
-            "params": {"driver": driver("server"), **common},
-            "listen": None,
+            "params": {"driver": driver("server"), **common,
+                       "transport": {"type": "choice", "values": ["tcp", "udp"], "default": None}},
+            "listen": "{transport}:{port}",
         },
         "netbench-client": {
             "kind": "job",

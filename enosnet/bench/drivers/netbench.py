@@ -133,7 +133,8 @@ class NetbenchDriver(Driver):
         common = {"scenario": scenario, "port": sec.port, "trace": sec.trace}
         servers = self.roles.select(sec.server_role)
         await coordinator.start(sec.server_role, SERVER_ACTION,
-                                {**common, "driver": f"s2n-netbench-driver-server-{driver}"})
+                                {**common, "driver": f"s2n-netbench-driver-server-{driver}",
+                                 "transport": transport(driver)})
         server_records: list[WorkerRecord] = []
         try:
             await coordinator.wait_ready(sec.server_role)
@@ -234,3 +235,12 @@ def _bytes(streams: Any) -> int:
     if not isinstance(streams, dict):
         return 0
     return sum(int(s.get("total", 0)) for s in streams.values() if isinstance(s, dict))
+
+
+def transport(driver: str) -> str:
+    """What a netbench driver's server listens on: QUIC drivers on UDP, the others (tcp, s2n-tls, ...) on TCP.
+
+    >>> transport("s2n-quic"), transport("tcp"), transport("s2n-tls")
+    ('udp', 'tcp', 'tcp')
+    """
+    return "udp" if "quic" in driver else "tcp"

@@ -197,13 +197,16 @@ class Action:
         return argv, env
 
     def listen_port(self, values: Mapping[str, Any]) -> tuple[str, int] | None:
-        """(``tcp``|``udp``, port) the service listens on once ready, if declared."""
+        """(``tcp``|``udp``, port) the service listens on once ready, if declared (either part may be a param)."""
         if not self.listen:
             return None
         proto, _, port = self.listen.partition(":")
-        name = _name(port)
-        number = values.get(name) if name else port
-        return (proto, int(number)) if number is not None else None
+        proto_name, port_name = _name(proto), _name(port)
+        transport = values.get(proto_name) if proto_name else proto
+        number = values.get(port_name) if port_name else port
+        if transport not in ("tcp", "udp") or number is None:
+            return None
+        return str(transport), int(number)
 
 
 def _name(text: str) -> str | None:
@@ -258,8 +261,12 @@ def parse_action(name: str, decl: Mapping[str, Any]) -> Action:
     if kind not in KINDS:
         raise ActionError(f"action {name}: kind must be job or service")
     listen = decl.get("listen")
-    if listen is not None and not re.match(r"^(tcp|udp):(\d+|\{[a-z_][a-z0-9_]*\})$", str(listen)):
-        raise ActionError(f"action {name}: listen must be tcp:PORT or udp:{{param}}")
+    if listen is not None and not re.match(r"^(tcp|udp|\{[a-z_][a-z0-9_]*\}):(\d+|\{[a-z_][a-z0-9_]*\})$",
+                                           str(listen)):
+        raise ActionError(f"action {name}: listen must be tcp:PORT, udp:{{param}} or {{param}}:{{param}}")
+    listen_missing = sorted({n for n in _names(str(listen or "").split(":")) if n not in known})
+    if listen_missing:
+        raise ActionError(f"action {name}: listen names undeclared params {', '.join(listen_missing)}")
     return Action(name, argv, env, env_each, params, kind, listen,
                   float(decl.get("deadline_s", 86400.0 if kind == "service" else 3600.0)),
                   float(decl.get("stop_grace_s", 2.0)), decl.get("cwd"))
