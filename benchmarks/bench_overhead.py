@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from enosnet.bench.events import Event, RunFinished
+from enosnet.bench.events import Event, RunFinished, RunStarted
 from enosnet.bench.hostio import Shell
 from enosnet.bench.runner import agent_access, run_experiment
 from enosnet.bench.spec import parse_experiment
@@ -112,20 +112,27 @@ def main() -> None:
             made.append(provider)
             by_hand: list[float] = []
             with Shell(pair_env.root) as shell:
-                def by_hand_after(event: Event) -> None:
-                    # interleaved: each run of `enosnet bench` is followed by the same iperf3 pair by hand
-                    if isinstance(event, RunFinished):
+                started: list[RunStarted] = []
+
+                def by_hand_beside(event: Event) -> None:
+                    # interleaved, order alternating: by hand before the bench run in odd rounds, after it in
+                    # even ones, so neither side always runs on a machine just warmed (or loaded) by the other
+                    if isinstance(event, RunStarted):
+                        started.append(event)
+                    before = len(started) % 2 == 1
+                    if isinstance(event, RunStarted if before else RunFinished):
                         by_hand.append(manual_throughput(shell, pair["server"][0], pair["client"][0],
                                                          args.duration))
 
-                bench_once(pair_env, "pair", args.duration, repetitions=args.rounds, listener=by_hand_after)
+                bench_once(pair_env, "pair", args.duration, repetitions=args.rounds, listener=by_hand_beside)
             by_bench = bench_throughputs(pair_env, "pair")
             for i, (a, b) in enumerate(zip(by_bench, by_hand, strict=True)):
                 print(f"round {i + 1}: enosnet {a / 1e9:.2f} Gbit/s, by hand {b / 1e9:.2f} Gbit/s", flush=True)
             provider.destroy()
             made.remove(provider)
             ratio = statistics.median(by_bench) / statistics.median(by_hand)
-            print(f"\nthroughput, one pair, {args.duration:g} s runs × {args.rounds} rounds (bench run, then by hand):")
+            print(f"\nthroughput, one pair, {args.duration:g} s runs × {args.rounds} rounds "
+                  "(by hand before the bench run, then after it, alternating):")
             print(f"  enosnet bench median {statistics.median(by_bench) / 1e9:.2f} Gbit/s, by hand over SSH median "
                   f"{statistics.median(by_hand) / 1e9:.2f} Gbit/s, ratio {ratio:.3f} (target ≥ 0.98)")
             paired = statistics.median(a / b for a, b in zip(by_bench, by_hand, strict=True))
