@@ -509,15 +509,21 @@ class Agent:
         self._started(run)
 
     def _watch_exec(self, run: Run) -> None:
-        """Note when the gated program replaced the shell (exec_ns); polled, at normal priority."""
+        """Note when the gated program replaced the shell (exec_ns); polled, at normal priority.
+
+        Every 0.5 ms for 10 ms, then every 5 ms; after 0.2 s (or for a program
+        that is the shell itself) exec_ns stays unknown rather than keep the
+        agent waking during the measurement.
+        """
         if run.state != "running" or run.pid is None or run.start_mono is None:
             return
         exe = _exe(run.pid)
         elapsed = time.monotonic_ns() - run.start_mono
         if exe is not None and exe != run.gate_exe:
             run.exec_ns = elapsed
-        elif exe is not None and elapsed < 2_000_000_000:
-            self._timer(f"exec:{run.run}", time.monotonic_ns() + 500_000, lambda: self._watch_exec(run))
+        elif exe is not None and elapsed < 200_000_000:
+            pause = 500_000 if elapsed < 10_000_000 else 5_000_000
+            self._timer(f"exec:{run.run}", time.monotonic_ns() + pause, lambda: self._watch_exec(run))
 
     def _started(self, run: Run) -> None:
         """What follows a start: deadline, readiness watch, and (at the end of the turn) the bookkeeping."""
