@@ -387,3 +387,19 @@ def test_an_unknown_program_is_refused_before_anything_is_armed(cluster: Callabl
     assert record.ok and (c.workdir("client-0") / "runs" / "after" / "ran").exists()
     assert all(_run_state(c.workdir(w) / "state.json", "nothing").get("state") in (None, "stopped")
                for w in ("client-0", "client-1"))
+
+
+def test_stop_all_stops_what_a_dead_coordinator_left(cluster: Callable[..., Cluster]) -> None:
+    c = cluster({"server": 1, "client": 1})
+    with c.coordinator() as first:
+        run_id = first.start("server", "group")
+        first.wait_ready("server", timeout=5)
+        pid = _run_state(c.workdir("server-0") / "state.json", run_id)["pid"]
+    # the first coordinator is gone without stopping its service; a new one cleans up
+    with c.coordinator() as second:
+        assert second.stop_all() == [run_id]
+        deadline = time.monotonic() + 10
+        while _group_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _group_alive(pid)
+        assert second.stop_all(["client"]) == []

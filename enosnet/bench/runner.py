@@ -40,7 +40,6 @@ from enosnet.bench.metadata import RUN_PROBE, collect, parse_run_probe
 from enosnet.bench.plan import Plan, PlannedRun, make_plan
 from enosnet.bench.spec import Experiment
 from enosnet.coordinator import Coordinator, Timeouts, workers_from_roles
-from enosnet.coordinator.agent.wire import MessageType
 from enosnet.environment import Environment
 from enosnet.errors import BenchError, CheckFailed, EnosnetError, UsageError
 from enosnet.model import Host, Roles
@@ -200,10 +199,8 @@ class _Bench:
 
     async def _stop_leftover_runs(self, coordinator: Coordinator) -> None:
         """A killed bench may have left servers running on the agents: stop every run they have."""
-        links = list(coordinator.links.values())
         try:
-            await coordinator._fan_out(links, MessageType.STOP, lambda _l: {"claim": True, "all": True},
-                                       timeout=5.0, what="stopping leftover runs")
+            await coordinator.stop_all(timeout=5.0)
         except EnosnetError:
             return  # the agent check names hosts that do not answer
         await asyncio.sleep(0.3)

@@ -516,6 +516,20 @@ class Coordinator:
         await self._wait_until(lambda: self._all_reported(run_id, workers), wait_s)
         return await self._conclude(run_id, workers)
 
+    async def stop_all(self, roles: Sequence[str] | None = None, *, timeout: float | None = None) -> list[str]:
+        """Stop every run the agents of ``roles`` (default: all) have, whoever started it; returns those stopped.
+
+        For leftovers of a coordinator that died (a killed ``enosnet bench``):
+        prepared and armed runs are cancelled, running ones' process groups
+        killed. Raises ``WorkerLost`` naming agents that do not answer.
+        """
+        workers = [w for r in (roles or list(self.roles)) for w in self._role(r)]
+        replies = await self._fan_out(self._links(workers), MessageType.STOP, lambda _l: {"claim": True, "all": True},
+                                      timeout=self.timeouts.request if timeout is None else timeout,
+                                      what="stop all")
+        return sorted(str(run) for m in replies.values() for run in (m.payload.get("stopping")
+                      or ([m.payload["run"]] if m.payload.get("run") else [])))
+
     async def run_pair(self, *, servers: str, server_action: str, server_params: Params | None,
                        clients: str, client_action: str, client_params: Params | None,
                        start_in: float | None = None, deadline_s: float | None = None) -> PairResult:

@@ -61,6 +61,9 @@ class SyncCoordinator:
     def stop(self, role: str, *, timeout: float | None = None) -> list[WorkerRecord]:
         return self._call(self.coordinator.stop(role, timeout=timeout))
 
+    def stop_all(self, roles: Sequence[str] | None = None, *, timeout: float | None = None) -> list[str]:
+        return self._call(self.coordinator.stop_all(roles, timeout=timeout))
+
     def run_pair(self, **options: Any) -> PairResult:
         return self._call(self.coordinator.run_pair(**options))
 
