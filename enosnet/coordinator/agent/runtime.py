@@ -32,8 +32,7 @@ RUN_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,48}$")
 WAKE_EARLY_NS = 2_000_000
 SPIN_NS = 200_000
 GATE_SHELL = "/bin/sh"
-GATE_SCRIPT = 'read -r _ <&3 || exit 125; exec 3<&-; exec "$@"'
-GATE_EXIT = 125
+GATE_SCRIPT = 'read -r _ <&3 || exit 125; exec 3<&-; exec "$@"'  # no line (gate closed): exit, run nothing
 EVENT_FIRST_S, EVENT_MAX_S, EVENT_GIVE_UP_S = 0.25, 4.0, 600.0
 READY_POLL_S, READY_GIVE_UP_S = 0.002, 120.0
 READY_EXPIRE_S = 600.0  # a PREPAREd run never ARMed (its coordinator died) is cancelled after this
@@ -130,7 +129,7 @@ class Run:
         self.proc: Child | None = None
         self.files: list[IO[bytes]] = []
         self.target_mono: int = 0
-        self.gate: int | None = None  # write end of a scheduled start's gate (see Child.gated)
+        self.gate: int | None = None  # write end of the run's gate until it starts (see Child.gated)
         self.gate_exe: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,13 +160,14 @@ class Child:
     @classmethod
     def gated(cls, argv: list[str], env: dict[str, str], cwd: str, stdout: int, stderr: int, *,
               home: str) -> tuple[Child, int]:
-        """The process of a scheduled start, made ahead of time, waiting at a gate; returns it and the gate.
+        """A run's process, made ahead of its start and waiting at a gate; returns it and the gate.
 
         It is ``sh`` reading one line from a pipe: writing a line opens the
         gate and the shell execs ``argv`` (same pid, same process group, files
         already in place), so at the scheduled instant the agent only writes
         one byte. Closing the gate without a line (the agent cancelled, or
-        died) makes it exit 125 without running anything.
+        died) makes it exit 125 without running anything. ``argv`` reaches the
+        shell as positional parameters: no value is ever parsed by it.
         """
         read_end, gate = os.pipe()
         os.chdir(cwd)
