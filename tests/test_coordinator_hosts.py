@@ -117,22 +117,25 @@ def _impair(deployment: Deployment, *, on: bool) -> None:
 
 
 def _runs_on(deployment: Deployment, host: Host) -> list[dict[str, object]]:
-    out = ssh(host, f"cat {REMOTE_DIR}/work/state.json")
-    assert out.ok, out.stderr
+    out = ssh(host, f"cat {REMOTE_DIR}/work/state.json 2>/dev/null || echo '{{\"runs\": []}}'")
+    assert out.ok, out.stderr  # an agent that has run nothing yet has written no state
     return list(json.loads(out.stdout)["runs"])
 
 
 def test_runs_complete_under_loss_duplication_and_reordering(deployment: Deployment) -> None:
     timeouts = Timeouts(request=30.0, rto_first=0.1, rto_max=0.4, report_slack=20.0, start_in=2.0)
     before = {h.name: len(_runs_on(deployment, h)) for h in deployment.roles.all()}
-    _impair(deployment, on=True)
-    try:
-        with deployment.coordinator(timeouts=timeouts) as coord:
+    with deployment.coordinator(timeouts=timeouts) as coord:
+        _impair(deployment, on=True)
+        try:
             coord.ready()
             results = [deployment.pair(coord, start_in=2.0) for _ in range(2)]
-            statuses = coord.status(force=True)
-    finally:
-        _impair(deployment, on=False)
+        finally:
+            _impair(deployment, on=False)
+        # asked once the loss is gone (under 30 % loss an agent may miss status's 3 s deadline); the
+        # counters on both sides are cumulative, so they still tell what the chaos did
+        statuses = coord.status(force=True)
+    assert all(s.state != "unreachable" for s in statuses), statuses
     for result in results:
         assert all(r.ok for r in result.clients), result  # type: ignore[attr-defined]
         assert [r.state for r in result.servers] == ["stopped", "stopped"]  # type: ignore[attr-defined]
