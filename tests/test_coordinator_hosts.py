@@ -180,7 +180,7 @@ def test_coordinator_killed_mid_run_and_a_new_one_reattaches(deployment: Deploym
             coord.wait_ready("server")
             print("started", flush=True)
             coord.run("client", "iperf3-client", lambda w: {{"host": hosts[w.index], "duration": 2}},
-                      run_id="reattach-clients", start_in=1.0)
+                      run_id="reattach-clients", start_in=2.5)
     """))
     watcher = _watch(deployment.host("client-1"), 'reattach-clients.*"state": "running"', "true")
     driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
