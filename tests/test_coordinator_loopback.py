@@ -29,7 +29,7 @@ from enosnet.coordinator import (
 )
 from enosnet.coordinator.agent.wire import MessageType, encode, env_hash
 from enosnet.coordinator.install import LocalAgents
-from enosnet.errors import CoordinatorError, WorkerLost
+from enosnet.errors import CoordinatorError, SyncTimeout, WorkerLost
 
 SECRET = "loopback-secret-0123456789abcdef"
 # The lead of scheduled starts: arming costs one datagram per agent, but on a loaded CI machine the agents may
@@ -406,3 +406,37 @@ def test_stop_all_stops_what_a_dead_coordinator_left(cluster: Callable[..., Clus
             time.sleep(0.05)
         assert not _group_alive(pid)
         assert second.stop_all(["client"]) == []
+
+
+def test_an_estimated_lead_too_short_for_a_stalled_agent_is_retried_once(
+        cluster: Callable[..., Cluster], caplog: pytest.LogCaptureFixture) -> None:
+    c = cluster({"client": 2})
+    assert c.agents is not None
+    stalled = c.agents.procs[0].pid
+
+    async def scenario() -> list[Any]:
+        async with Coordinator(c.workers, env_id=ENV_ID, secret=SECRET, timeouts=Timeouts(start_in=0.3)) as driver:
+            prepare, calls = driver._prepare, []
+
+            async def prepare_then_stall(*args: Any, **kwargs: Any) -> Any:
+                replies = await prepare(*args, **kwargs)
+                calls.append(args[1])
+                if len(calls) == 1:  # a busy machine: one agent gets no CPU for longer than the lead
+                    os.kill(stalled, signal.SIGSTOP)
+                    asyncio.get_running_loop().call_later(0.5, os.kill, stalled, signal.SIGCONT)
+                return replies
+
+            driver._prepare = prepare_then_stall  # type: ignore[method-assign]
+            records = await driver.run("client", "true", {})
+            assert len(calls) == 2 and records[0].run == calls[1] != calls[0]
+            # with a run id of its own the caller keeps control: the same stall is reported, not retried
+            calls.clear()
+            with pytest.raises(SyncTimeout, match="not armed before the scheduled start"):
+                await driver.run("client", "true", {}, run_id="mine")
+            assert calls == ["mine"]
+            await asyncio.sleep(0.6)  # the stalled agent is back
+            return records
+
+    records = asyncio.run(scenario())
+    assert [r.ok for r in records] == [True, True]
+    assert "trying again with" in caplog.text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import time
@@ -34,6 +35,7 @@ from enosnet.model import Roles
 DEFAULT_PORT = 7700
 FINISHED = ("exited", "stopped", "failed")
 AGENT_RESTARTED = "agent restarted"
+log = logging.getLogger("enosnet.coordinator")
 Params = Mapping[str, Any] | Callable[["Worker"], Mapping[str, Any]]
 
 
@@ -477,17 +479,32 @@ class Coordinator:
         Between the start and the last completion report the coordinator sends
         nothing. Raises ``WorkerLost`` if agents die or stop answering (the rest
         of the run is stopped first), ``SyncTimeout`` if not all could be armed
-        before the start.
+        before the start. When neither ``start_in`` nor ``run_id`` is given,
+        the lead is an estimate: if it proves too short (a busy machine), the
+        run is cancelled everywhere and tried once more, under a new run id,
+        with twice the lead.
         """
         workers = self._role(role)
         links = self._links(workers)
         await self._ensure_clocks(links)
-        run_id = run_id or new_run_id(role)
-        began = time.monotonic()
-        replies = await self._prepare(workers, run_id, action, params, deadline_s)
-        deadline = max(float(m.payload.get("deadline_s") or 0) for m in replies.values())
-        start_at = time.time_ns() + int(self._lead(time.monotonic() - began, len(links), start_in) * 1e9)
-        await self._arm_at(links, run_id, start_at)
+        retry = start_in is None and run_id is None
+        scale = 1.0
+        while True:
+            this_run = run_id or new_run_id(role)
+            began = time.monotonic()
+            replies = await self._prepare(workers, this_run, action, params, deadline_s)
+            deadline = max(float(m.payload.get("deadline_s") or 0) for m in replies.values())
+            lead = self._lead(time.monotonic() - began, len(links), start_in) * scale
+            start_at = time.time_ns() + int(lead * 1e9)
+            try:
+                await self._arm_at(links, this_run, start_at)
+                break
+            except SyncTimeout as exc:
+                if not retry or scale > 1.0:
+                    raise
+                log.warning("run %s: %s after a %.2f s lead; trying again with %.2f s", this_run, exc, lead, 2 * lead)
+                scale = 2.0
+        run_id = this_run
         self._quiet = True
         try:
             wait_s = (start_at - time.time_ns()) / 1e9 + deadline + self.timeouts.report_slack
