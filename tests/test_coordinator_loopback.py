@@ -309,15 +309,19 @@ def _group_alive(pgid: int) -> bool:
     return bool(_group_members(pgid))
 
 
+def _run_state(state_file: Path, run_id: str) -> dict[str, Any]:
+    """What the agent owning ``state_file`` records of ``run_id`` (empty: nothing yet)."""
+    try:
+        return next((r for r in json.loads(state_file.read_text())["runs"] if r["run"] == run_id), {})
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
 def _wait_running(state_file: Path, run_id: str, timeout: float = 20) -> bool:
     """Whether the agent owning ``state_file`` records ``run_id`` as running within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            runs = json.loads(state_file.read_text())["runs"]
-        except (OSError, ValueError, KeyError):
-            runs = []
-        if any(r["run"] == run_id and r["state"] == "running" for r in runs):
+        if _run_state(state_file, run_id).get("state") == "running":
             return True
         time.sleep(0.02)
     return False
@@ -336,13 +340,6 @@ def _kill_when_running(pid: int, state_file: Path, run_id: str) -> Any:
     thread = threading.Thread(target=kill)
     thread.start()
     return thread
-
-
-def _run_state(state_file: Path, run_id: str) -> dict[str, Any]:
-    try:
-        return next((r for r in json.loads(state_file.read_text())["runs"] if r["run"] == run_id), {})
-    except (OSError, ValueError):
-        return {}
 
 
 def test_a_scheduled_run_waits_at_its_gate_and_never_starts_without_its_agent(cluster: Callable[..., Cluster]) -> None:

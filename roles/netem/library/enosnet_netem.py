@@ -259,6 +259,11 @@ def still_in_place(spec):
 
 def show(spec):
     devices = sorted(set(spec) | {ifb_name(d) for d, v in spec.items() if v["ingress"]})
+    return tc_text(devices)
+
+
+def tc_text(devices):
+    """device -> what ``tc qdisc show`` and ``tc class show`` say about it."""
     return {d: (run(["tc", "qdisc", "show", "dev", d]) + run(["tc", "class", "show", "dev", d])).strip()
             for d in devices}
 
@@ -294,8 +299,7 @@ def impaird_report(shown):
     """device -> tc text of the qdiscs impaird added, and 'impaird' -> its constraints, daemon and counters."""
     undo = [argv for step in shown.get("undo", []) for argv in step]
     devices = sorted({argv[argv.index("dev") + 1] for argv in undo if argv[:1] == ["tc"] and "dev" in argv[:-1]})
-    out = {d: (run(["tc", "qdisc", "show", "dev", d]) + run(["tc", "class", "show", "dev", d])).strip()
-           for d in devices}
+    out = tc_text(devices)
     if not shown.get("applied"):
         return out
     lines = []
