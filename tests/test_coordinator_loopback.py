@@ -46,10 +46,14 @@ TEST_ACTIONS: dict[str, Any] = {
 }
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_udp_port(taken: set[int] | None = None) -> int:
+    """A free UDP port on loopback, not in ``taken`` (the kernel may hand out a just-released port again)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in (taken or set()):
+            return port
 
 
 def free_tcp_port() -> int:
@@ -81,10 +85,11 @@ def cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     made: list[Cluster] = []
 
     def make(roles: dict[str, int], *, per_process: int = 1, actions: dict[str, Any] | None = None) -> Cluster:
-        workers, configs = [], []
+        workers: list[Worker] = []
+        configs: list[dict[str, Any]] = []
         for role, count in roles.items():
             for index in range(count):
-                name, port = f"{role}-{index}", free_udp_port()
+                name, port = f"{role}-{index}", free_udp_port({w.port for w in workers})
                 workers.append(Worker(name, role, "127.0.0.1", port, index))
                 configs.append(agent_config(name, role=role, secret=SECRET, env_id=ENV_ID,
                                             actions=actions or TEST_ACTIONS, port=port,

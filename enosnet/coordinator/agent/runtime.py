@@ -232,7 +232,7 @@ class Agent:
     def open(self) -> None:
         """Bind the socket and recover what a previous instance left in the workdir."""
         os.makedirs(os.path.join(self.cfg.workdir, "runs"), exist_ok=True)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # no SO_REUSEADDR: with it a second agent could bind the same UDP port and take half the datagrams
         self.sock.bind((self.cfg.bind, self.cfg.port))
         self.sock.setblocking(False)
         self._recover()
