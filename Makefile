@@ -6,9 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEBS := openssh-server openssh-client iproute2 iputils-ping util-linux iperf3 pssh tcpdump ethtool nftables \
-        procps psmisc sqlite3 chromium iptables
+        procps psmisc sqlite3 chromium iptables cmake pkg-config libssl-dev
+# s2n-netbench, built from crates.io once per machine into ~/.cache/enosnet (or $$ENOSNET_CACHE) and reused
+NETBENCH_CRATES := s2n-netbench-collector s2n-netbench-scenarios s2n-netbench-cli \
+        s2n-netbench-driver-tcp s2n-netbench-driver-s2n-tls s2n-netbench-driver-s2n-quic
 
-.PHONY: deps venv demo test lint lint-ansible typecheck check clean
+.PHONY: deps venv netbench demo test lint lint-ansible typecheck check clean
 
 deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -26,6 +29,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+netbench: deps venv
+	@echo "s2n-netbench: built once per machine (the first time takes minutes), then reused from the cache"
+	$(BIN)/python -m enosnet.netbench_build $(NETBENCH_CRATES) >/dev/null
+
 demo: deps venv
 	$(BIN)/python examples/demo.py
 
@@ -38,7 +45,7 @@ lint-ansible: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test: deps venv lint lint-ansible typecheck
+test: deps venv netbench lint lint-ansible typecheck
 	$(BIN)/pytest
 
 clean:

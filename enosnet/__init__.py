@@ -19,6 +19,7 @@ from enosnet.errors import (
     EnosnetError,
     EnvironmentNotFound,
     HostsFailed,
+    InstallError,
     PrivilegeError,
     ProviderError,
     RemoteError,
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from enosnet.bench import BenchOptions, BenchResult, Experiment, load_experiment, run_experiment
     from enosnet.config import EnvConfig, load_config, parse_config
     from enosnet.coordinator import Coordinator, SyncCoordinator, WorkerRecord
-    from enosnet.deploy import InstallOptions, InstallReport, install
+    from enosnet.deploy import InstallOptions, InstallReport, build_netbench, install
     from enosnet.netem import Constraint, Netem, RttCheck
     from enosnet.providers import HostStatus, Provider, make_provider
     from enosnet.remote import (
@@ -61,7 +62,7 @@ _LAZY = {
     "enosnet.providers": ("HostStatus", "Provider", "make_provider"),
     "enosnet.bench": ("BenchOptions", "BenchResult", "Experiment", "load_experiment", "run_experiment"),
     "enosnet.coordinator": ("Coordinator", "SyncCoordinator", "WorkerRecord"),
-    "enosnet.deploy": ("InstallOptions", "InstallReport", "install"),
+    "enosnet.deploy": ("InstallOptions", "InstallReport", "build_netbench", "install"),
     "enosnet.netem": ("Constraint", "Netem", "RttCheck"),
     "enosnet.remote": ("AnsibleOptions", "AnsibleResults", "HostEvent", "HostResult", "Results", "SshOptions",
                        "Status", "actions", "close_connections", "lrun", "pull", "push", "run_command",
@@ -106,6 +107,7 @@ __all__ = [
     "HostResult",
     "HostStatus",
     "HostsFailed",
+    "InstallError",
     "InstallOptions",
     "InstallReport",
     "Netem",
@@ -127,6 +129,7 @@ __all__ = [
     "WorkerLost",
     "WorkerRecord",
     "actions",
+    "build_netbench",
     "close_connections",
     "install",
     "load_config",

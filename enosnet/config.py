@@ -201,6 +201,38 @@ class Ec2ProviderConfig(Strict):
         return self
 
 
+# ── what deploy installs ────────────────────────────────────────────────────
+
+DriverName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$")]
+
+
+class NetbenchInstall(Strict):
+    """s2n-netbench on every host, built once on this machine and pushed.
+
+    ``{drivers: [tcp, s2n-tls, s2n-quic]}`` builds the crates at the pinned
+    versions (``versions`` overrides them: ``{s2n-netbench-driver-s2n-quic:
+    0.1.0}``); ``path`` builds a local checkout instead (a driver crate, or a
+    workspace and its ``packages``), e.g. a protocol developer's own change.
+    """
+
+    drivers: list[DriverName] = Field(default_factory=lambda: ["tcp", "s2n-tls", "s2n-quic"], min_length=1)
+    versions: dict[str, str] = Field(default_factory=dict)
+    path: str | None = None
+    packages: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _packages_need_path(self) -> NetbenchInstall:
+        if self.packages and self.path is None:
+            raise ValueError("`packages` are folders of the checkout given as `path`: give `path` too")
+        return self
+
+
+class InstallSettings(Strict):
+    """What ``enosnet deploy`` installs besides iperf3 and the agent."""
+
+    netbench: NetbenchInstall | None = None
+
+
 _COUNT_ROLES: TypeAdapter[dict[str, CountRole]] = TypeAdapter(dict[RoleName, CountRole])
 _EC2_ROLES: TypeAdapter[dict[str, Ec2RoleSpec]] = TypeAdapter(dict[RoleName, Ec2RoleSpec])
 
@@ -217,7 +249,7 @@ class EnvConfig(Strict):
     provider: LocalProviderConfig | StaticProviderConfig | Ec2ProviderConfig = Field(discriminator="kind")
     roles: dict[RoleName, CountRole | Ec2RoleSpec] = Field(default_factory=dict)
     agent: AgentSettings = Field(default_factory=AgentSettings)
-    install: dict[str, Any] = Field(default_factory=dict)
+    install: InstallSettings = Field(default_factory=InstallSettings)
 
     @field_validator("roles", mode="wrap")
     @classmethod

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from enosnet.config import NetbenchInstall
 from enosnet.coordinator import build_agent_zipapp, default_actions
 from enosnet.coordinator.catalogue import DEFAULT_PORT
 from enosnet.environment import Environment
-from enosnet.errors import ConfigError
+from enosnet.errors import ConfigError, InstallError
 from enosnet.model import FrozenVars, Roles
+from enosnet.netbench_build import HOST_TOOLS, BuildError, Built, build, crates_for
 from enosnet.remote import AnsibleResults, HostEvent, Status, run_playbook
 
 PLAYBOOK = Path(__file__).resolve().parent.parent / "playbooks" / "deploy.yml"
@@ -85,6 +87,25 @@ class InstallReport:
     def changed(self) -> int:
         """Changed tasks over all hosts (0 on a second install)."""
         return sum(r.changed for r in self.results.values())
+
+
+def build_netbench(spec: NetbenchInstall, *, base: Path | None = None,
+                   on_output: Callable[[str], None] | None = None) -> tuple[Built, InstallOptions]:
+    """Build (or reuse from this machine's cache) the s2n-netbench ``spec`` asks for.
+
+    Returns the build and the install options that push it (with the drivers
+    it names) to every host. A relative ``path`` is taken from ``base`` (the
+    config file's folder). ``on_output`` gets cargo's lines while something
+    builds; nothing is built when everything is cached.
+    """
+    crates = crates_for([] if spec.path else spec.drivers, versions=spec.versions)
+    path = None if spec.path is None else (base or Path.cwd()) / spec.path
+    try:
+        built = build(crates, path=path, packages=spec.packages, on_output=on_output)
+    except BuildError as exc:
+        raise InstallError(f"s2n-netbench: {exc}") from None
+    drivers = {"netbench_drivers": list(spec.drivers), "netbench_tools": list(HOST_TOOLS)}
+    return built, InstallOptions(netbench_dir=built.bin_dir, netbench_vars=FrozenVars(drivers))
 
 
 def install_vars(env: Environment, options: InstallOptions) -> dict[str, Any]:

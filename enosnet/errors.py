@@ -10,6 +10,7 @@
     │   └── PrivilegeError                the provider needs root and does not have it
     ├── RemoteError                       talking to hosts failed
     │   └── HostsFailed                   some hosts failed; carries the per-host results
+    ├── InstallError                      building what deploy installs failed (on the controller)
     ├── CoordinatorError                  the UDP coordinator could not drive its agents
     │   ├── WorkerLost                    agents stopped answering
     │   └── SyncTimeout                   agents did not reach a state before a deadline
@@ -72,6 +73,10 @@ class ProviderError(EnosnetError):
 
 class PrivilegeError(ProviderError):
     """The provider needs privileges (root) that this process does not have."""
+
+
+class InstallError(EnosnetError):
+    """Building what ``deploy`` installs failed on the controller (e.g. a cargo build of s2n-netbench)."""
 
 
 class RemoteError(EnosnetError):

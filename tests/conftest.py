@@ -51,6 +51,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = 1
 
 
+@pytest.fixture(scope="session")
+def netbench_bin() -> Path:
+    """The folder of the real s2n-netbench binaries, built from crates.io once per machine (cached)."""
+    from enosnet.netbench_build import build, crates_for
+
+    crates = crates_for(["tcp", "s2n-tls", "s2n-quic"], tools=("s2n-netbench-scenarios", "s2n-netbench-cli"))
+    return build(crates).bin_dir
+
+
 @dataclass
 class LocalDeployment:
     """Hosts acquired by the ``local_hosts`` fixture."""

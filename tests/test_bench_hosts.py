@@ -1,4 +1,4 @@
-"""`enosnet bench` on real local namespace hosts with real agents, real iperf3 and the netbench stand-ins."""
+"""`enosnet bench` on real local namespace hosts with real agents and real iperf3 (netbench: test_netbench_hosts)."""
 
 from __future__ import annotations
 
@@ -21,22 +21,19 @@ from enosnet.bench.hostio import Shell
 from enosnet.bench.plan import make_plan
 from enosnet.bench.runner import BenchOptions, agent_access, run_experiment
 from enosnet.bench.spec import ChecksSection, load_experiment, parse_experiment
-from enosnet.coordinator import iperf3_actions, netbench_actions
+from enosnet.coordinator import iperf3_actions
 from enosnet.coordinator.install import start_agents_over_ssh
-from enosnet.errors import CheckFailed, ConfigError
+from enosnet.errors import CheckFailed
 from enosnet.results.store import ResultsStore
 
 pytestmark = pytest.mark.hosts
-NETBENCH = Path(__file__).parent / "fixtures" / "netbench"
-SCENARIOS = "/var/lib/enosnet/scenarios"
 
 
 def deploy(local_hosts: Callable[..., Any], counts: dict[str, int], name: str) -> Any:
-    """Local hosts with agents that can run iperf3 and the netbench stand-ins."""
+    """Local hosts with agents that can run iperf3."""
     deployment = local_hosts(counts, name=name)
     access = agent_access(deployment.env)
-    actions = {**iperf3_actions(), **netbench_actions(bin_dir=str(NETBENCH), scenario_dir=SCENARIOS)}
-    start_agents_over_ssh(deployment.roles, env_id=access.env_id, secret=access.secret, actions=actions,
+    start_agents_over_ssh(deployment.roles, env_id=access.env_id, secret=access.secret, actions=iperf3_actions(),
                           port=access.port)
     return deployment
 
@@ -210,63 +207,6 @@ def test_the_netem_check_fails_when_the_delay_is_not_in_place(local_hosts: Calla
     netem = [c for c in checks.results if c.name == "netem"]
     assert [c.ok for c in netem] == [False, False]
     assert "delay 20ms: client-0 → server-0 RTT" in netem[0].detail and "expected 40." in netem[0].detail
-
-
-NETBENCH_EXP = f"""
-name: nb
-driver: netbench
-duration: 1s
-netbench: {{scenario: {NETBENCH / "incast.json"}, drivers: [tcp], port: 4433}}
-"""
-
-
-def test_netbench_runs_every_endpoint_with_its_ids_and_addresses(local_hosts: Callable[..., Any],
-                                                                 tmp_path: Path) -> None:
-    deployment = deploy(local_hosts, {"server": 1, "client": 2}, "nb")
-    result = run_experiment(deployment.env, load_experiment(experiment(tmp_path, NETBENCH_EXP)))
-    assert (result.done, result.failed) == (1, 0)
-    [run_dir] = [p for p in result.runs_dir.iterdir() if p.is_dir()]
-    server = deployment.roles["server"][0]
-    for index, client in enumerate(deployment.roles["client"]):
-        said = json.loads((run_dir / client.name / "netbench-client" / "stderr").read_text().splitlines()[0])
-        assert said == {"role": "client", "client_id": index, "servers": [f"{server.address}:4433"],
-                        "scenario": "incast-standin"}
-    said = json.loads((run_dir / server.name / "netbench-server" / "stderr").read_text().splitlines()[0])
-    assert said == {"role": "server", "server_id": 0, "port": 4433, "scenario": "incast-standin"}
-    tree = run_dir / "netbench" / "incast-standin" / "tcp"
-    assert sorted(p.name for p in tree.iterdir()) == ["client-0-client.json", "client-1-client.json",
-                                                      "server-0-server.json"]
-    with ResultsStore.open(deployment.env.db_file, create=False) as store:
-        [run] = store.runs()
-        received = {m.host: m.value for m in store.metrics(name="bytes_received")}
-    assert run.params == {"driver": "tcp"}
-    assert received["client-0"] == received["client-1"] == 5 * 4_000_000  # count × response_size each
-    assert received["server-0"] == 2 * 5 * (8 + 1000)  # both clients' requests with their headers
-
-
-def test_a_scenario_that_does_not_fit_the_hosts_fails_before_running(local_hosts: Callable[..., Any],
-                                                                     tmp_path: Path) -> None:
-    deployment = local_hosts({"server": 1, "client": 1}, name="nbmis")
-    spec = load_experiment(experiment(tmp_path, NETBENCH_EXP))
-    with pytest.raises(ConfigError, match="has 1 servers and 2 clients, but the environment has 1 hosts in role "
-                                          "'server' and 1 in 'client'"):
-        run_experiment(deployment.env, spec)
-    assert not deployment.env.db_file.exists()
-
-
-def test_a_generated_scenario_is_copied_to_every_host_and_run(local_hosts: Callable[..., Any],
-                                                              tmp_path: Path) -> None:
-    deployment = deploy(local_hosts, {"server": 1, "client": 1}, "nbgen")
-    text = (f"name: nbgen\ndriver: netbench\nduration: 1s\nnetbench:\n  generate:\n"
-            f"    program: {NETBENCH / 's2n-netbench-scenarios'}\n"
-            "    options: {servers: 1, clients: 1, response_size: 300000, count: 2}\n")
-    result = run_experiment(deployment.env, load_experiment(experiment(tmp_path, text)))
-    assert (result.done, result.failed) == (1, 0)
-    with ResultsStore.open(deployment.env.db_file, create=False) as store:
-        received = {m.host: m.value for m in store.metrics(name="bytes_received")}
-    assert received["client-0"] == 2 * 300_000
-    [run_dir] = [p for p in result.runs_dir.iterdir() if p.is_dir()]
-    assert (run_dir / "netbench" / "request_response" / "tcp" / "server-0-server.json").exists()
 
 
 def test_a_delay_is_in_place_during_its_run_and_gone_after(local_hosts: Callable[..., Any], tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from enosnet.bench.checks import listening_ports, parse_ping
 from enosnet.bench.drivers.iperf3 import parse_client_json
-from enosnet.bench.drivers.netbench import parse_collector
+from enosnet.bench.drivers.netbench_output import parse_trace, scenario_bytes, trace_samples
 from enosnet.bench.instrument import parse_agent_samples
 from enosnet.bench.metadata import PROBE, RUN_PROBE, parse_metadata, parse_run_probe
 
@@ -49,17 +49,39 @@ def test_an_iperf3_error_is_a_problem_even_with_exit_status_zero() -> None:
     assert parsed.metrics == []
 
 
-def test_collector_lines_become_throughput_cpu_and_memory() -> None:
-    lines = [json.dumps({"pid": 7, "driver": "d", "scenario": "s", "start_time": {}, "traces": []}),
-             json.dumps({"t": 1000, "cpu": 40.0, "memory": 1000, "receive": {"0:0": {"count": 2, "total": 250_000},
-                                                                           "1:0": {"count": 1, "total": 250_000}}}),
-             json.dumps({"t": 2000, "cpu": 60.0, "memory": 3000, "send": {"0:0": {"count": 1, "total": 125_000}}})]
-    parsed = parse_collector(lines, host="s0")
-    values = {m.name: m.value for m in parsed.metrics}
-    assert values == {"throughput": 2e6, "throughput_sent": 5e5, "bytes_received": 5e5, "cpu": 50.0,
-                      "memory_max": 3000.0}
-    assert [(s.t, s.value) for s in parsed.samples if s.series == "throughput"] == [(1.0, 4e6), (2.0, 0.0)]
-    assert parse_collector(["not json"], host="s0").problems[-1] == "s0: collector output has no header line"
+def test_a_real_driver_trace_gives_per_second_rates_but_not_the_last_partial_second() -> None:
+    # the real s2n-quic client receiving 3 GB in about 2.5 s: two lines, the last ~0.5 s never printed
+    trace = parse_trace((FIXTURES / "netbench" / "client-s2n-quic.stderr").read_text().splitlines())
+    assert trace.error is None
+    assert [(p.t, p.rx, p.tx) for p in trace.points] == [(1.000127, 922.42e6, 999.0), (2.001222, 1.38e9, 0.0)]
+    received, _sent = trace.totals()
+    assert 2.2e9 < received < 3e9  # short of the 3 GB the client received: the tail is not in the trace
+    samples = trace_samples(trace, host="c0", offset=0.5)
+    assert [(s.series, s.t, s.value) for s in samples][:2] == [("throughput", 1.5, 922.42e6 * 8),
+                                                               ("throughput_sent", 1.5, 999.0 * 8)]
+
+
+def test_a_real_driver_error_line_is_found() -> None:
+    trace = parse_trace((FIXTURES / "netbench" / "client-tcp-refused.stderr").read_text().splitlines())
+    assert trace.error == 'Error: Os { code: 111, kind: ConnectionRefused, message: "Connection refused" }'
+    assert trace.points == []
+    panic = parse_trace(["thread 'main' panicked at src/lib.rs:1:1:", "boom"])
+    assert panic.error == "thread 'main' panicked at src/lib.rs:1:1:"
+
+
+def test_scenario_bytes_follow_loops_scopes_and_profiles() -> None:
+    receive = {"receive": {"stream_id": 0, "bytes": 100}}
+    ops = [{"iterate": {"value": {"count": {"amount": 3}}, "operations": [receive]}},
+           {"scope": {"threads": [[receive], [{"profile": {"trace_id": 0, "operations": [receive]}}]]}},
+           {"send": {"stream_id": 0, "bytes": 7}}]
+    scenario = {"clients": [{"scenario": [{"connect": {"client_connection_id": 0}},
+                                          {"connect": {"client_connection_id": 1}}],
+                             "connections": [{"ops": ops}, {"ops": [receive]}]}]}
+    assert scenario_bytes(scenario, 0) == (3 * 100 + 2 * 100 + 100, 7)
+    timed = [{"iterate": {"value": {"time": {"amount_ms": 1000}}, "operations": [receive]}}]
+    assert scenario_bytes({"clients": [{"scenario": [{"connect": {"client_connection_id": 0}}],
+                                        "connections": [{"ops": timed}]}]}, 0) == (None, 0)
+    assert scenario_bytes(scenario, 1) == (None, None)
 
 
 def test_agent_samples_give_cpu_and_the_busiest_interface() -> None:

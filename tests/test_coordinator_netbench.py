@@ -1,101 +1,69 @@
-"""The netbench action pair on loopback agents, with stand-ins that honour NETBENCH.md's contract.
+"""The netbench action pair on loopback agents, with the real s2n-netbench drivers (built from crates.io).
 
-The collector runs the driver as a child (same process group) and prints JSON lines;
-the server driver never exits by itself; the client driver reports what it was given.
+A scenario with two servers: each server runs with its own SERVER_ID and PORT,
+the client reaches both through SERVER_0/SERVER_1, and stopping the servers
+leaves no driver behind.
 """
 
 from __future__ import annotations
 
 import json
 import socket
-import sys
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from enosnet.bench.drivers.netbench_output import parse_trace, scenario_bytes
 from enosnet.coordinator import SyncCoordinator, Worker, agent_config, netbench_actions
 from enosnet.coordinator.agent.runtime import _group_members
 from enosnet.coordinator.install import LocalAgents
 
-COLLECTOR = f"""#!{sys.executable}
-import json, os, subprocess, sys, time
-driver, scenario = sys.argv[1], sys.argv[sys.argv.index("--scenario") + 1]
-child = subprocess.Popen([driver, scenario])
-print(json.dumps({{"pid": child.pid, "driver": os.path.basename(driver), "scenario": scenario,
-                  "start_time": {{"secs_since_epoch": int(time.time()), "nanos_since_epoch": 0}}, "traces": []}}),
-      flush=True)
-sys.exit(child.wait())
-"""
-SERVER = f"""#!{sys.executable}
-import json, os, socket, time
-with open(os.path.join(os.environ["RECORD_DIR"], "server-" + os.environ["SERVER_ID"]), "w") as out:
-    json.dump({{"pid": os.getpid(), "pgid": os.getpgid(0), "port": os.environ["PORT"]}}, out)
-sock = socket.socket(); sock.bind(("127.0.0.1", int(os.environ["PORT"]))); sock.listen()
-while True:
-    time.sleep(1)
-"""
-CLIENT = f"""#!{sys.executable}
-import json, os, sys
-servers = {{k: v for k, v in os.environ.items() if k.startswith("SERVER_")}}
-print(json.dumps({{"client_id": os.environ["CLIENT_ID"], "servers": servers, "scenario": sys.argv[1]}}), flush=True)
-"""
-
 
 @pytest.fixture
-def netbench(tmp_path: Path) -> Iterator[tuple[list[Worker], str, Path]]:
-    bins, scenarios, records = tmp_path / "bin", tmp_path / "scenarios", tmp_path / "records"
-    for folder in (bins, scenarios, records):
-        folder.mkdir()
-    for name, text in (("s2n-netbench-collector", COLLECTOR), ("s2n-netbench-driver-server-tcp", SERVER),
-                       ("s2n-netbench-driver-client-tcp", CLIENT)):
-        (bins / name).write_text(text)
-        (bins / name).chmod(0o755)
-    (scenarios / "incast.json").write_text(json.dumps({"id": "x", "clients": [{}, {}], "servers": [{}, {}]}))
-    actions = netbench_actions(bin_dir=str(bins), scenario_dir=str(scenarios))
-    actions["netbench-server"]["env"]["RECORD_DIR"] = str(records)
+def netbench(tmp_path: Path, netbench_bin: Path) -> Iterator[tuple[list[Worker], str, dict]]:
+    scenarios = tmp_path / "scenarios"
+    subprocess.run([str(netbench_bin / "s2n-netbench-scenarios"), "--request_response.servers", "2",
+                    "--request_response.response_size", "3MB", str(scenarios)], check=True, capture_output=True)
+    actions = netbench_actions(bin_dir=str(netbench_bin), scenario_dir=str(scenarios))
     secret, workers, configs = "netbench-secret-0123456789", [], []
-    for role in ("server", "client"):
-        for index in range(2):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
+    for role, count in (("server", 2), ("client", 1)):
+        for index in range(count):
+            port = _free(socket.SOCK_DGRAM)
             name = f"{role}-{index}"
             workers.append(Worker(name, role, "127.0.0.1", port, index))
             configs.append(agent_config(name, role=role, secret=secret, env_id="nb", actions=actions, port=port,
                                         workdir=str(tmp_path / name), bind="127.0.0.1"))
     with LocalAgents(configs, folder=tmp_path):
-        yield workers, secret, records
+        yield workers, secret, json.loads((scenarios / "request_response.json").read_text())
 
 
-def test_every_endpoint_runs_with_its_ids_and_stopping_kills_the_driver_too(
-        netbench: tuple[list[Worker], str, Path]) -> None:
-    workers, secret, records = netbench
-    ports = {0: _free_tcp(), 1: _free_tcp()}
-    servers = [f"127.0.0.1:{ports[i]}" for i in range(2)]
+def test_every_endpoint_runs_with_its_ids_and_stopping_leaves_no_driver(
+        netbench: tuple[list[Worker], str, dict]) -> None:
+    workers, secret, scenario = netbench
+    ports = {0: _free(socket.SOCK_STREAM), 1: _free(socket.SOCK_STREAM)}
     with SyncCoordinator(workers, env_id="nb", secret=secret) as coord:
         result = coord.run_pair(
             servers="server", server_action="netbench-server",
-            server_params=lambda w: {"driver": "s2n-netbench-driver-server-tcp", "scenario": "incast.json",
-                                     "port": ports[w.index]},
+            server_params=lambda w: {"driver": "s2n-netbench-driver-server-tcp", "scenario": "request_response.json",
+                                     "port": ports[w.index], "transport": "tcp"},
             clients="client", client_action="netbench-client",
-            client_params={"driver": "s2n-netbench-driver-client-tcp", "scenario": "incast.json",
-                           "servers": servers}, start_in=2.5)  # a lead a loaded CI can meet
-    assert all(r.ok for r in result.clients), result.clients
-    for record in result.clients:
-        first, report = [json.loads(x) for x in Path(record.stdout or "").read_text().splitlines()]
-        assert first["driver"] == "s2n-netbench-driver-client-tcp"
-        assert report["client_id"] == str(record.worker.split("-")[1])
-        assert report["servers"] == {"SERVER_0": servers[0], "SERVER_1": servers[1]}
+            client_params={"driver": "s2n-netbench-driver-client-tcp", "scenario": "request_response.json",
+                           "servers": [f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}"]},
+            start_in=2.5)  # a lead a loaded CI can meet
+    [client] = result.clients
+    stderr = Path(client.stderr or "").read_text()
+    assert client.ok and parse_trace(stderr.splitlines()).error is None, stderr
+    assert scenario_bytes(scenario, 0) == (2 * 3_000_000, 2 * 1_000)  # one request to each server
     assert [r.state for r in result.servers] == ["stopped", "stopped"]
-    for index in range(2):  # both servers ran (not only servers[0]), each with its own SERVER_ID and PORT
-        seen = json.loads((records / f"server-{index}").read_text())
-        assert seen["port"] == str(ports[index])
-        assert seen["pgid"] != seen["pid"]  # the driver is the collector's child, in its group
-        assert not _group_members(seen["pgid"])  # killing the group took the driver too
+    for record in result.servers:  # each server ran its own part: SERVER_ID from its index
+        assert record.pid is not None and not _group_members(record.pid)
+    usage = json.loads((Path(client.run_dir or "") / "run.json").read_text())["usage"]
+    assert usage["max_rss_kib"] > 0 and usage["user_s"] + usage["system_s"] > 0
 
 
-def _free_tcp() -> int:
-    with socket.socket() as sock:
+def _free(kind: socket.SocketKind) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

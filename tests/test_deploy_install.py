@@ -17,9 +17,6 @@ from enosnet.environment import Environment
 from enosnet.errors import ConfigError, HostsFailed
 
 ENOSNET = str(Path(sys.executable).with_name("enosnet"))
-BINARIES = ["s2n-netbench-collector", "s2n-netbench-scenarios", "s2n-netbench-driver-server-tcp",
-            "s2n-netbench-driver-client-tcp", "s2n-netbench-driver-server-s2n-quic",
-            "s2n-netbench-driver-client-s2n-quic"]
 RECAP_ROW = re.compile(r"│ (\S+)\s*│ ok\s*│\s*(\d+)\s*│\s*(\d+)\s*│")
 
 
@@ -43,17 +40,14 @@ def test_install_vars_carry_the_agent_and_netbench_settings(tmp_path: Path) -> N
 @pytest.mark.hosts
 @pytest.mark.timeout(900)
 def test_second_deploy_changes_nothing_on_any_host(tmp_path: Path) -> None:
-    bins = tmp_path / "netbench"
-    bins.mkdir()
-    for name in BINARIES:
-        (bins / name).write_text(f"#!/bin/sh\necho {name}\n")
-        (bins / name).chmod(0o755)
-    (tmp_path / "c.yaml").write_text("name: inst\nprovider: {kind: local}\nroles: {server: 1, client: 2}\n")
+    (tmp_path / "c.yaml").write_text("name: inst\nprovider: {kind: local}\nroles: {server: 1, client: 2}\n"
+                                     "install: {netbench: {drivers: [tcp]}}\n")
     try:
-        first = enosnet("deploy", "-c", "c.yaml", "--netbench-dir", str(bins), cwd=tmp_path)
+        first = enosnet("deploy", "-c", "c.yaml", cwd=tmp_path)
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
         assert "install recap" in first.stdout and "3 succeeded, 0 failed, 3 total" in first.stdout
-        second = enosnet("deploy", "-c", "c.yaml", "--netbench-dir", str(bins), cwd=tmp_path)
+        assert "s2n-netbench: reused this machine's build of" in first.stdout  # built once per machine
+        second = enosnet("deploy", "-c", "c.yaml", cwd=tmp_path)
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
         rows = {host: int(changed) for host, _ok, changed in RECAP_ROW.findall(second.stdout)}
         assert rows == {"server-0": 0, "client-0": 0, "client-1": 0}, second.stdout[-3000:]

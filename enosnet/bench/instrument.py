@@ -53,6 +53,23 @@ def cpu_metric(samples: Iterable[Sample], host: str) -> list[Metric]:
     return [Metric(host, "cpu_host", sum(values) / len(values), "%")] if values else []
 
 
+def interface_bytes(path: Path) -> tuple[int, int] | None:
+    """Bytes received and sent by the busiest interface between a run's first and last sample.
+
+    The agent samples as a run starts and as it ends, so this is what crossed
+    the host's interface during the run: a figure independent of the tool.
+    """
+    try:
+        points = [p for p in (_load(line) for line in path.read_text().splitlines()) if p is not None]
+    except OSError:
+        return None
+    iface = _busiest(points) if len(points) >= 2 else None
+    if iface is None:
+        return None
+    rx, tx = _delta(points[0], points[-1], iface, RX_BYTES), _delta(points[0], points[-1], iface, TX_BYTES)
+    return None if rx is None or tx is None else (rx, tx)
+
+
 def read_agent_samples(path: Path, *, host: str, start_ns: int | None) -> list[Sample]:
     try:
         return parse_agent_samples(path.read_text().splitlines(), host=host, start_ns=start_ns)

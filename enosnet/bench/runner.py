@@ -130,7 +130,7 @@ class _Bench:
                  roles: Roles) -> None:
         self.env, self.spec, self.options, self.roles = env, spec, options, roles
         self.listener = on_event
-        self.driver: Driver = make_driver(spec.driver, roles)
+        self.driver: Driver = make_driver(spec.driver, roles, source=spec.source_path)
         self.plan: Plan = make_plan(spec, only=options.only)
         self.sections = {r.key: spec.driver_section(r.params) for r in self.plan.runs}
         self.netem = {r.key: _conditions(spec.netem_section(r.params)) for r in self.plan.runs}
@@ -365,7 +365,8 @@ class _Bench:
             scheduled_start=executed.scheduled_ns / 1e9 if executed and executed.scheduled_ns else None,
             started=min(starts) if starts else None, ended=max(ends) if ends else None,
             start_skew=max(starts) - min(starts) if starts else None, processes=processes,
-            metrics=_finite(measured.metrics), samples=_finite(measured.samples), metadata=metadata)
+            metrics=_finite(measured.metrics), samples=_finite(measured.samples),
+            metadata=[*metadata, *measured.metadata])
 
     def _emit(self, event: Event, folder: Path | None = None) -> None:
         line = json.dumps(event_json(event), default=str) + "\n"

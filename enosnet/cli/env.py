@@ -43,7 +43,9 @@ def deploy(
                                                       "binaries from this folder to every host.")] = None,
 ) -> None:
     """Acquire the hosts a config asks for (reusing what exists), write the inventory, install tools and agents."""
+    from enosnet.cli.install import build_for_deploy, run_install
     from enosnet.config import load_config
+    from enosnet.deploy import InstallOptions
     from enosnet.providers import make_provider
 
     cfg = load_config(config)
@@ -52,6 +54,11 @@ def deploy(
     if dry_run:
         _print_plan(provider)
         return
+    options = InstallOptions(agent_port=cfg.agent.port, netbench_dir=netbench_dir)
+    if cfg.install.netbench is not None and not no_install and netbench_dir is None:
+        # before any host is acquired: a first build takes minutes, and a failed one should cost nothing
+        built = build_for_deploy(cfg.install.netbench, base=config.parent)
+        options = dataclasses.replace(built, agent_port=cfg.agent.port)
     with console.status(f"acquiring hosts ({cfg.kind} provider)"):
         roles = _acquire(provider, keep_on_error=keep_on_error)
     environment.mark_current()
@@ -62,9 +69,7 @@ def deploy(
         console.print("install skipped: the provider does not wait for SSH (wait_ssh: false), "
                       "so the hosts may not be reachable")
     elif not no_install:
-        from enosnet.cli.install import run_install
-
-        run_install(environment, roles, agent_port=cfg.agent.port, netbench_dir=netbench_dir)
+        run_install(environment, roles, options)
 
 
 def _provider_for(environment: Environment) -> Provider:

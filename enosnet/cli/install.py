@@ -9,7 +9,8 @@ from rich.status import Status as Spinner
 from rich.table import Table
 
 from enosnet.cli.common import console
-from enosnet.deploy import InstallOptions, InstallReport, install
+from enosnet.config import NetbenchInstall
+from enosnet.deploy import InstallOptions, InstallReport, build_netbench, install
 from enosnet.environment import Environment
 from enosnet.errors import HostsFailed
 from enosnet.model import Roles
@@ -40,9 +41,23 @@ class Progress:
         self.spinner.update(f"installing: {escape(self.task)} ({self.done}/{self.hosts} hosts)")
 
 
-def run_install(environment: Environment, roles: Roles, *, agent_port: int, netbench_dir: Path | None) -> None:
+def build_for_deploy(spec: NetbenchInstall, *, base: Path) -> InstallOptions:
+    """Build s2n-netbench on this machine (once: later deploys reuse the cache), showing cargo's progress."""
+    with console.status("s2n-netbench: looking in this machine's build cache") as spinner:
+        def progress(line: str) -> None:
+            spinner.update("s2n-netbench: building on this machine, once (later deploys reuse it): "
+                           f"{escape(line.strip()[:80])}")
+        built, options = build_netbench(spec, base=base, on_output=progress)
+    if built.built:
+        console.print(f"s2n-netbench: built {', '.join(built.built)} in {built.seconds:.0f} s, cached in "
+                      f"{built.bin_dir.parent.parent}; later deploys reuse it")
+    else:
+        console.print(f"s2n-netbench: reused this machine's build of {', '.join(built.reused)}")
+    return options
+
+
+def run_install(environment: Environment, roles: Roles, options: InstallOptions) -> None:
     """Install on every host, printing progress and the recap; a failed host raises ``HostsFailed``."""
-    options = InstallOptions(agent_port=agent_port, netbench_dir=netbench_dir)
     with console.status("installing") as spinner:
         report = install(environment, roles, options=options, on_event=Progress(spinner, len(roles.all())),
                          strict=False)

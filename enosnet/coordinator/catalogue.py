@@ -68,41 +68,44 @@ def iperf3_actions(*, binary: str = "iperf3") -> dict[str, Any]:
     }
 
 
-def netbench_actions(*, bin_dir: str = "/usr/local/bin", scenario_dir: str = "/var/lib/enosnet/scenarios",
-                     collector: str = "s2n-netbench-collector", interval: str = "1s") -> dict[str, Any]:
-    """``netbench-server`` / ``netbench-client``: a driver run under s2n-netbench-collector.
+def netbench_actions(*, bin_dir: str = "/usr/local/bin",
+                     scenario_dir: str = "/var/lib/enosnet/scenarios") -> dict[str, Any]:
+    """``netbench-server`` / ``netbench-client``: an s2n-netbench driver, run by the agent itself.
 
-    The driver is chosen by file name inside ``bin_dir``; the scenario by file
-    name inside ``scenario_dir``. Servers get ``PORT``, ``SERVER_ID`` (the
-    host's index in its role), ``SCENARIO``; clients also get ``CLIENT_ID`` and
-    ``SERVER_<i>=host:port`` for every server of the scenario. A server given
-    ``transport`` (``tcp`` or ``udp``, what its driver listens on) is ready once
-    it listens on ``port``; without it, as soon as it runs.
+    The driver is chosen by file name inside ``bin_dir``, the scenario by file
+    name inside ``scenario_dir``; drivers take everything from the environment
+    (they get no arguments under netbench's own collector either). Servers get
+    ``PORT``, ``SERVER_ID`` (the host's index in its role), ``SCENARIO`` and
+    ``TRACE``; clients ``CLIENT_ID`` and ``SERVER_<i>=host:port`` for every
+    server of the scenario instead of ``PORT``/``SERVER_ID``. With the default
+    ``TRACE=throughput`` a driver writes its rates once a second to stderr.
+    Run by the agent, a driver's start is the scheduled start, and its exit
+    status and resource use are its own (s2n-netbench-collector hides both).
+    A server given ``transport`` (``tcp`` or ``udp``, what its driver listens
+    on) is ready once it listens on ``port``; without it, as soon as it runs.
     """
-    collector_path = collector if "/" in collector else f"{bin_dir.rstrip('/')}/{collector}"
     common = {
-        "port": {"type": "int", "min": 1, "max": 65535, "default": 4433},
         "scenario": {"type": "file", "dir": scenario_dir, "pattern": r"[A-Za-z0-9_.-]+\.json"},
-        "trace": {"type": "choice", "values": ["disabled", "throughput", "stdio"], "default": None},
+        "trace": {"type": "choice", "values": ["disabled", "throughput"], "default": "throughput"},
     }
 
     def driver(side: str) -> dict[str, Any]:
         return {"type": "file", "dir": bin_dir, "pattern": rf"s2n-netbench-driver-{side}-[a-z0-9-]+"}
 
-    argv = [collector_path, "{driver}", "--scenario", "{scenario}", "--interval", interval]
     return {
         "netbench-server": {
             "kind": "service",
-            "argv": argv,
+            "argv": ["{driver}"],
             "env": {"PORT": "{port}", "SERVER_ID": "{index}", "SCENARIO": "{scenario}", "TRACE": "{trace}"},
             "params": {"driver": driver("server"), **common,
+                       "port": {"type": "int", "min": 1, "max": 65535, "default": 4433},
                        "transport": {"type": "choice", "values": ["tcp", "udp"], "default": None}},
             "listen": "{transport}:{port}",
         },
         "netbench-client": {
             "kind": "job",
-            "argv": argv,
-            "env": {"PORT": "{port}", "CLIENT_ID": "{index}", "SCENARIO": "{scenario}", "TRACE": "{trace}"},
+            "argv": ["{driver}"],
+            "env": {"CLIENT_ID": "{index}", "SCENARIO": "{scenario}", "TRACE": "{trace}"},
             "env_each": {"SERVER_": "servers"},
             "params": {"driver": driver("client"), **common,
                        "servers": {"type": "hostports", "max_items": 256}},

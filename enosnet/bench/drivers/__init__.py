@@ -14,16 +14,16 @@ from enosnet.model import Roles
 DRIVERS = ("iperf3", "netbench")
 
 
-def make_driver(name: str, roles: Roles) -> Driver:
-    """The driver called ``name`` for these hosts."""
+def make_driver(name: str, roles: Roles, *, source: str | None = None) -> Driver:
+    """The driver called ``name`` for these hosts (``source``: the experiment file, for errors)."""
     if name == "iperf3":
         from enosnet.bench.drivers.iperf3 import Iperf3Driver
 
-        return Iperf3Driver(roles)
+        return Iperf3Driver(roles, source=source)
     if name == "netbench":
         from enosnet.bench.drivers.netbench import NetbenchDriver
 
-        return NetbenchDriver(roles)
+        return NetbenchDriver(roles, source=source)
     raise ConfigError(f"unknown driver {name!r} (drivers: {', '.join(DRIVERS)})")
 
 

@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 from enosnet.bench.hostio import Shell
 from enosnet.coordinator import Coordinator, WorkerRecord
 from enosnet.model import Host, Roles
-from enosnet.results.store import Metric, Sample
+from enosnet.results.store import HostMeta, Metric, Sample
+from enosnet.yamlfile import line_map, where
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Measured:
     samples: list[Sample] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     headline: tuple[str, float, str] | None = None
+    metadata: list[HostMeta] = field(default_factory=list)
 
 
 class Driver(abc.ABC):
@@ -59,8 +61,19 @@ class Driver(abc.ABC):
     name: ClassVar[str]
     actions: ClassVar[tuple[str, ...]]
 
-    def __init__(self, roles: Roles) -> None:
+    def __init__(self, roles: Roles, *, source: str | None = None) -> None:
         self.roles = roles
+        self.source = source
+
+    def where(self, *loc: str) -> str:
+        """``file:line field`` of a place in the experiment file (for errors found while running)."""
+        if self.source is None:
+            return ".".join(loc)
+        try:
+            text = Path(self.source).read_text()
+        except OSError:
+            return f"{self.source} {'.'.join(loc)}"
+        return where(self.source, line_map(text), loc)
 
     @abc.abstractmethod
     def validate(self, section: Mapping[str, Any]) -> None:

@@ -1,40 +1,50 @@
-"""s2n-netbench: every server and client of a scenario, each under s2n-netbench-collector.
+"""s2n-netbench: every server and client of a scenario, each driver run by the agent itself.
 
 Scenario ``servers[i]`` runs on server host ``i`` and ``clients[j]`` on client
 host ``j`` (the numbers must match, checked before anything runs); each gets
 ``SERVER_ID`` / ``CLIENT_ID`` from its index and clients get ``SERVER_<i>``
 for every server. The ``drivers`` listed are compared as a parameter named
-``driver``. The collectors' JSON lines become metrics and samples; the raw
-files are also kept in the layout ``s2n-netbench report-tree`` reads:
-``runs/<run>/netbench/<scenario>/<driver>/<host>-{server,client}.json``.
+``driver``.
 
->>> lines = ['{"pid": 1, "driver": "d", "scenario": "s", "start_time": {}, "traces": []}',
-...          '{"t": 1000, "cpu": 50.0, "memory": 4096, "receive": {"0:0": {"count": 1, "total": 125000}}}']
->>> m = parse_collector(lines, host="c0")
->>> [(x.name, x.value) for x in m.metrics if x.name in ("throughput", "cpu")]
-[('throughput', 1000000.0), ('cpu', 50.0)]
+Drivers are not run under s2n-netbench-collector: without bpftrace the
+collector turns the driver's own throughput trace off and reports no bytes,
+exits 0 whatever the driver did, and starts the driver after itself. Run by
+the agent, a driver starts at the scheduled instant, its exit status and
+rusage (CPU, peak memory) are its own, and its ``TRACE=throughput`` lines give
+the per-second samples. A client that completed has received exactly what
+its scenario sends it (drivers fail otherwise), so its throughput over the run
+is those bytes over its run time, checked against the trace and against the
+host's interface counters (``docs/netbench.md``).
+
+The measurements are also written in the layout ``s2n-netbench report-tree``
+reads: ``runs/<run>/netbench/<scenario>/<driver>/{server,client}-<i>.json``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
-import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from enosnet.bench.drivers.base import Driver, Executed, Labelled, Measured
+from enosnet.bench.drivers.netbench_output import Trace, parse_trace, scenario_bytes, trace_samples
 from enosnet.bench.hostio import Shell, fan_out
-from enosnet.bench.spec import NetbenchSection
+from enosnet.bench.instrument import interface_bytes
+from enosnet.bench.spec import NetbenchScenarioArgs, NetbenchSection
 from enosnet.coordinator import Coordinator, WorkerRecord
 from enosnet.errors import BenchError, ConfigError
 from enosnet.model import Host, Roles
-from enosnet.results.store import Metric, Sample
+from enosnet.results.store import HostMeta, Metric
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the generator colours its errors even into a pipe
+CROSS_CHECK_TOLERANCE = 0.10  # interface bytes vs the client's bytes: beyond this the run is flagged
 SERVER_ACTION, CLIENT_ACTION = "netbench-server", "netbench-client"
 
 
@@ -44,8 +54,8 @@ class NetbenchDriver(Driver):
     name = "netbench"
     actions = (SERVER_ACTION, CLIENT_ACTION)
 
-    def __init__(self, roles: Roles) -> None:
-        super().__init__(roles)
+    def __init__(self, roles: Roles, *, source: str | None = None) -> None:
+        super().__init__(roles, source=source)
         self.scenarios: dict[str, dict[str, Any]] = {}
 
     def section(self, data: Mapping[str, Any]) -> tuple[NetbenchSection, str]:
@@ -94,7 +104,8 @@ class NetbenchDriver(Driver):
             scenario = json.loads(text)
             self._check_counts(sec, scenario, name)
             self._push(shell, sec.scenario_dir, name, text)
-            self.scenarios[key] = {"name": name, "id": str(scenario.get("id") or Path(name).stem)}
+            stem = Path(sec.scenario).stem if sec.scenario else sec.generate.name if sec.generate else "scenario"
+            self.scenarios[key] = {"name": name, "id": stem, "data": scenario}
 
     @staticmethod
     def _scenario_key(sec: NetbenchSection) -> str:
@@ -107,13 +118,15 @@ class NetbenchDriver(Driver):
         gen = sec.generate
         digest = hashlib.sha256(self._scenario_key(sec).encode()).hexdigest()[:8]
         out_dir = f"{sec.scenario_dir}/generated-{digest}"
-        options = " ".join(f"--{shlex.quote(gen.name)}.{shlex.quote(k)} {shlex.quote(str(v))}"
-                           for k, v in gen.options.items())
+        options = " ".join(shlex.quote(arg) for arg in generator_args(gen))
         host = self.roles.select(sec.server_role)[0]
-        out = shell.run(host, f"mkdir -p {shlex.quote(out_dir)} && {shlex.quote(gen.program)} {shlex.quote(out_dir)} "
-                              f"{options} && cat {shlex.quote(out_dir)}/{shlex.quote(gen.name)}.json", timeout=60)
+        out = shell.run(host, f"mkdir -p {shlex.quote(out_dir)} && {shlex.quote(gen.program)} {options} "
+                              f"{shlex.quote(out_dir)} >&2 && cat {shlex.quote(out_dir)}/{shlex.quote(gen.name)}.json",
+                        timeout=60)
         if not out.ok:
-            raise BenchError(f"{host.name}: s2n-netbench-scenarios failed: {out.stderr.strip()[-300:]}")
+            said = " ".join(line.strip() for line in ANSI.sub("", out.stderr).splitlines()[:3] if line.strip())
+            raise ConfigError(f"{self.where('netbench', 'generate', 'options')}: s2n-netbench-scenarios on "
+                              f"{host.name} refused the options {options}: {said[:300]}")
         return f"{gen.name}-{digest}.json", out.text
 
     def _push(self, shell: Shell, folder: str, name: str, text: str) -> None:
@@ -129,50 +142,193 @@ class NetbenchDriver(Driver):
     async def execute(self, coordinator: Coordinator, section: Mapping[str, Any], *, duration_s: float,
                       timeout_s: float) -> Executed:
         sec, driver = self.section(section)
-        scenario = self.scenarios[self._scenario_key(sec)]["name"]
-        common = {"scenario": scenario, "port": sec.port, "trace": sec.trace}
+        key = self._scenario_key(sec)
+        scenario = self.scenarios[key]["name"]
         servers = self.roles.select(sec.server_role)
         await coordinator.start(sec.server_role, SERVER_ACTION,
-                                {**common, "driver": f"s2n-netbench-driver-server-{driver}",
-                                 "transport": transport(driver)})
+                                {"scenario": scenario, "port": sec.port, "transport": transport(driver),
+                                 "driver": f"s2n-netbench-driver-server-{driver}"})
         server_records: list[WorkerRecord] = []
         try:
             await coordinator.wait_ready(sec.server_role)
             addresses = [f"{_bracket(h.address)}:{sec.port}" for h in servers]
             clients = await coordinator.run(sec.client_role, CLIENT_ACTION,
-                                            {**common, "driver": f"s2n-netbench-driver-client-{driver}",
+                                            {"scenario": scenario, "driver": f"s2n-netbench-driver-client-{driver}",
                                              "servers": addresses}, deadline_s=timeout_s)
         finally:
             server_records = await coordinator.stop(sec.server_role)
         records = [Labelled(SERVER_ACTION, r.worker, sec.server_role, r) for r in server_records]
         records += [Labelled(CLIENT_ACTION, r.worker, sec.client_role, r) for r in clients]
         scheduled = min((r.scheduled_ns - (r.offset_ns or 0) for r in clients if r.scheduled_ns), default=None)
-        scenario_id = str(self.scenarios[self._scenario_key(sec)]["id"])
-        return Executed(records, scheduled, {"driver": driver, "scenario": scenario_id})
+        context = {"driver": driver, "scenario": str(self.scenarios[key]["id"]), "key": key}
+        for role in (sec.server_role, sec.client_role):
+            context.update({f"index:{h.name}": str(i) for i, h in enumerate(self.roles.select(role))})
+        return Executed(records, scheduled, context)
 
     def parse(self, executed: Executed, folder: Path, *, started_ns: int | None) -> Measured:
         out = Measured()
-        driver, scenario = executed.context.get("driver", "unknown"), executed.context.get("scenario", "scenario")
-        tree = folder / "netbench" / scenario / driver
+        driver, scenario_id = executed.context.get("driver", "unknown"), executed.context.get("scenario", "scenario")
+        scenario = self.scenarios.get(executed.context.get("key", ""), {}).get("data") or {}
+        tree = folder / "netbench" / scenario_id / driver
+        received: list[float] = []
         for item in executed.records:
-            side = "client" if item.record.action == CLIENT_ACTION else "server"
-            path = folder / item.host / item.label / "stdout"
+            client = item.record.action == CLIENT_ACTION
+            pulled = folder / item.host / item.label
             try:
-                lines = path.read_text().splitlines()
+                trace = parse_trace((pulled / "stderr").read_text(errors="replace").splitlines())
             except OSError as exc:
-                out.problems.append(f"{item.host}: no collector output: {exc.strerror}")
+                out.problems.append(f"{item.host}: no driver output: {exc.strerror}")
                 continue
-            tree.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, tree / f"{item.host}-{side}.json")
-            parsed = parse_collector(lines, host=item.host)
-            out.metrics += parsed.metrics
-            out.samples += parsed.samples
-            if side == "client":
-                out.problems += parsed.problems
-        total = sum(m.value for m in out.metrics if m.name == "throughput")
-        if any(m.name == "throughput" for m in out.metrics):
-            out.headline = ("throughput", total, "bit/s")
+            offset = _seconds_after(item.record.start_coordinator_ns, started_ns)
+            index = int(executed.context.get(f"index:{item.host}", "0"))
+            if not client:
+                out.metrics += _usage_metrics(pulled, item.record, host=item.host, prefix="server_")
+                _write_report_file(tree / f"server-{index}.json", item, trace, None)
+                continue
+            result = _client_result(item, trace, scenario, index, pulled)
+            out.metrics += result.metrics
+            out.samples += trace_samples(trace, host=item.host, offset=offset)
+            out.metadata += result.metadata
+            out.problems += result.problems
+            received += [m.value for m in result.metrics if m.name == "throughput"]
+            _write_report_file(tree / f"client-{index}.json", item, trace, result)
+        if received and len(received) == len(executed.clients) and not out.problems:
+            out.headline = ("throughput", sum(received), "bit/s")
         return out
+
+
+@dataclass
+class ClientResult:
+    """One client's figures, what they rest on, and why the run fails if it does."""
+
+    metrics: list[Metric] = field(default_factory=list)
+    metadata: list[HostMeta] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    received: float = 0.0
+    sent: float = 0.0
+    seconds: float = 0.0
+
+
+def _client_result(item: Labelled, trace: Trace, scenario: Mapping[str, Any], index: int,
+                   pulled: Path) -> ClientResult:
+    """Bytes, throughput over the run, CPU and memory of one client, checked three ways.
+
+    A client that completes its scenario has received exactly what the
+    scenario sends it (the driver fails otherwise), so its bytes come from
+    the scenario; its throughput is those bytes over the driver's own run time
+    (exec to exit, measured by the agent). The trace lines must not exceed
+    them, and the host's interface counters must agree within 10 %.
+    """
+    host, record, out = item.host, item.record, ClientResult()
+    expected_rx, expected_tx = scenario_bytes(scenario, index)
+    traced_rx, traced_tx = trace.totals()
+    if trace.error:
+        out.problems.append(f"{host}: the client failed: {trace.error}")
+    elif record.state == "exited" and record.rc not in (0, None):
+        out.problems.append(f"{host}: the client exited {record.rc} without saying why")
+    if record.state != "exited" or record.rc != 0 or trace.error:
+        return out
+    if expected_rx is not None and traced_rx > expected_rx * 1.02 + 1500:
+        out.problems.append(f"{host}: the client received {traced_rx:.0f} bytes, more than the {expected_rx} its "
+                            "scenario sends: the scenario on the host is not the one enosnet read")
+    out.received = float(expected_rx) if expected_rx is not None else traced_rx
+    out.sent = float(expected_tx) if expected_tx is not None else traced_tx
+    source = "scenario" if expected_rx is not None else "driver-trace (lower bound)"
+    out.seconds = ((record.end_ns or 0) - (record.start_ns or 0)) / 1e9
+    if out.seconds <= 0:
+        out.problems.append(f"{host}: the client's run time is unknown (start or end not reported)")
+        return out
+    out.metrics += [Metric(host, "bytes_received", out.received, "bytes"),
+                    Metric(host, "bytes_sent", out.sent, "bytes"),
+                    Metric(host, "duration", out.seconds, "s"),
+                    Metric(host, "throughput", out.received * 8 / out.seconds, "bit/s"),
+                    Metric(host, "throughput_sent", out.sent * 8 / out.seconds, "bit/s"),
+                    Metric(host, "bytes_received_traced", traced_rx, "bytes")]
+    out.metrics += _usage_metrics(pulled, record, host=host)
+    out.metadata += [HostMeta(host, "netbench.measured_by", f"driver-trace; bytes from the {source}", "driver"),
+                     *_cross_check(host, pulled, out)]
+    return out
+
+
+def _cross_check(host: str, pulled: Path, result: ClientResult) -> list[HostMeta]:
+    """The host's interface bytes received during the run against the client's bytes; flagged beyond 10 %."""
+    counted = interface_bytes(pulled / "samples.jsonl")
+    if counted is None or result.received <= 0:
+        return [HostMeta(host, "netbench.cross_check", "no interface counters", "agent")]
+    ratio = counted[0] / result.received
+    result.metrics.append(Metric(host, "iface_rx_ratio", ratio, "ratio"))
+    verdict = "agrees" if abs(ratio - 1) <= CROSS_CHECK_TOLERANCE else "FLAGGED: differs by more than 10 %"
+    return [HostMeta(host, "netbench.cross_check",
+                     f"interface received {counted[0]} bytes = {ratio:.3f} x the client's: {verdict}", "agent")]
+
+
+def _usage_metrics(pulled: Path, record: WorkerRecord, *, host: str, prefix: str = "") -> list[Metric]:
+    """The driver's CPU (% of one core over its run) and peak memory, from the agent's rusage."""
+    try:
+        usage = json.loads((pulled / "run.json").read_text()).get("usage") or {}
+    except (OSError, ValueError):
+        return []
+    seconds = ((record.end_ns or 0) - (record.start_ns or 0)) / 1e9
+    out = [Metric(host, f"{prefix}memory_max", float(usage.get("max_rss_kib", 0)) * 1024, "B")]
+    if seconds > 0:
+        cpu = float(usage.get("user_s", 0)) + float(usage.get("system_s", 0))
+        out.append(Metric(host, f"{prefix}cpu", 100 * cpu / seconds, "%"))
+    return out
+
+
+def _write_report_file(path: Path, item: Labelled, trace: Trace, result: ClientResult | None) -> None:
+    """One endpoint of the run as ``s2n-netbench report-tree`` reads it (the collector's format).
+
+    Drivers here are not run under the collector (see the module docstring),
+    so the file is written from what was measured: the header, then one line
+    per trace interval with the bytes received and sent in it, and for a
+    client a last line with what the trace's last interval left out. The file
+    is named ``server-<i>``/``client-<i>``: report-tree tells servers from
+    clients by the file name, so a host name must not decide it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"pid": item.record.pid or 0, "driver": f"{path.parent.name}-{path.stem}",
+              "scenario": path.parent.parent.name, "start_time": _epoch(item.record.start_ns)}
+    lines = [json.dumps(header)]
+    previous = 0.0
+    for point in trace.points:
+        lines.append(json.dumps(_interval(point.t, point.rx * (point.t - previous), point.tx * (point.t - previous))))
+        previous = point.t
+    if result is not None and result.seconds > previous:
+        rx, tx = trace.totals()
+        lines.append(json.dumps(_interval(result.seconds, max(result.received - rx, 0), max(result.sent - tx, 0))))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _interval(t: float, rx: float, tx: float) -> dict[str, Any]:
+    stream = "0:0"
+    return {"t": int(t * 1000), "send": {stream: {"count": 1, "total": int(tx)}},
+            "receive": {stream: {"count": 1, "total": int(rx)}}}
+
+
+def _epoch(ns: int | None) -> dict[str, int]:
+    ns = ns or 0
+    return {"secs_since_epoch": ns // 10**9, "nanos_since_epoch": ns % 10**9}
+
+
+def _seconds_after(start_ns: int | None, origin_ns: int | None) -> float:
+    return 0.0 if start_ns is None or origin_ns is None else (start_ns - origin_ns) / 1e9
+
+
+def generator_args(gen: NetbenchScenarioArgs) -> list[str]:
+    """``s2n-netbench-scenarios`` options as it takes them: ``--<scenario>.<option> <value>``, flags bare.
+
+    >>> generator_args(NetbenchScenarioArgs(options={"response_size": "1MB", "parallel": True, "count": 2}))
+    ['--request_response.response_size', '1MB', '--request_response.parallel', '--request_response.count', '2']
+    """
+    args: list[str] = []
+    for option, value in gen.options.items():
+        if value is False:
+            continue
+        args.append(f"--{gen.name}.{option}")
+        if value is not True:
+            args.append(str(value))
+    return args
 
 
 def _bracket(address: str) -> str:
@@ -187,54 +343,6 @@ def _read_scenario(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"netbench scenario {path}: not a JSON object")
     return data
-
-
-def parse_collector(lines: Sequence[str], *, host: str) -> Measured:
-    """Metrics and samples from one collector's JSON lines (header first, then one line per interval)."""
-    out = Measured()
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            value = json.loads(line)
-        except ValueError:
-            out.problems.append(f"{host}: collector output line {number} is not JSON")
-            continue
-        if isinstance(value, dict):
-            records.append(value)
-    if not records or "pid" not in records[0]:
-        out.problems.append(f"{host}: collector output has no header line")
-        return out
-    intervals = [r for r in records[1:] if isinstance(r.get("t"), int | float)]
-    received = sent = 0
-    previous_t = 0.0
-    cpus: list[float] = []
-    memory = 0.0
-    for point in intervals:
-        t = float(point["t"]) / 1000
-        rx, tx = _bytes(point.get("receive")), _bytes(point.get("send"))
-        received, sent = received + rx, sent + tx
-        if t > previous_t:
-            out.samples.append(Sample(host, "throughput", t, rx * 8 / (t - previous_t), "bit/s"))
-        previous_t = max(previous_t, t)
-        if "cpu" in point:
-            cpus.append(float(point["cpu"]))
-            out.samples.append(Sample(host, "cpu_process", t, float(point["cpu"]), "%"))
-        memory = max(memory, float(point.get("memory") or 0))
-    if previous_t > 0:
-        out.metrics += [Metric(host, "throughput", received * 8 / previous_t, "bit/s"),
-                        Metric(host, "throughput_sent", sent * 8 / previous_t, "bit/s"),
-                        Metric(host, "bytes_received", float(received), "bytes")]
-    if cpus:
-        out.metrics.append(Metric(host, "cpu", sum(cpus) / len(cpus), "%"))
-    if memory:
-        out.metrics.append(Metric(host, "memory_max", memory, "B"))
-    return out
-
-
-def _bytes(streams: Any) -> int:
-    if not isinstance(streams, dict):
-        return 0
-    return sum(int(s.get("total", 0)) for s in streams.values() if isinstance(s, dict))
 
 
 def transport(driver: str) -> str:

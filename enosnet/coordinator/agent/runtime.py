@@ -101,7 +101,7 @@ class Run:
 
     FIELDS = ("run", "action", "params", "state", "timed", "created", "scheduled", "start_wall", "start_mono",
               "exec_ns", "pid", "ticks", "end_wall", "rc", "error", "reported", "stop_requested",
-              "deadline_s", "dir", "late_ns")
+              "deadline_s", "dir", "late_ns", "usage")
     run: str
     action: str
     params: dict[str, Any]
@@ -122,6 +122,7 @@ class Run:
     deadline_s: float
     dir: str
     late_ns: int | None
+    usage: dict[str, float] | None
 
     def __init__(self, **values: Any) -> None:
         for name in self.FIELDS:
@@ -156,6 +157,7 @@ class Child:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.returncode: int | None = None
+        self.usage: dict[str, float] | None = None
 
     @classmethod
     def gated(cls, argv: list[str], env: dict[str, str], cwd: str, stdout: int, stderr: int, *,
@@ -198,12 +200,14 @@ class Child:
 
     def _wait(self, flags: int) -> None:
         try:
-            pid, status = os.waitpid(self.pid, flags)
+            pid, status, usage = os.wait4(self.pid, flags)
         except ChildProcessError:
             self.returncode = -1
             return
         if pid:
             self.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            # what the program and the children it waited for used: CPU seconds and peak resident memory
+            self.usage = {"user_s": usage.ru_utime, "system_s": usage.ru_stime, "max_rss_kib": usage.ru_maxrss}
 
 
 class Agent:
@@ -586,6 +590,7 @@ class Agent:
             rc = run.proc.poll()
             if rc is None:
                 continue
+            run.usage = run.proc.usage
             run.proc, run.rc = None, rc
             grace = self.cfg.actions[run.action].stop_grace_s
             self._drain_group(run, time.monotonic() + grace, signalled=False)
@@ -606,6 +611,10 @@ class Agent:
                     functools.partial(self._drain_group, run, kill_at, signalled=True))
 
     def _finish(self, run: Run, state: str, *, rc: int | None = None, error: str | None = None) -> None:
+        if run.state == "running" and run.dir and os.path.isdir(run.dir):
+            # the counters as the run ends, so its samples cover the whole run (not up to the last tick)
+            with open(os.path.join(run.dir, "samples.jsonl"), "a") as handle:
+                handle.write(json.dumps(_system_sample()) + "\n")
         run.state, run.rc, run.error = state, rc, error
         run.end_wall = time.time_ns()
         run.proc = None
@@ -619,7 +628,7 @@ class Agent:
         self.timers.pop(f"ready:{run.run}", None)
         if run.dir and os.path.isdir(run.dir):
             with open(os.path.join(run.dir, "run.json"), "w") as handle:
-                json.dump(run.record(), handle)
+                json.dump({**run.record(), "usage": run.usage}, handle)
         self._queue_done(run)
         self._persist()
         self._sample()

@@ -1,0 +1,1 @@
+../../../enosnet/netbench_build.py
