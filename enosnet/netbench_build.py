@@ -6,8 +6,8 @@ a version is built once per target into
 deploy, test or demo on this machine; a *set* folder then holds hard links to
 the binaries of the crates asked for, which the ``netbench`` role pushes to the
 hosts. A local checkout (a protocol developer's own change) is built with
-``cargo install --locked --path`` into a folder of its own, every time (cargo's
-incremental build makes an unchanged checkout cheap).
+``cargo install --locked --path`` every time (cargo's incremental build makes an
+unchanged checkout cheap); it counts as built only when its binaries changed.
 
 Builds share one ``CARGO_TARGET_DIR`` (dependencies compiled once for all
 crates) and hold a lock, so two processes never build into the cache at once.
@@ -146,28 +146,41 @@ def build(crates: Mapping[str, str] | None = None, *, path: str | Path | None = 
                 built.append(f"{crate}@{version}")
             folders.append(folder / "bin")
         if path is not None:
-            folders.append(_build_path(Path(path), packages, root / target, on_output))
-            built.append(str(Path(path).resolve()))
+            folder, changed = _build_path(Path(path), packages, root / target, on_output)
+            folders.append(folder)
+            (built if changed else reused).append(str(Path(path).resolve()))
         bin_dir = _link_set(root / target / "sets", folders)
     names = tuple(sorted(p.name for p in bin_dir.iterdir()))
     return Built(bin_dir, names, tuple(built), tuple(reused), time.monotonic() - started)
 
 
-def _build_path(path: Path, packages: Sequence[str], root: Path, on_output: Progress | None) -> Path:
+def _build_path(path: Path, packages: Sequence[str], root: Path, on_output: Progress | None) -> tuple[Path, bool]:
+    """Build a checkout into its own folder; returns the folder of binaries and whether they changed."""
     source = path.resolve()
     if not (source / "Cargo.toml").is_file():
         raise BuildError(f"{path}: no Cargo.toml there (give a crate folder, or a workspace and its packages)")
-    digest = hashlib.sha256(str(source).encode()).hexdigest()[:12]
-    folder = root / "paths" / digest
-    shutil.rmtree(folder, ignore_errors=True)  # only what this checkout builds now
+    folder = root / "paths" / hashlib.sha256(str(source).encode()).hexdigest()[:12]
+    staging = folder.with_name(folder.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)  # only what this checkout builds now
     dirs = [source / p for p in packages] if packages else [source]
     for crate_dir in dirs:
         if not (crate_dir / "Cargo.toml").is_file():
             raise BuildError(f"{crate_dir}: no Cargo.toml (packages are folders inside {path})")
         # one target folder for every checkout: their dependencies are compiled once
-        _cargo(["install", "--locked", "--root", str(folder), "--path", str(crate_dir)],
+        _cargo(["install", "--locked", "--root", str(staging), "--path", str(crate_dir)],
                target_dir=root / "target-paths", what=str(crate_dir), on_output=on_output)
-    return folder / "bin"
+    if _digests(staging / "bin") == _digests(folder / "bin"):
+        shutil.rmtree(staging)
+        return folder / "bin", False
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staging, folder)
+    return folder / "bin", True
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    if not folder.is_dir():
+        return {}
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in folder.iterdir() if f.is_file()}
 
 
 def _cargo(args: list[str], *, target_dir: Path, what: str, on_output: Progress | None) -> None:

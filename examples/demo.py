@@ -1,12 +1,19 @@
 """The main job, end to end on this machine (`make demo`): deploy, install, bench, report, destroy.
 
-1. `enosnet deploy` the local environment of examples/incast-env.yaml (1 server, 4 clients,
-   each a set of Linux namespaces with its own sshd) into a fresh folder .enosnet/incast-<UTC time>;
+1. `enosnet deploy` the local environment of examples/netbench-env.yaml (1 server, 1 client,
+   each a set of Linux namespaces with its own sshd) into a fresh folder .enosnet/netbench-<UTC time>.
+   It builds s2n-netbench's drivers (tcp, s2n-tls, s2n-quic) from crates.io on this machine the
+   first time (minutes, with progress) and reuses that build afterwards, then installs them, iperf3
+   and the agent on both hosts with Ansible;
 2. make sure every host runs the enosnet agent (the deploy step installs it; when it did not,
    the agents are started over plain SSH);
-3. `enosnet bench examples/incast.yaml`: environment checks, then 12 runs of 4 iperf3 clients
-   started together toward one server, with a progress bar; then the HTML report;
+3. `enosnet bench examples/netbench.yaml`: environment checks, then 18 runs comparing the three
+   drivers on a request/response scenario with and without a 20 ms delay each way, shuffled,
+   with a progress bar; then the HTML report (throughput per driver with confidence intervals) and
+   s2n-netbench's own report-tree;
 4. `enosnet destroy`, also when something failed. The results stay in the folder.
+
+The iperf3 incast of examples/incast.yaml runs the same way on examples/incast-env.yaml.
 
 Delays are emulated with tc netem, or, on kernels built without it (some VM kernels), in userspace
 by impaird (enosnet.emulation) — the bench picks the backend by itself.
@@ -63,11 +70,11 @@ def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("the local provider builds namespaces: run the demo as root (sudo)")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    env_dir = Path(".enosnet") / f"incast-{stamp}"
-    sh("deploy", "-c", str(HERE / "incast-env.yaml"), "--env", str(env_dir))
+    env_dir = Path(".enosnet") / f"netbench-{stamp}"
+    sh("deploy", "-c", str(HERE / "netbench-env.yaml"), "--env", str(env_dir))
     try:
         ensure_agents(env_dir)
-        sh("bench", str(HERE / "incast.yaml"), "--env", str(env_dir))
+        sh("bench", str(HERE / "netbench.yaml"), "--env", str(env_dir))
     finally:
         sh("destroy", "--env", str(env_dir))
     print(f"\nEverything of this demo is in {env_dir.resolve()} (results.db, runs/, report/).")

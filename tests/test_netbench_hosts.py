@@ -19,6 +19,7 @@ from enosnet.bench.spec import load_experiment
 from enosnet.coordinator import iperf3_actions, netbench_actions
 from enosnet.coordinator.install import start_agents_over_ssh
 from enosnet.errors import ConfigError
+from enosnet.results.report import build_report
 from enosnet.results.store import ResultsStore
 
 pytestmark = pytest.mark.hosts
@@ -86,6 +87,11 @@ def test_the_real_drivers_run_and_their_numbers_agree_with_the_scenario_and_the_
     assert tree == {("netbench", "request_response", d, f"{side}-0.json")
                     for d in ("tcp", "s2n-tls", "s2n-quic") for side in ("client", "server")}
     assert drivers_left() == ""
+
+    report = build_report(deployment.env)  # netbench's own report-tree over every run, linked from enosnet's
+    assert report.netbench is not None and report.netbench.files == 6
+    assert report.netbench.index is not None and report.netbench.index.is_file()
+    assert 'href="netbench/index.html"' in report.html.read_text()
 
 
 DELAY = """

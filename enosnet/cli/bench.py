@@ -165,3 +165,5 @@ def _build_report(database: Path, result: BenchResult) -> None:
         console.print(f"[yellow]report not built:[/yellow] {escape(str(exc))} (try `enosnet report`)")
         return
     console.print(f"report:           {built.html}")
+    if built.netbench is not None and built.netbench.index is not None:
+        console.print(f"netbench report:  {built.netbench.index}")

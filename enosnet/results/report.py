@@ -29,6 +29,7 @@ from pathlib import Path
 
 from enosnet.environment import Environment, write_atomic
 from enosnet.errors import ResultsError
+from enosnet.results.netbench_report import NetbenchReport, netbench_report
 from enosnet.results.plots import Plot, all_plots, scale
 from enosnet.results.stats import (
     Analysis,
@@ -54,6 +55,7 @@ class Report:
     markdown: Path
     plots: list[Plot]
     analysis: Analysis
+    netbench: NetbenchReport | None = None
 
 
 def build_report(source: Environment | str | Path, out_dir: str | Path | None = None, *,
@@ -76,12 +78,13 @@ def build_report(source: Environment | str | Path, out_dir: str | Path | None = 
         hosts = store.hosts(experiment=analysis.experiment.id)
         metadata = store.host_metadata(experiment=analysis.experiment.id, per_run=True)
         others = [e.name for e in store.experiments() if e.id != analysis.experiment.id]
-    page = Page(analysis, plots, hosts, metadata, others, metrics)
+    netbench = netbench_report(db.parent / "runs", analysis.experiment.name, analysis.runs, out)
+    page = Page(analysis, plots, hosts, metadata, others, metrics, netbench)
     out.mkdir(parents=True, exist_ok=True)
     html_path, md_path = out / "report.html", out / "report.md"
     write_atomic(html_path, page.html())
     write_atomic(md_path, page.markdown())
-    return Report(html_path, md_path, plots, analysis)
+    return Report(html_path, md_path, plots, analysis, netbench)
 
 
 def _headline(names: Sequence[str]) -> list[str]:
@@ -116,8 +119,9 @@ class Page:
     """The content of the report, rendered as HTML or Markdown."""
 
     def __init__(self, analysis: Analysis, plots: list[Plot], hosts: list[HostRow], metadata: list[MetadataRow],
-                 other_experiments: list[str], chosen: Sequence[str]) -> None:
+                 other_experiments: list[str], chosen: Sequence[str], netbench: NetbenchReport | None = None) -> None:
         self.a = analysis
+        self.netbench = netbench
         self.plots = plots
         self.hosts = hosts
         self.metadata = metadata
@@ -234,6 +238,7 @@ class Page:
         body = [f"<h1>{_h(e.name)}: results</h1>", _html_dl(self.overview()), "<h2>Findings</h2>"]
         body += [self._html_findings(), self._html_warnings(), "<h2>Plots</h2>"]
         body += [_html_plot(p) for p in self.plots] or ["<p>No plots: no data recorded.</p>"]
+        body += self._html_netbench()
         body.append("<h2>Summary per combination</h2>")
         for metric in self.order:
             unit, rows = self.summary_rows(metric)
@@ -265,6 +270,15 @@ class Page:
             parts.append(f"<h3>{_h(metric)}</h3><ul class=findings>{items}{rest}</ul>")
         return "".join(parts) or "<p>Nothing to compare: no parameter has two levels with successful runs.</p>"
 
+    def _html_netbench(self) -> list[str]:
+        nb = self.netbench
+        if nb is None:
+            return []
+        made = (f'<a href="netbench/index.html">s2n-netbench\'s own report</a> ({_h(nb.note)}; '
+                "its charts load their library from the internet)") if nb.index else _h(nb.note)
+        return ["<h2>s2n-netbench report</h2>",
+                f"<p>{made}, over {nb.files} files of the successful runs in <code>netbench/input/</code>.</p>"]
+
     def _html_warnings(self) -> str:
         if not self.a.warnings:
             return '<p class="ok-box">No warnings: the data can carry these conclusions.</p>'
@@ -286,6 +300,10 @@ class Page:
         lines += ["## Warnings", ""] + ([f"- **{w.kind}**: {_md(w.message)}" for w in self.a.warnings]
                                          or ["- none"]) + [""]
         lines += ["## Plots", ""] + [f"![{p.title}](plots/{p.path.name})\n\n{p.caption}\n" for p in self.plots]
+        if self.netbench is not None:
+            made = "[s2n-netbench's own report](netbench/index.html)" if self.netbench.index else self.netbench.note
+            lines += ["## s2n-netbench report", "", f"{made}, over {self.netbench.files} files of the successful "
+                      "runs in `netbench/input/`.", ""]
         lines += ["## Summary per combination", ""]
         for metric in self.order:
             unit, rows = self.summary_rows(metric)
