@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from enosnet.results.stats import (
     Comparison,
     StatsOptions,
+    _cross_check_warnings,
     analyze,
     bootstrap_ci,
     compare_levels,
@@ -217,3 +218,10 @@ def test_the_reason_given_when_nothing_is_concluded() -> None:
     corrected = replace(base, p_value=0.01, p_adjusted=0.2, family=20)
     assert "once corrected for the 20 comparisons made (Holm)" in corrected.sentence
     assert replace(base, p_adjusted=0.01).practically_significant
+
+
+def test_runs_whose_interface_bytes_disagree_with_the_tool_are_warned_about() -> None:
+    assert _cross_check_warnings({1: ((), 1.04), 2: ((), 0.97)}) == []
+    [warning] = _cross_check_warnings({1: ((), 1.04), 2: ((), 1.31), 3: ((), 0.5)})
+    assert warning.kind == "throughput cross-check"
+    assert warning.message.startswith("in 2 of 3 runs the hosts' interfaces received 0.50x to 1.31x the bytes")

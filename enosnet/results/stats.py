@@ -435,6 +435,7 @@ def analyze(store: ResultsStore, *, experiment: int | str | None = None, metrics
     exp = store.experiment(experiment)
     runs = store.runs(experiment=exp.id)
     values = run_values(store.metrics(experiment=exp.id))
+    cross_checked = values.get(("iface_rx_ratio", "ratio"), {})
     if metrics:
         values = {k: v for k, v in values.items() if k[0] in metrics}
     parameters, constants = split_parameters(runs)
@@ -449,7 +450,7 @@ def analyze(store: ResultsStore, *, experiment: int | str | None = None, metrics
     adjusted = holm([c.p_value for c in comparisons])
     family = sum(not math.isnan(p) for p in adjusted)
     comparisons = [replace(c, p_adjusted=p, family=family) for c, p in zip(comparisons, adjusted, strict=True)]
-    warnings = collect_warnings(exp, runs, summaries, options)
+    warnings = collect_warnings(exp, runs, summaries, options) + _cross_check_warnings(cross_checked)
     if metrics:
         missing = [m for m in metrics if m not in {s.metric for s in summaries}]
         warnings += [StatWarning("missing metric", f"no values of metric {m!r} in successful runs") for m in missing]
@@ -532,6 +533,17 @@ def _failure_warnings(runs: Sequence[RunRow]) -> list[StatWarning]:
     listed = "; ".join(f"{reason} (×{n})" for reason, n in sorted(reasons.items(), key=lambda x: -x[1]))
     return [StatWarning("failed runs excluded",
                         f"{len(failed)} of {len(runs)} runs failed and are excluded from the statistics: {listed}")]
+
+
+def _cross_check_warnings(ratios: Mapping[int, tuple[Combo, float]], tolerance: float = 0.10) -> list[StatWarning]:
+    """Runs whose interface counters disagree with the tool's bytes by more than ``tolerance``."""
+    off = sorted(v for _, v in ratios.values() if abs(v - 1) > tolerance)
+    if not off:
+        return []
+    return [StatWarning("throughput cross-check", (
+        f"in {len(off)} of {len(ratios)} runs the hosts' interfaces received {off[0]:.2f}x to {off[-1]:.2f}x the "
+        f"bytes the clients report (more than {tolerance:.0%} apart): other traffic shared the interface, or the "
+        "tool did not move what it claims; see each run's netbench.cross_check metadata"))]
 
 
 def _skew_warnings(runs: Sequence[RunRow], options: StatsOptions) -> list[StatWarning]:
