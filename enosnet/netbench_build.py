@@ -166,9 +166,10 @@ def _build_path(path: Path, packages: Sequence[str], root: Path, on_output: Prog
     for crate_dir in dirs:
         if not (crate_dir / "Cargo.toml").is_file():
             raise BuildError(f"{crate_dir}: no Cargo.toml (packages are folders inside {path})")
-        # one target folder for every checkout: their dependencies are compiled once
+        # a target folder per checkout: cargo names a path package's build by its name and version, not
+        # its folder, so two copies of one crate sharing a target would take each other's builds
         _cargo(["install", "--locked", "--root", str(staging), "--path", str(crate_dir)],
-               target_dir=root / "target-paths", what=str(crate_dir), on_output=on_output)
+               target_dir=folder.with_name(folder.name + ".target"), what=str(crate_dir), on_output=on_output)
     if _digests(staging / "bin") == _digests(folder / "bin"):
         shutil.rmtree(staging)
         return folder / "bin", False
