@@ -64,9 +64,9 @@ def by_hand(shell: Shell, server: Host, client: Host, bin_dir: Path, driver: str
     """The same driver pair by hand over SSH: throughput from the client's own run time inside its host."""
     scenario = "/var/lib/enosnet/scenarios/byhand.json"
     make = f"{bin_dir}/s2n-netbench-scenarios --request_response.response_size {RESPONSE} /tmp/byhand >/dev/null"
+    made = shell.run(server, f"{make} && cat /tmp/byhand/request_response.json")  # one scenario: one certificate
     for host in (server, client):
-        shell.run(host, f"{make} && mkdir -p /var/lib/enosnet/scenarios && cp /tmp/byhand/request_response.json "
-                        f"{scenario}")
+        shell.run(host, f"mkdir -p /var/lib/enosnet/scenarios && cat > {scenario}", stdin=made.text.encode())
     start = shell.run(server, f"PORT={MANUAL_PORT} nohup {bin_dir}/s2n-netbench-driver-server-{driver} "
                               f"{scenario} >/dev/null 2>&1 & sleep 0.3")
     if not start.ok:

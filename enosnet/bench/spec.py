@@ -111,7 +111,6 @@ class NetbenchSection(Strict):
     server_role: str = "server"
     client_role: str = "client"
     port: int = Field(4433, ge=1, le=65535)
-    trace: Literal["disabled", "throughput", "stdio"] | None = None
     scenario_dir: str = "/var/lib/enosnet/scenarios"
 
     @model_validator(mode="after")
