@@ -39,7 +39,6 @@ from enosnet.providers.local import LocalProvider
 from enosnet.results.store import ResultsStore
 
 DRIVERS = ("tcp", "s2n-tls", "s2n-quic")
-RESPONSE = 200_000_000  # bytes the client receives in each run
 MANUAL_PORT = 4533
 
 
@@ -60,10 +59,10 @@ def experiment(name: str, bin_dir: Path, options: str, repetitions: int) -> str:
             f"  drivers: [{', '.join(DRIVERS)}]\n")
 
 
-def by_hand(shell: Shell, server: Host, client: Host, bin_dir: Path, driver: str) -> float:
+def by_hand(shell: Shell, server: Host, client: Host, bin_dir: Path, driver: str, response: int) -> float:
     """The same driver pair by hand over SSH: throughput from the client's own run time inside its host."""
     scenario = "/var/lib/enosnet/scenarios/byhand.json"
-    make = f"{bin_dir}/s2n-netbench-scenarios --request_response.response_size {RESPONSE} /tmp/byhand >/dev/null"
+    make = f"{bin_dir}/s2n-netbench-scenarios --request_response.response_size {response} /tmp/byhand >/dev/null"
     made = shell.run(server, f"{make} && cat /tmp/byhand/request_response.json")  # one scenario: one certificate
     for host in (server, client):
         shell.run(host, f"mkdir -p /var/lib/enosnet/scenarios && cat > {scenario}", stdin=made.text.encode())
@@ -77,10 +76,10 @@ def by_hand(shell: Shell, server: Host, client: Host, bin_dir: Path, driver: str
     shell.run(server, f"pkill -f s2n-netbench-driver-server-{driver}; true")
     if not out.ok:
         raise RuntimeError(f"client: {out.stderr}")
-    return RESPONSE * 8 / (int(out.text.strip()) / 1e9)
+    return response * 8 / (int(out.text.strip()) / 1e9)
 
 
-def throughput(base: Path, bin_dir: Path, rounds: int) -> None:
+def throughput(base: Path, bin_dir: Path, rounds: int, response: int) -> None:
     provider, env, pair = deploy(base, "pair", {"server": 1, "client": 1}, bin_dir)
     manual: dict[str, list[float]] = {d: [] for d in DRIVERS}
     try:
@@ -93,9 +92,10 @@ def throughput(base: Path, bin_dir: Path, rounds: int) -> None:
                 driver = DRIVERS[(len(started) - 1) % len(DRIVERS)]
                 before = len(started) % 2 == 1  # alternate: by hand before this run, then after the next
                 if isinstance(event, RunStarted if before else RunFinished):
-                    manual[driver].append(by_hand(shell, pair["server"][0], pair["client"][0], bin_dir, driver))
+                    manual[driver].append(by_hand(shell, pair["server"][0], pair["client"][0], bin_dir, driver,
+                                                  response))
 
-            spec = parse_experiment(experiment("pair", bin_dir, f"response_size: {RESPONSE}", rounds))
+            spec = parse_experiment(experiment("pair", bin_dir, f"response_size: {response}", rounds))
             run_experiment(env, spec, on_event=beside)
         with ResultsStore.open(env.db_file, create=False) as store:
             measured: dict[str, list[float]] = {d: [] for d in DRIVERS}
@@ -103,7 +103,7 @@ def throughput(base: Path, bin_dir: Path, rounds: int) -> None:
                 measured[str(m.params["driver"])].append(m.value)
     finally:
         provider.destroy()
-    print(f"\nthroughput, 1 server + 1 client, {RESPONSE / 1e6:.0f} MB response, {rounds} rounds per driver:")
+    print(f"\nthroughput, 1 server + 1 client, {response / 1e6:.0f} MB response, {rounds} rounds per driver:")
     for d in DRIVERS:
         a, b = statistics.median(measured[d]), statistics.median(manual[d])
         print(f"  {d:9s} enosnet median {a / 1e9:.2f} Gbit/s, by hand {b / 1e9:.2f} Gbit/s, ratio {a / b:.3f} "
@@ -166,12 +166,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--overhead-runs", type=int, default=6)
     parser.add_argument("--hosts", type=int, default=20)
+    parser.add_argument("--response", type=int, default=1_000_000_000, help="bytes the client receives per run")
     parser.add_argument("--skip-build", action="store_true", help="skip the per-host build measurement (minutes)")
     args = parser.parse_args()
     os.environ.setdefault("ENOSNET_LOCAL_PREFIX", "bnb")
     bin_dir = build(crates_for(DRIVERS, tools=("s2n-netbench-scenarios",))).bin_dir
     with tempfile.TemporaryDirectory(prefix="enosnet-bench-netbench-") as tmp:
-        throughput(Path(tmp), bin_dir, args.rounds)
+        throughput(Path(tmp), bin_dir, args.rounds, args.response)
         overhead(Path(tmp), bin_dir, args.overhead_runs)
         if not args.skip_build:
             deploy_cost(Path(tmp), args.hosts)
