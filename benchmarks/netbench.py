@@ -34,7 +34,7 @@ from enosnet.coordinator.install import start_agents_over_ssh
 from enosnet.deploy import InstallOptions, install
 from enosnet.environment import Environment
 from enosnet.model import FrozenVars, Host, Roles
-from enosnet.netbench_build import HOST_TOOLS, build, crates_for
+from enosnet.netbench_build import HOST_TOOLS, build, crates_for, rust_tool
 from enosnet.providers.local import LocalProvider
 from enosnet.results.store import ResultsStore
 
@@ -143,7 +143,7 @@ def deploy_cost(base: Path, hosts: int) -> None:
     with tempfile.TemporaryDirectory(prefix="nb-build-") as scratch:
         cpu0, t0 = _cpu(), time.monotonic()
         for crate in crates:  # what every host would do: the same crates, from an empty target folder
-            subprocess.run(["cargo", "install", "--locked", "--root", scratch, crate, "--version",
+            subprocess.run([rust_tool("cargo"), "install", "--locked", "--root", scratch, crate, "--version",
                             f"={crates[crate]}"], env={**os.environ, "CARGO_TARGET_DIR": f"{scratch}/target"},
                            check=True, capture_output=True)
         one_s, one_cpu = time.monotonic() - t0, _cpu() - cpu0

@@ -104,10 +104,19 @@ def cache_dir() -> Path:
     return Path(base) / "enosnet"
 
 
+def rust_tool(name: str) -> str:
+    """``cargo``, ``rustc`` or ``rustup``: on PATH, else where rustup puts them (``$CARGO_HOME/bin``)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    home = Path(os.environ.get("CARGO_HOME") or Path.home() / ".cargo")
+    return str(home / "bin" / name) if (home / "bin" / name).is_file() else name
+
+
 def host_target() -> str:
     """The Rust target triple of this machine (``rustc -vV``)."""
     try:
-        out = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, timeout=60, check=True).stdout
+        out = subprocess.run([rust_tool("rustc"), "-vV"], capture_output=True, text=True, timeout=60, check=True).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise BuildError(f"rustc not found or failed ({exc}): building s2n-netbench needs the Rust toolchain "
                          "(cargo, rustc) on the controller") from None
@@ -189,7 +198,7 @@ def _cargo(args: list[str], *, target_dir: Path, what: str, on_output: Progress 
     # a checkout's rust-toolchain file may name a toolchain that cannot be fetched: use the machine's own
     env.setdefault("RUSTUP_TOOLCHAIN", _default_toolchain())
     try:
-        proc = subprocess.Popen(["cargo", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([rust_tool("cargo"), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
     except OSError as exc:
         raise BuildError(f"cannot run cargo ({exc.strerror}): building s2n-netbench needs the Rust toolchain") \
@@ -206,7 +215,7 @@ def _cargo(args: list[str], *, target_dir: Path, what: str, on_output: Progress 
 
 def _default_toolchain() -> str:
     try:
-        out = subprocess.run(["rustup", "default"], capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run([rust_tool("rustup"), "default"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return "stable"
     return out.split()[0] if out.split() else "stable"
