@@ -52,8 +52,13 @@ def test_second_deploy_changes_nothing_on_any_host(tmp_path: Path) -> None:
         rows = {host: int(changed) for host, _ok, changed in RECAP_ROW.findall(second.stdout)}
         assert rows == {"server-0": 0, "client-0": 0, "client-1": 0}, second.stdout[-3000:]
         assert "3 succeeded, 0 failed, 3 total; 0 changes" in second.stdout
-        state = Environment(tmp_path / ".enosnet" / "inst").load_state() or {}
+        environment = Environment(tmp_path / ".enosnet" / "inst")
+        state = environment.load_state() or {}
         assert state["agent"] == {"env_id": "inst", "port": 7700}
+        # the agents' secret reached Ansible through a private file: in no run's artifacts, no command line
+        secret = environment.secret().encode()
+        holding = [p.name for p in environment.root.rglob("*") if p.is_file() and secret in p.read_bytes()]
+        assert holding == ["secret"]
         skipped = enosnet("deploy", "-c", "c.yaml", "--no-install", cwd=tmp_path)
         assert skipped.returncode == 0 and "install recap" not in skipped.stdout
     finally:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -68,6 +69,21 @@ class AnsibleOptions:
     verbosity: int = 0
     roles_path: tuple[Path, ...] = ()
     envvars: Mapping[str, str] = field(default_factory=FrozenVars)
+
+
+def _private_vars_file(extra_vars: Mapping[str, Any]) -> str | None:
+    """Extra variables in a fresh 0600 file (None when there are none), removed once the run ends.
+
+    ansible-runner would put them on ``ansible-playbook``'s command line, which
+    any local user can read in ``/proc`` and which it saves in the run's
+    artifacts: the agents' secret is among them.
+    """
+    if not extra_vars:
+        return None
+    fd, path = tempfile.mkstemp(prefix="enosnet-vars-", suffix=".json")  # 0600, a name no one can predict
+    with os.fdopen(fd, "w") as handle:
+        json.dump(dict(extra_vars), handle, default=str)
+    return path
 
 
 def run_playbook(path: str | Path, *, roles: HostsLike, role: RoleSelector = None,
@@ -219,17 +235,21 @@ class _Job:
 
         ensure_control_dir(self.ssh)
         folder = env.new_run_dir(kind) if env else Path(tempfile.mkdtemp(prefix="enosnet-ansible-"))
+        vars_file = _private_vars_file(extra_vars or {})
         try:
             with open(folder / "events.jsonl", "w") as self.events_file:
                 runner = ansible_runner.run(
                     private_data_dir=str(folder), playbook=playbook, inventory=self.inventory(),
-                    envvars=self.envvars(roles_path), extravars=dict(extra_vars or {}), forks=self.forks(),
+                    envvars=self.envvars(roles_path), forks=self.forks(),
+                    cmdline=f"-e @{shlex.quote(vars_file)}" if vars_file else None,
                     limit=limit, tags=",".join(tags) or None, quiet=True,
                     verbosity=self.options.verbosity or None, timeout=self.options.timeout or None,
                     event_handler=self.handle, suppress_env_files=True, ident="ansible")
             return self.results(runner, folder if env else None)
         finally:
             self.events_file = None
+            if vars_file:
+                os.unlink(vars_file)
             if env is None:
                 shutil.rmtree(folder, ignore_errors=True)
 
