@@ -340,3 +340,5 @@ def test_backup_fetches_host_state_with_the_real_playbook(local_hosts: Any) -> N
     for name in names:
         assert any(rel.startswith(f"hosts/{name}/var/lib/enosnet-agent/") for rel in fetched), fetched
     assert verify_backup(made.path).ok
+    secret = access.secret.encode()  # the agents' config stays on the hosts: no secret in the backup
+    assert [p for p in made.path.rglob("*") if p.is_file() and secret in p.read_bytes()] == []
