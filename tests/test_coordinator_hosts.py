@@ -22,7 +22,7 @@ import pytest
 
 from enosnet.config import parse_config
 from enosnet.coordinator import SyncCoordinator, Timeouts, Worker, iperf3_actions
-from enosnet.coordinator.agent.wire import MessageType, encode, env_hash
+from enosnet.coordinator.agent.wire import MessageType, encode, env_hash, worker_key
 from enosnet.coordinator.install import REMOTE_DIR, ssh, start_agents_over_ssh, stop_agents_over_ssh
 from enosnet.environment import Environment
 from enosnet.errors import WorkerLost
@@ -202,7 +202,7 @@ def test_coordinator_killed_mid_run_and_a_new_one_reattaches(deployment: Deploym
 
 def test_forged_and_damaged_datagrams_are_dropped_and_counted_on_hosts(deployment: Deployment) -> None:
     worker = deployment.workers[0]
-    key = deployment.secret.encode()
+    key = worker_key(deployment.secret, worker.id).encode()
     good = encode(MessageType.STATUS, {"force": True}, key=key, env=env_hash(deployment.env.name),
                   worker=worker.id, session=int.from_bytes(os.urandom(7), "big"), seq=1)
     forged = encode(MessageType.STOP, {"all": True}, key=b"guessed-secret-guessed-secret", env=env_hash("coord"),

@@ -27,7 +27,7 @@ from enosnet.coordinator import (
     agent_config,
     iperf3_actions,
 )
-from enosnet.coordinator.agent.wire import MessageType, encode, env_hash
+from enosnet.coordinator.agent.wire import MessageType, encode, env_hash, worker_key
 from enosnet.coordinator.install import LocalAgents
 from enosnet.errors import CoordinatorError, SyncTimeout, WorkerLost
 
@@ -272,9 +272,10 @@ def test_forged_garbled_truncated_oversized_replayed_datagrams_are_counted(clust
     c = cluster({"client": 1})
     worker = c.workers[0]
     target = (worker.address, worker.port)
-    good = encode(MessageType.STATUS, {"force": True}, key=SECRET.encode(), env=env_hash(ENV_ID),
+    key = worker_key(SECRET, worker.id).encode()
+    good = encode(MessageType.STATUS, {"force": True}, key=key, env=env_hash(ENV_ID),
                   worker=worker.id, session=77, seq=1)
-    stale = encode(MessageType.STATUS, {}, key=SECRET.encode(), env=env_hash(ENV_ID), worker=worker.id,
+    stale = encode(MessageType.STATUS, {}, key=key, env=env_hash(ENV_ID), worker=worker.id,
                    session=78, seq=1, ts=time.time_ns() - 10**12)
     forged = encode(MessageType.STOP, {"all": True}, key=b"not-the-secret-at-all", env=env_hash(ENV_ID),
                     worker=worker.id, session=79, seq=1)
@@ -442,3 +443,19 @@ def test_an_estimated_lead_too_short_for_a_stalled_agent_is_retried_once(
     records = asyncio.run(scenario())
     assert [r.ok for r in records] == [True, True]
     assert "trying again with" in caplog.text
+
+
+def test_one_workers_key_commands_no_other_worker(cluster: Callable[..., Cluster]) -> None:
+    c = cluster({"client": 2})
+    mine, other = c.workers
+    stolen = worker_key(SECRET, mine.id).encode()  # what a compromised client-0 (or its driver) can read
+    forged = encode(MessageType.STOP, {"all": True}, key=stolen, env=env_hash(ENV_ID), worker=other.id,
+                    session=91, seq=1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(forged, (other.address, other.port))
+    time.sleep(0.2)
+    with c.coordinator() as coord:
+        statuses = {s.worker: s for s in coord.status()}
+    assert statuses[other.id].counters["drop"] == {"bad_mac": 1}
+    assert SECRET not in json.dumps([agent_config(w.id, role="client", secret=SECRET, env_id=ENV_ID, actions={})
+                                     for w in c.workers])

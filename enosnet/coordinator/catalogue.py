@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from enosnet.coordinator.agent.wire import worker_key
+
 DEFAULT_PORT = 7700
 DEFAULT_WORKDIR = "/var/lib/enosnet-agent"
 CONGESTION = r"[a-z0-9_]{1,16}"
@@ -21,12 +23,16 @@ CONGESTION = r"[a-z0-9_]{1,16}"
 def agent_config(worker_id: str, *, role: str, secret: str, env_id: str, actions: Mapping[str, Any],
                  port: int = DEFAULT_PORT, workdir: str = DEFAULT_WORKDIR, bind: str = "0.0.0.0",
                  replay_window_s: float = 30.0, sample_interval_s: float = 1.0) -> dict[str, Any]:
-    """The agent's JSON config: one flat object (see docs/coordinator.md)."""
+    """The agent's JSON config: one flat object (see docs/coordinator.md).
+
+    ``secret`` is the environment's; the config holds only this worker's key
+    derived from it (``worker_key``), so one host's config commands no other.
+    """
     return {
         "worker_id": worker_id,
         "role": role,
         "env_id": env_id,
-        "secret": secret,
+        "secret": worker_key(secret, worker_id),
         "port": port,
         "bind": bind,
         "workdir": workdir,

@@ -28,6 +28,7 @@ from enosnet.coordinator.agent.wire import (
     decode,
     encode,
     env_hash,
+    worker_key,
 )
 from enosnet.errors import ConfigError, CoordinatorError, SyncTimeout, WorkerLost
 from enosnet.model import Roles
@@ -176,8 +177,9 @@ class PairResult:
 class _Link:
     """The coordinator's side of one agent."""
 
-    def __init__(self, worker_id: str, address: str, port: int, *, window_s: float) -> None:
+    def __init__(self, worker_id: str, address: str, port: int, *, window_s: float, key: bytes) -> None:
         self.id = worker_id
+        self.key = key
         self.addr = (address, port)
         self.guard = ReplayGuard(window_s=window_s)
         self.stats = LinkStats()
@@ -221,15 +223,16 @@ class Coordinator:
                  timeouts: Timeouts | None = None, claim: bool = True, replay_window_s: float = 30.0) -> None:
         self.workers = list(workers)
         self.timeouts = timeouts or Timeouts()
-        self.key, self.env = secret.encode(), env_hash(env_id)
+        self.env = env_hash(env_id)
         self.bind, self.claim = bind, claim
         self.session = int.from_bytes(os.urandom(8), "big") >> 1
         self.seq = 0
         self.rejected: dict[str, int] = {}
         self.links: dict[str, _Link] = {}
         for worker in self.workers:
+            key = worker_key(secret, worker.id).encode()
             link = self.links.setdefault(worker.id, _Link(worker.id, worker.address, worker.port,
-                                                          window_s=replay_window_s))
+                                                          window_s=replay_window_s, key=key))
             if link.addr != (worker.address, worker.port):
                 raise ConfigError(f"worker {worker.id}: two addresses ({link.addr} and {worker.address})")
         self.roles: dict[str, list[Worker]] = {}
@@ -292,16 +295,20 @@ class Coordinator:
         assert self._transport is not None, "open() the coordinator first"
         self.seq += 1
         ts = time.time_ns()
-        data = encode(kind, payload, key=self.key, env=self.env, worker=link.id, session=self.session,
+        data = encode(kind, payload, key=link.key, env=self.env, worker=link.id, session=self.session,
                       seq=self.seq, ts=ts)
         self._transport.sendto(data, link.addr)
         link.stats.sent += 1
         return self.seq, ts
 
+    def _key(self, worker: str) -> bytes | None:
+        link = self.links.get(worker)
+        return link.key if link is not None else None
+
     def _on_datagram(self, data: bytes, addr: tuple[Any, int]) -> None:
         t3 = time.time_ns()
         try:
-            msg = decode(data, key=self.key, env=self.env)
+            msg = decode(data, key=self._key, env=self.env)
         except WireError as exc:
             self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
             return

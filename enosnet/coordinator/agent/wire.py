@@ -16,7 +16,7 @@ zipapp. Layout (network byte order)::
     ts       q    send time, wall clock, ns since the epoch
     length   H    payload length
     payload       JSON object (UTF-8), optionally zlib-compressed
-    tag      32s  HMAC-SHA256 over everything before it, keyed by the environment secret
+    tag      32s  HMAC-SHA256 over everything before it, keyed by the worker's key (``worker_key``)
 
 A datagram is at most ``MAX_DATAGRAM`` (1200) bytes.
 
@@ -37,6 +37,7 @@ import struct
 import time
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 MAGIC = b"ENSN"
@@ -102,6 +103,19 @@ def env_hash(env_id: str) -> bytes:
     return hashlib.sha256(env_id.encode()).digest()[:8]
 
 
+def worker_key(secret: str, worker: str) -> str:
+    """One worker's key, derived from the environment's secret and its id (what its agent config holds).
+
+    A host that is compromised, or a driver under test running as root, learns
+    its own agent's key only: it can neither command other agents nor forge
+    their reports. Ansible's ``hash('sha256')`` filter derives the same.
+
+    >>> worker_key("s" * 32, "client-0") == worker_key("s" * 32, "client-1")
+    False
+    """
+    return hashlib.sha256(f"{secret}:{worker}".encode()).hexdigest()
+
+
 def encode(type: MessageType, payload: dict[str, Any], *, key: bytes, env: bytes, worker: str,
            session: int, seq: int, ack: int = 0, ts: int | None = None) -> bytes:
     """One datagram; raises ``ValueError`` when the payload does not fit."""
@@ -120,8 +134,12 @@ def encode(type: MessageType, payload: dict[str, Any], *, key: bytes, env: bytes
     return data + hmac.new(key, data, hashlib.sha256).digest()
 
 
-def decode(data: bytes, *, key: bytes, env: bytes) -> Message:
-    """Parse and authenticate one datagram; raises ``WireError`` naming why it was dropped."""
+def decode(data: bytes, *, key: bytes | Callable[[str], bytes | None], env: bytes) -> Message:
+    """Parse and authenticate one datagram; raises ``WireError`` naming why it was dropped.
+
+    ``key`` is the key, or gives the key of the worker the header names
+    (None: a worker this side does not know).
+    """
     if len(data) > MAX_DATAGRAM:
         raise WireError("oversized", f"{len(data)} bytes")
     if len(data) < HEADER.size + TAG_SIZE:
@@ -134,6 +152,11 @@ def decode(data: bytes, *, key: bytes, env: bytes) -> Message:
     if length != len(data) - HEADER.size - TAG_SIZE:
         raise WireError("truncated", "length field does not match the datagram")
     body_end = len(data) - TAG_SIZE
+    if callable(key):
+        found = key(_worker_name(name))
+        if found is None:
+            raise WireError("unknown_worker", _worker_name(name))
+        key = found
     expected = hmac.new(key, data[:body_end], hashlib.sha256).digest()
     if not hmac.compare_digest(expected, data[body_end:]):
         raise WireError("bad_mac")
