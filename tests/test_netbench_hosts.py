@@ -74,14 +74,21 @@ def test_the_real_drivers_run_and_their_numbers_agree_with_the_scenario_and_the_
         key = (driver, "client-0")
         assert received[key] == 20_000_000  # what the scenario sends the client, which completed it
         assert traced[key] <= received[key] * 1.02  # the trace's lines: up to the last whole second
-        assert 0.9 <= ratio[key] <= 1.1, (driver, ratio[key])  # the host's interface saw the same bytes
+        # the host's interface saw the same bytes, and a little more: headers, and for QUIC its framing and
+        # retransmissions (1.03-1.08 here, now and then just over the 10 % that flags a run)
+        assert 0.9 <= ratio[key] <= (1.25 if driver == "s2n-quic" else 1.1), (driver, ratio[key])
         assert throughput[key] > 1e6
     with ResultsStore.open(deployment.env.db_file, create=False) as store:
         runs = store.runs()
         measured = {m.value for m in store.host_metadata(per_run=True) if m.key == "netbench.measured_by"}
+        driver_of = {r.id: str(r.params["driver"]) for r in runs}
+        checked = {driver_of[m.run_id or 0]: m.value for m in store.host_metadata(per_run=True)
+                   if m.key == "netbench.cross_check"}
         assert all(r.status == "ok" and r.start_skew is not None for r in runs)
         cpu = [m.value for m in store.metrics(name="cpu")]
     assert measured == {"driver-trace; bytes from the scenario"}
+    for driver, verdict in checked.items():  # a run is flagged exactly when its figures are over 10 % apart
+        assert verdict.endswith("agrees") == (abs(ratio[(driver, "client-0")] - 1) <= 0.10), verdict
     assert len(cpu) == 3 and all(c > 0 for c in cpu)
     tree = {p.relative_to(result.runs_dir).parts[1:] for p in result.runs_dir.rglob("netbench/*/*/*.json")}
     assert tree == {("netbench", "request_response", d, f"{side}-0.json")
