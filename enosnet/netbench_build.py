@@ -126,6 +126,11 @@ def host_target() -> str:
     raise BuildError("rustc -vV did not name the host target")
 
 
+def crate_folder(crate: str, version: str, *, cache: Path | None = None, target: str | None = None) -> Path:
+    """Where a crate at a version is (or would be) installed in the cache: its binaries are in ``bin/``."""
+    return (cache or cache_dir()) / "netbench" / (target or host_target()) / f"{crate}-{version}"
+
+
 def build(crates: Mapping[str, str] | None = None, *, path: str | Path | None = None,
           packages: Sequence[str] = (), cache: Path | None = None, on_output: Progress | None = None) -> Built:
     """Build (or reuse) ``crates`` (crate → version) and the packages of a local ``path``.
@@ -145,7 +150,7 @@ def build(crates: Mapping[str, str] | None = None, *, path: str | Path | None = 
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root / ".lock"):
         for crate, version in sorted((crates or {}).items()):
-            folder = root / target / f"{crate}-{version}"
+            folder = crate_folder(crate, version, cache=root.parent, target=target)
             if _complete(folder, crate_binaries(crate)):
                 reused.append(f"{crate}@{version}")
             else:

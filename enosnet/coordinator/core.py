@@ -120,6 +120,13 @@ class WorkerRecord:
         return f"{self.run_dir}/samples.jsonl" if self.run_dir else None
 
     @property
+    def seconds(self) -> float | None:
+        """How long the process ran, from its start to its end (both in the agent's clock)."""
+        if self.start_ns is None or self.end_ns is None:
+            return None
+        return (self.end_ns - self.start_ns) / 1e9
+
+    @property
     def start_coordinator_ns(self) -> int | None:
         if self.start_ns is None:
             return None

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from enosnet.errors import ResultsError
-from enosnet.netbench_build import PINNED, BuildError, cache_dir, host_target
+from enosnet.netbench_build import PINNED, BuildError, crate_folder
 from enosnet.results.store import RunRow
 
 
@@ -70,9 +70,7 @@ def report_program() -> str | None:
     if found:
         return found
     try:
-        target = host_target()
+        built = crate_folder("s2n-netbench-cli", PINNED["s2n-netbench-cli"]) / "bin" / "s2n-netbench"
     except BuildError:  # no Rust toolchain: nothing can have been built here
         return None
-    crate = f"s2n-netbench-cli-{PINNED['s2n-netbench-cli']}"
-    built = cache_dir() / "netbench" / target / crate / "bin" / "s2n-netbench"
     return str(built) if os.access(built, os.X_OK) else None

@@ -234,7 +234,7 @@ def _client_result(item: Labelled, trace: Trace, scenario: Mapping[str, Any], in
     out.received = float(expected_rx) if expected_rx is not None else traced_rx
     out.sent = float(expected_tx) if expected_tx is not None else traced_tx
     source = "scenario" if expected_rx is not None else "driver-trace (lower bound)"
-    out.seconds = ((record.end_ns or 0) - (record.start_ns or 0)) / 1e9
+    out.seconds = record.seconds or 0.0
     if out.seconds <= 0:
         out.problems.append(f"{host}: the client's run time is unknown (start or end not reported)")
         return out
@@ -268,7 +268,7 @@ def _usage_metrics(pulled: Path, record: WorkerRecord, *, host: str, prefix: str
         usage = json.loads((pulled / "run.json").read_text()).get("usage") or {}
     except (OSError, ValueError):
         return []
-    seconds = ((record.end_ns or 0) - (record.start_ns or 0)) / 1e9
+    seconds = record.seconds or 0.0
     out = [Metric(host, f"{prefix}memory_max", float(usage.get("max_rss_kib", 0)) * 1024, "B")]
     if seconds > 0:
         cpu = float(usage.get("user_s", 0)) + float(usage.get("system_s", 0))
@@ -289,12 +289,9 @@ def _write_report_file(path: Path, item: Labelled, trace: Trace, result: ClientR
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {"pid": item.record.pid or 0, "driver": f"{path.parent.name}-{path.stem}",
               "scenario": path.parent.parent.name, "start_time": _epoch(item.record.start_ns)}
-    lines = [json.dumps(header)]
-    previous = 0.0
-    for point in trace.points:
-        lines.append(json.dumps(_interval(point.t, point.rx * (point.t - previous), point.tx * (point.t - previous))))
-        previous = point.t
-    if result is not None and result.seconds > previous:
+    lines = [json.dumps(header)] + [json.dumps(_interval(t, rx, tx)) for t, rx, tx in trace.intervals()]
+    last = trace.points[-1].t if trace.points else 0.0
+    if result is not None and result.seconds > last:
         rx, tx = trace.totals()
         lines.append(json.dumps(_interval(result.seconds, max(result.received - rx, 0), max(result.sent - tx, 0))))
     path.write_text("\n".join(lines) + "\n")

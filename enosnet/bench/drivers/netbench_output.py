@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,15 +48,17 @@ class Trace:
     points: list[TracePoint] = field(default_factory=list)
     error: str | None = None
 
-    def totals(self) -> tuple[float, float]:
-        """Bytes received and sent over the lines written (the last partial second is not among them)."""
-        rx = tx = 0.0
+    def intervals(self) -> Iterator[tuple[float, float, float]]:
+        """Per line: its time, and the bytes received and sent since the line before (rate × interval)."""
         previous = 0.0
         for point in self.points:
-            rx += point.rx * (point.t - previous)
-            tx += point.tx * (point.t - previous)
+            yield point.t, point.rx * (point.t - previous), point.tx * (point.t - previous)
             previous = point.t
-        return rx, tx
+
+    def totals(self) -> tuple[float, float]:
+        """Bytes received and sent over the lines written (the last partial second is not among them)."""
+        moved = list(self.intervals())
+        return sum(rx for _, rx, _ in moved), sum(tx for _, _, tx in moved)
 
 
 def parse_rate(text: str) -> float:
