@@ -57,6 +57,9 @@ class LocalProviderConfig(Strict):
     subnet: str = "198.18.0.0/15"
     python: str = "/usr/bin/python3"
     boot_timeout: float = Field(30.0, gt=0)
+    # Folders of this machine every host sees read-only at the same path (e.g. a build folder); hosts
+    # otherwise see none of /root, /home, /tmp, /var/tmp or any enosnet environment.
+    share: list[str] = Field(default_factory=list)
 
     @field_validator("subnet")
     @classmethod

@@ -18,6 +18,7 @@ points at the last one used. Layout::
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ from enosnet.errors import EnvironmentNotFound, ProviderError
 
 BASE = Path(".enosnet")
 CURRENT = "current"
+REGISTRY = Path("/var/lib/enosnet/environments")
 
 
 class Environment:
@@ -134,6 +136,7 @@ class Environment:
         for folder in (self.root, self.ssh_dir, self.logs_dir, self.runs_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.ssh_dir.chmod(0o700)
+        register(self.root)
         return self
 
     def new_run_dir(self, kind: str) -> Path:
@@ -217,3 +220,43 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` durable (the folder's entry, not only the file's data)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def register(root: Path, registry: Path = REGISTRY) -> None:
+    """Note ``root`` in the machine's list of environment folders (only where this process may write it).
+
+    Local hosts hide every listed folder: no host reads another environment's
+    secret or keys. Folders that no longer exist drop out of the list here.
+    """
+    try:
+        registry.parent.mkdir(parents=True, exist_ok=True)
+        with open(registry, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.seek(0)
+            lines = handle.read().splitlines()
+            wanted = list(dict.fromkeys([*(line for line in lines if line and Path(line).is_dir()), str(root)]))
+            if wanted != lines:
+                handle.seek(0)
+                handle.truncate()
+                handle.write("".join(f"{line}\n" for line in wanted))
+    except OSError:
+        return  # not root: this user's environments are under their home, which local hosts hide anyway
+
+
+def registered(registry: Path = REGISTRY) -> list[Path]:
+    """The environment folders of this machine that still exist."""
+    try:
+        lines = registry.read_text().splitlines()
+    except OSError:
+        return []
+    return [Path(line) for line in lines if line and Path(line).is_dir()]

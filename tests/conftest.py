@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,13 +75,15 @@ class LocalDeployment:
 def local_hosts(tmp_path: Path) -> Iterator[Callable[..., LocalDeployment]]:
     """Factory: ``local_hosts({"server": 1, "client": 2})`` deploys real local hosts, destroyed afterwards.
 
-    Extra keyword ``name`` names the environment (one directory per name under tmp_path).
+    Extra keyword ``name`` names the environment (one directory per name under tmp_path); ``share``
+    lists machine folders the hosts see read-only (they see none of /tmp, /root, … otherwise).
     """
     made: list[LocalProvider] = []
 
-    def deploy(roles: dict[str, int], *, name: str = "t") -> LocalDeployment:
+    def deploy(roles: dict[str, int], *, name: str = "t", share: Sequence[Path] = ()) -> LocalDeployment:
         counts = ", ".join(f"{role}: {count}" for role, count in roles.items())
-        text = f"name: {name}\nprovider: {{kind: local}}\nroles: {{{counts}}}\n"
+        shared = f", share: [{', '.join(str(p) for p in share)}]" if share else ""
+        text = f"name: {name}\nprovider: {{kind: local{shared}}}\nroles: {{{counts}}}\n"
         env = Environment(tmp_path / ".enosnet" / name)
         provider = LocalProvider(parse_config(text), env)
         made.append(provider)

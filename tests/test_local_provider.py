@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
+import shutil
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,7 +38,9 @@ def machine_leftovers(tag: str) -> list[str]:
     netns = os.listdir("/run/netns") if Path("/run/netns").exists() else []
     left = [n for n in netns if n.startswith(f"{PREFIX}-{tag}")]
     links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True).stdout)
-    left += [link["ifname"] for link in links if link["ifname"].startswith((names.bridge, f"{PREFIX}{tag}"))]
+    left += [link["ifname"] for link in links if link["ifname"].startswith(names.bridge)]
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
+    left += [line for line in tables.splitlines() if line.endswith(names.nft_table)]
     left += [line for line in Path("/proc/mounts").read_text().splitlines() if f"{PREFIX}-{tag}" in line]
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     left += [line for line in ps.splitlines() if f"{PREFIX}-{tag}" in line and "ps -eo" not in line]
@@ -150,3 +156,95 @@ def test_no_secret_on_a_command_line_and_a_fresh_root_home(local_hosts: Callable
     assert "PRIVATE KEY" not in ps
     assert "PRIVATE KEY" not in ssh(host, "cat /proc/1/cmdline").stdout
     assert ssh(host, "cat /root/.bashrc").stdout == Path("/etc/skel/.bashrc").read_text()
+
+
+@pytest.fixture
+def other_environment() -> Iterator[Environment]:
+    """Another environment with its secret, outside every folder hosts hide by default (found by the registry)."""
+    root = Path(tempfile.mkdtemp(prefix="enosnet-test-", dir="/srv" if Path("/srv").is_dir() else "/opt"))
+    try:
+        env = Environment(root / "other").create()
+        env.secret()
+        yield env
+    finally:
+        shutil.rmtree(root)
+
+
+@pytest.fixture
+def aws_credentials_marker() -> Iterator[Path]:
+    """A file in the machine's ~/.aws (made for the test, removed after; the folder too if the test made it)."""
+    folder = Path("/root/.aws")
+    made = not folder.exists()
+    folder.mkdir(mode=0o700, exist_ok=True)
+    marker = folder / f"enosnet-test-{secrets.token_hex(4)}"
+    marker.write_text("aws_secret_access_key = not-a-real-key\n")
+    try:
+        yield marker
+    finally:
+        marker.unlink()
+        if made:
+            folder.rmdir()
+
+
+def test_a_host_is_a_box_not_the_machine(local_hosts: Callable[..., LocalDeployment], other_environment: Environment,
+                                         aws_credentials_marker: Path) -> None:
+    dep = local_hosts({"node": 1})
+    (host,) = dep.roles["node"]
+    dep.env.secret()
+    clock = ssh(host, "date -s @0", check=False)
+    assert clock.returncode != 0 and "not permitted" in clock.stderr
+    assert ssh(host, "find /dev -type b | wc -l; lsblk -n 2>/dev/null | wc -l").stdout.split() == ["0", "0"]
+    for secret in (other_environment.secret_file, dep.env.secret_file, dep.env.key_file, aws_credentials_marker):
+        assert secret.exists()
+        assert ssh(host, f"cat {secret}", check=False).returncode != 0, f"{secret} is readable in a host"
+    capabilities = int(ssh(host, "grep CapBnd /proc/self/status").stdout.split()[1], 16)
+    for number in (16, 17, 21, 22, 25, 27):  # sys_module, sys_rawio, sys_admin, sys_boot, sys_time, mknod
+        assert not capabilities & (1 << number)
+    assert capabilities & (1 << 12) and capabilities & (1 << 13)  # net_admin, net_raw: tc and ping still work
+    assert ssh(host, "tc qdisc replace dev eth0 root pfifo limit 500 && tc qdisc del dev eth0 root").returncode == 0
+    assert ssh(host, "sysctl -qw net.ipv4.tcp_rmem='4096 131072 6291456'").returncode == 0
+    assert ssh(host, "echo 1 > /proc/sys/kernel/printk", check=False).returncode != 0
+
+
+def test_a_host_reaches_only_the_coordinator_on_the_gateway(local_hosts: Callable[..., LocalDeployment]) -> None:
+    dep = local_hosts({"node": 1})
+    (host,) = dep.roles["node"]
+    gateway = dep.networks["local"].gateway
+    with socket.socket() as service, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as datagrams:
+        service.bind((gateway, 0))
+        service.listen()
+        datagrams.bind((gateway, 0))
+        datagrams.settimeout(2)
+        tcp = ssh(host, f"timeout 3 bash -c 'echo > /dev/tcp/{gateway}/{service.getsockname()[1]}'", check=False)
+        assert tcp.returncode != 0
+        port = datagrams.getsockname()[1]
+        send = f"python3 -c 'import socket,sys; s=socket.socket(2,2); s.bind((\"\", int(sys.argv[1]))); " \
+               f"s.sendto(b\"x\", (\"{gateway}\", {port}))' "
+        ssh(host, send + "7701")  # not the agent port: dropped
+        with pytest.raises(TimeoutError):
+            datagrams.recvfrom(16)
+        ssh(host, send + "7700")  # an agent's event: delivered
+        assert datagrams.recvfrom(16)[0] == b"x"
+
+
+def test_destroy_all_leaves_a_longer_prefix_alone(local_hosts: Callable[..., LocalDeployment]) -> None:
+    dep = local_hosts({"node": 1})
+    assert destroy_all(PREFIX[:-1]) == []  # "t1a2" must not take "t1a2b"'s hosts
+    assert ssh(dep.roles["node"][0], "true").returncode == 0
+
+
+def test_share_mounts_a_folder_read_only_and_refuses_an_environment(tmp_path: Path) -> None:
+    shared = tmp_path / "build"
+    shared.mkdir()
+    (shared / "tool").write_text("built\n")
+    text = f"name: share\nprovider: {{kind: local, share: [{shared}]}}\nroles: {{node: 1}}\n"
+    with LocalProvider(parse_config(text), Environment(tmp_path / "env")) as (roles, _):
+        (host,) = roles["node"]
+        assert ssh(host, f"cat {shared}/tool").stdout == "built\n"
+        assert ssh(host, f"touch {shared}/new", check=False).returncode != 0
+        assert ssh(host, f"ls {tmp_path}").stdout.split() == ["build"]  # the rest of /tmp stays hidden
+    text = f"name: share\nprovider: {{kind: local, share: [{tmp_path}]}}\nroles: {{node: 1}}\n"
+    env = Environment(tmp_path / "env2")
+    with pytest.raises(ProviderError, match="holds the enosnet environment"):
+        LocalProvider(parse_config(text), env).init()
+    assert not (env.load_state() or {}).get("provider", {}).get("hosts")

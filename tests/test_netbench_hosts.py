@@ -27,8 +27,8 @@ SCENARIOS = "/var/lib/enosnet/scenarios"
 
 
 def deploy(local_hosts: Callable[..., Any], netbench_bin: Path, counts: dict[str, int], name: str) -> Any:
-    """Local hosts whose agents run the real drivers (the build cache is visible through each host's root)."""
-    deployment = local_hosts(counts, name=name)
+    """Local hosts whose agents run the real drivers (the build cache's folder is shared with the hosts)."""
+    deployment = local_hosts(counts, name=name, share=[netbench_bin])
     access = agent_access(deployment.env)
     actions = {**iperf3_actions(), **netbench_actions(bin_dir=str(netbench_bin), scenario_dir=SCENARIOS)}
     start_agents_over_ssh(deployment.roles, env_id=access.env_id, secret=access.secret, actions=actions,

@@ -78,8 +78,10 @@ def registry_source(name: str) -> Path:
 @pytest.mark.hosts
 @pytest.mark.timeout(300)
 def test_download_way_checks_the_checksum_and_fetches_once(local_hosts: Callable[..., Any], tmp_path: Path) -> None:
-    deployment = local_hosts({"server": 1}, name="nbdown")
-    archive = tmp_path / "netbench.tar.gz"
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    deployment = local_hosts({"server": 1}, name="nbdown", share=[dist])
+    archive = dist / "netbench.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         for name in BINARIES:
             path = tmp_path / name

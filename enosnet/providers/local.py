@@ -8,12 +8,19 @@ outside the bridge. Needs root.
 
 Names carry a prefix (``enos``, or ``$ENOSNET_LOCAL_PREFIX``) so that
 ``destroy_all`` finds every host even without state: namespaces
-``<prefix>-<tag>-<n>``, bridges ``<prefix>b<tag>``, veths ``<prefix><tag><n>``,
-where ``<tag>`` is derived from the environment directory.
+``<prefix>-<tag>-<n>``, bridges ``<prefix>-<tag>``, veths ``<prefix>-<tag><n>``,
+where ``<tag>`` is six hex digits derived from the environment directory. The
+``-`` after the prefix keeps prefixes apart (``enos`` never matches ``enos1``'s
+objects).
 
 >>> names = Names("enos", "a1b2c3")
 >>> names.netns(3), names.bridge, names.veth(3)
-('enos-a1b2c3-3', 'enosba1b2c3', 'enosa1b2c33')
+('enos-a1b2c3-3', 'enos-a1b2c3', 'enos-a1b2c33')
+
+A host is a box, not the machine (see ``hostinit.py``): it sees none of the
+machine's ``/root``, ``/home``, ``/tmp`` or enosnet environments, no disk
+device, cannot set the clock or load modules (``DROPPED_CAPABILITIES``), and
+on the gateway address reaches only the coordinator (``gateway_filter``).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from enosnet.config import LocalProviderConfig
-from enosnet.environment import make_keypair, write_atomic
+from enosnet.environment import make_keypair, registered, write_atomic
 from enosnet.errors import PrivilegeError, ProviderError
 from enosnet.model import Host, Network, Networks, Roles
 from enosnet.providers.base import Provider, wait_ssh
@@ -43,13 +50,25 @@ from enosnet.providers.base import Provider, wait_ssh
 NETNS_DIR = Path("/run/netns")
 LOCK_FILE = Path("/run/enosnet-local.lock")
 HOSTINIT = Path(__file__).with_name("hostinit.py")
-TOOLS = ("ip", "unshare", "nsenter", "mount", "pivot_root", "/usr/sbin/sshd", "ssh-keygen")
+TOOLS = ("ip", "unshare", "nsenter", "setpriv", "nft", "pivot_root", "/usr/sbin/sshd", "ssh-keygen")
 DEFAULT_PREFIX = "enos"
+IFNAMSIZ = 15
+# Machine folders no host sees (beside every registered environment): root's and users' homes with
+# their keys and cloud credentials, and the shared temporary folders.
+HIDDEN = ("/root", "/home", "/tmp", "/var/tmp")
+# Removed from every host's bounding set. A host keeps what its tools need: sshd (setuid, setgid,
+# sys_chroot, chown, dac_override, fowner, kill, audit_write), tc, ip, iptables and nft (net_admin,
+# net_raw), the agent's real-time start (sys_nice, ipc_lock) and bpftrace (bpf, perfmon, sys_resource).
+# sys_admin goes too: with it a host could mount the machine's disk or unmount what hides its folders.
+DROPPED_CAPABILITIES = ("sys_time", "sys_module", "sys_rawio", "sys_boot", "sys_admin", "mknod",
+                        "dac_read_search", "sys_pacct", "syslog", "wake_alarm", "block_suspend",
+                        "mac_admin", "mac_override", "audit_control", "linux_immutable", "sys_tty_config")
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def prefix_from_env() -> str:
     prefix = os.environ.get("ENOSNET_LOCAL_PREFIX", DEFAULT_PREFIX)
-    if not re.fullmatch(r"[a-z][a-z0-9]{0,4}", prefix):
+    if not re.fullmatch(r"[a-z][a-z0-9]{0,4}", prefix, flags=re.ASCII):
         raise ProviderError(f"ENOSNET_LOCAL_PREFIX={prefix!r}: must be 1-5 lowercase letters or digits, "
                             "starting with a letter")
     return prefix
@@ -66,23 +85,31 @@ class Names:
         return f"{self.prefix}-{self.tag}-{index}"
 
     def veth(self, index: int) -> str:
-        return f"{self.prefix}{self.tag}{index}"
+        return f"{self.prefix}-{self.tag}{index}"
 
     @property
     def bridge(self) -> str:
-        return f"{self.prefix}b{self.tag}"
+        return f"{self.prefix}-{self.tag}"
+
+    @property
+    def nft_table(self) -> str:
+        return f"enosnet_{self.prefix}_{self.tag}"
 
     @staticmethod
     def netns_pattern(prefix: str) -> re.Pattern[str]:
-        return re.compile(rf"^{re.escape(prefix)}-[0-9a-f]{{6}}-\d+$")
+        return re.compile(rf"{re.escape(prefix)}-[0-9a-f]{{6}}-[0-9]+", re.ASCII)
 
     @staticmethod
     def bridge_pattern(prefix: str) -> re.Pattern[str]:
-        return re.compile(rf"^{re.escape(prefix)}b[0-9a-f]{{6}}$")
+        return re.compile(rf"{re.escape(prefix)}-[0-9a-f]{{6}}", re.ASCII)
 
     @staticmethod
     def veth_pattern(prefix: str) -> re.Pattern[str]:
-        return re.compile(rf"^{re.escape(prefix)}[0-9a-f]{{6}}\d+$")
+        return re.compile(rf"{re.escape(prefix)}-[0-9a-f]{{6}}[0-9]+", re.ASCII)
+
+    @staticmethod
+    def nft_table_pattern(prefix: str) -> re.Pattern[str]:
+        return re.compile(rf"enosnet_{re.escape(prefix)}_[0-9a-f]{{6}}", re.ASCII)
 
 
 class LocalProvider(Provider):
@@ -102,6 +129,11 @@ class LocalProvider(Provider):
         self._release()  # leftovers of an earlier, different or broken deployment
         names = Names(prefix_from_env(), self.env.tag)
         plan = [(role, i) for role, spec in self.config.roles.items() for i in range(spec.count)]
+        if plan and len(names.veth(len(plan) - 1)) > IFNAMSIZ:
+            raise ProviderError(f"{len(plan)} hosts are too many for the prefix {names.prefix!r}: the link name "
+                                f"{names.veth(len(plan) - 1)} is longer than {IFNAMSIZ} characters",
+                                hint="set a shorter ENOSNET_LOCAL_PREFIX")
+        shared = self._shared()
         key = self.env.ensure_keypair()
         host_key = self.env.ssh_dir / "host_ed25519"
         if not host_key.exists():
@@ -117,7 +149,8 @@ class LocalProvider(Provider):
             remove_stale(names, hosts)
             create_links(names.bridge, f"{gateway}/{subnet.prefixlen}", hosts)
             fast_arp(names.bridge)
-        self._boot(hosts, subnet.prefixlen, host_key)
+            gateway_filter(names, str(gateway), self.config.agent.port)
+        self._boot(hosts, subnet.prefixlen, host_key, shared)
         roles = self._roles(hosts, key)
         write_known_hosts(self.env.known_hosts, Path(f"{host_key}.pub").read_text().split()[:2], hosts)
         deadline = time.monotonic() + self.settings.boot_timeout
@@ -130,12 +163,29 @@ class LocalProvider(Provider):
         network = Network("local", str(subnet), str(gateway), names.bridge)
         return roles, Networks([network])
 
-    def _boot(self, hosts: list[dict[str, Any]], prefixlen: int, host_key: Path) -> None:
+    def _shared(self) -> list[str]:
+        """The ``share`` folders, checked: absolute, existing folders, none holding an environment."""
+        shared = []
+        for raw in self.settings.share:
+            path = Path(raw)
+            if not path.is_absolute() or not path.is_dir():
+                raise ProviderError(f"provider.share: {raw}: not an absolute path of an existing folder")
+            path = path.resolve()
+            secret = [env for env in {*registered(), self.env.root} if env.is_relative_to(path)]
+            if secret:
+                raise ProviderError(f"provider.share: {raw} holds the enosnet environment {secret[0]}, "
+                                    "whose secret and keys no host may read")
+            shared.append(str(path))
+        return shared
+
+    def _boot(self, hosts: list[dict[str, Any]], prefixlen: int, host_key: Path, shared: list[str]) -> None:
         """Start every host's PID 1, recording each pid as soon as it exists."""
         etc_hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost\n" + "".join(
             f"{h['address']}\t{h['alias']}\n" for h in hosts)
+        hidden = [*HIDDEN, *(str(env) for env in {*registered(), self.env.root})]
         common = {"host_key": host_key.read_text(), "authorized_key": self.env.public_key(),
-                  "prefixlen": prefixlen, "etc_hosts": etc_hosts}
+                  "prefixlen": prefixlen, "etc_hosts": etc_hosts, "hide": sorted(hidden), "share": shared,
+                  "drop_caps": list(DROPPED_CAPABILITIES)}
         self.env.logs_dir.mkdir(parents=True, exist_ok=True)
         specs = self.env.root / "hosts"
         specs.mkdir(mode=0o700, exist_ok=True)
@@ -148,7 +198,8 @@ class LocalProvider(Provider):
                     ["nsenter", f"--net={NETNS_DIR / h['netns']}", "unshare", "--mount", "--uts", "--pid",
                      "--fork", "--kill-child", sys.executable, "-I", "-S", str(HOSTINIT), str(spec_file),
                      h["netns"]],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    env={"PATH": HOST_PATH, "LANG": "C.UTF-8"})  # nothing of the controller's (AWS_*, …)
             h["pid"] = proc.pid
         self.save_provider_state(hosts=hosts)
 
@@ -178,6 +229,8 @@ class LocalProvider(Provider):
         hosts = state.get("hosts", [])
         links = [h["veth"] for h in hosts] + ([state["bridge"]] if state.get("bridge") else [])
         remove_hosts([h["netns"] for h in hosts], links, [h["pid"] for h in hosts if h.get("pid")])
+        if state.get("prefix") and state.get("tag"):
+            remove_nft_tables([Names(state["prefix"], state["tag"]).nft_table])
         self.env.update_state(provider={})
 
     def enter(self, host: Host) -> list[str]:
@@ -264,10 +317,56 @@ def write_known_hosts(path: Path, key: list[str], hosts: list[dict[str, Any]]) -
 
 
 def nsenter_argv(pid: int) -> list[str]:
-    """Enter the host whose PID 1 is the child of ``pid`` (the ``unshare`` process)."""
+    """Enter the host whose PID 1 is the child of ``pid`` (the ``unshare`` process), with a host's capabilities."""
     init = _children(pid)
     target = init[0] if init else pid
-    return ["nsenter", "-t", str(target), "-n", "-m", "-u", "-p", "--"]
+    drop = ",".join(f"-{cap}" for cap in DROPPED_CAPABILITIES)
+    return ["nsenter", "-t", str(target), "-n", "-m", "-u", "-p", "--", "setpriv", f"--bounding-set={drop}", "--"]
+
+
+def gateway_filter(names: Names, gateway: str, agent_port: int) -> None:
+    """On the machine, let hosts reach only the coordinator: agents' datagrams and replies, nothing routed.
+
+    Hosts talk among themselves over the bridge (not filtered here). Towards
+    the machine they may answer what the machine started (SSH, the
+    coordinator's requests) and send from the agent port to the gateway (an
+    agent's events after a long silent measurement, when conntrack has
+    forgotten the flow); everything else, including the machine's own services
+    on the gateway address, and routing through the machine, is dropped.
+    """
+    bridge = json.dumps(names.bridge)
+    remove_nft_tables([names.nft_table])
+    rules = f"""table inet {names.nft_table} {{
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname {bridge} ct state established,related accept
+    iifname {bridge} ip daddr {gateway} udp sport {agent_port} accept
+    iifname {bridge} drop
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    iifname {bridge} oifname != {bridge} drop
+    oifname {bridge} iifname != {bridge} ct state != established,related drop
+  }}
+}}
+"""
+    proc = subprocess.run(["nft", "-f", "-"], input=rules, capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise ProviderError(f"filtering the gateway {gateway} of {names.bridge} failed: {proc.stderr.strip()}",
+                            hint="the local provider needs nftables (nft) and the kernel's nf_tables")
+
+
+def remove_nft_tables(tables: list[str]) -> None:
+    for table in tables:
+        subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True, timeout=30)
+
+
+def _nft_tables() -> list[str]:
+    proc = subprocess.run(["nft", "-j", "list", "tables"], capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        return []
+    return [item["table"]["name"] for item in json.loads(proc.stdout or "{}").get("nftables", [])
+            if "table" in item and item["table"].get("family") == "inet"]
 
 
 def remove_hosts(netns: list[str], links: list[str], pids: list[int], deadline: float = 20.0) -> None:
@@ -293,18 +392,21 @@ def destroy_all(prefix: str | None = None) -> list[str]:
     """
     require_root_and_tools()
     prefix = prefix or prefix_from_env()
-    netns = [n for n in _netns_names() if Names.netns_pattern(prefix).match(n)]
+    netns = [n for n in _netns_names() if Names.netns_pattern(prefix).fullmatch(n)]
     links = [link["ifname"] for link in _ip_json("link", "show")
-             if Names.bridge_pattern(prefix).match(link["ifname"]) or Names.veth_pattern(prefix).match(link["ifname"])]
+             if Names.bridge_pattern(prefix).fullmatch(link["ifname"])
+             or Names.veth_pattern(prefix).fullmatch(link["ifname"])]
+    tables = [t for t in _nft_tables() if Names.nft_table_pattern(prefix).fullmatch(t)]
     remove_hosts(netns, links, _hostinit_pids(prefix))
-    return netns + links
+    remove_nft_tables(tables)
+    return netns + links + tables
 
 
 def _hostinit_pids(prefix: str) -> list[int]:
     """``unshare`` processes of hosts with this prefix, found by their command line."""
     netns = Names.netns_pattern(prefix)
     return [pid for pid, argv in _processes()
-            if argv and argv[0].endswith("unshare") and HOSTINIT.name in " ".join(argv) and netns.match(argv[-1])]
+            if argv and argv[0].endswith("unshare") and HOSTINIT.name in " ".join(argv) and netns.fullmatch(argv[-1])]
 
 
 def _processes() -> Iterator[tuple[int, list[str]]]:
