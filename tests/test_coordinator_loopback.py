@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from enosnet.coordinator import (
     agent_config,
     iperf3_actions,
 )
-from enosnet.coordinator.agent.wire import MessageType, encode, env_hash, worker_key
+from enosnet.coordinator.agent.wire import HEADER, MessageType, decode, encode, env_hash, worker_key
 from enosnet.coordinator.install import LocalAgents
 from enosnet.errors import CoordinatorError, SyncTimeout, WorkerLost
 
@@ -459,3 +460,107 @@ def test_one_workers_key_commands_no_other_worker(cluster: Callable[..., Cluster
     assert statuses[other.id].counters["drop"] == {"bad_mac": 1}
     assert SECRET not in json.dumps([agent_config(w.id, role="client", secret=SECRET, env_id=ENV_ID, actions={})
                                      for w in c.workers])
+
+
+class Relay:
+    """A UDP relay between one coordinator and one agent that records the agent's replies.
+
+    ``replay`` set: every request is answered first with the recorded reply to
+    the same seq (what an attacker who captured an earlier coordinator's
+    exchange can do), then forwarded to the agent as usual.
+    """
+
+    def __init__(self, agent: tuple[str, int]) -> None:
+        self.agent = agent
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = int(self.sock.getsockname()[1])
+        self.recorded: dict[int, bytes] = {}
+        self.replay = False
+        self.done = False
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        coordinator: tuple[str, int] | None = None
+        while not self.done:
+            try:
+                data, addr = self.sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            if addr == self.agent:
+                if coordinator is not None:
+                    self.recorded.setdefault(HEADER.unpack_from(data)[9], data)  # by the seq it answers
+                    self.sock.sendto(data, coordinator)
+                continue
+            coordinator = addr
+            seq = HEADER.unpack_from(data)[8]
+            if self.replay and seq in self.recorded:
+                self.sock.sendto(self.recorded[seq], coordinator)
+            self.sock.sendto(data, self.agent)
+
+    def close(self) -> None:
+        self.done = True
+        self.thread.join()
+        self.sock.close()
+
+
+def test_a_reply_captured_from_one_coordinator_cannot_answer_another(cluster: Callable[..., Cluster]) -> None:
+    c = cluster({"client": 1})
+    worker = c.workers[0]
+    relay = Relay((worker.address, worker.port))
+    try:
+        relayed = [Worker(worker.id, worker.role, "127.0.0.1", relay.port, worker.index)]
+        with SyncCoordinator(relayed, env_id=ENV_ID, secret=SECRET) as first:
+            first.ready()
+        time.sleep(1.0)  # replayed now, the captured replies would put this agent's clock ~0.5 s behind
+        relay.replay = True
+        with SyncCoordinator(relayed, env_id=ENV_ID, secret=SECRET) as second:
+            [(offset_ms, _)] = second.ready().values()
+            rejected = second.coordinator.links[worker.id].stats.rejected
+    finally:
+        relay.close()
+    assert relay.recorded and rejected.get("unbound_reply", 0) >= 1
+    assert abs(offset_ms) < 100
+
+
+def test_a_stop_of_many_runs_gets_a_cut_down_reply_and_the_agent_lives(cluster: Callable[..., Cluster]) -> None:
+    c = cluster({"client": 1})
+    worker = c.workers[0]
+    key, env = worker_key(SECRET, worker.id).encode(), env_hash(ENV_ID)
+    runs = [f"r{index}-{os.urandom(8).hex()}" for index in range(150)]  # random ids: no compressing them away
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+
+        def ask(seq: int, kind: MessageType, payload: dict[str, Any]) -> dict[str, Any]:
+            sock.sendto(encode(kind, payload, key=key, env=env, worker=worker.id, session=501, seq=seq),
+                        (worker.address, worker.port))
+            return decode(sock.recvfrom(4096)[0], key=key, env=env).payload
+
+        for seq, run in enumerate(runs, start=1):
+            assert ask(seq, MessageType.PREPARE, {"run": run, "action": "true"})["state"] == "ready"
+        reply = ask(len(runs) + 1, MessageType.STOP, {"all": True})
+        assert reply["truncated"] is True and 0 < len(reply["stopping"]) < len(runs)
+        assert set(reply["stopping"]) <= set(runs)
+        status = ask(len(runs) + 2, MessageType.STATUS, {"force": True})
+    assert status["ctr"]["truncated"] == 1
+
+
+def test_a_run_record_too_long_for_a_datagram_is_cut_and_the_agent_lives(cluster: Callable[..., Cluster],
+                                                                           tmp_path: Path) -> None:
+    # a long workdir makes every run record (it names the run's folder) too long for one datagram
+    deep = tmp_path.joinpath(*(os.urandom(110).hex() for _ in range(14)))
+    port = free_udp_port()
+    worker = Worker("deep-0", "client", "127.0.0.1", port, 0)
+    config = agent_config(worker.id, role="client", secret=SECRET, env_id=ENV_ID, actions=TEST_ACTIONS, port=port,
+                          workdir=str(deep), bind="127.0.0.1")
+    agents = LocalAgents([config], folder=tmp_path)
+    try:
+        with SyncCoordinator([worker], env_id=ENV_ID, secret=SECRET) as coord:
+            [record] = coord.run("client", "true")
+            [status] = coord.status(force=True)
+    finally:
+        agents.close()
+    assert record.ok and status.state == "idle"
+    assert record.run_dir is None  # cut, so not trusted; never a wrong folder

@@ -61,7 +61,9 @@ class Hosts:
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
     env = Environment(tmp_path_factory.mktemp("emu") / ".enosnet" / "emu")
-    provider = LocalProvider(parse_config("name: emu\nprovider: {kind: local}\nroles: {client: 1, server: 2}\n"), env)
+    # impaird is run from this checkout, which may sit in a folder hosts do not see (/tmp, /root): shared
+    config = f"name: emu\nprovider: {{kind: local, share: [{IMPAIRD.parent}]}}\nroles: {{client: 1, server: 2}}\n"
+    provider = LocalProvider(parse_config(config), env)
     try:
         roles, _ = provider.init()
         yield Hosts(provider, roles["client"][0], roles["server"][0], roles["server"][1])

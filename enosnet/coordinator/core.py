@@ -331,8 +331,14 @@ class Coordinator:
         link.stats.received += 1
         if msg.type == MessageType.RESP:
             pending = self._pending.get((link.id, msg.ack))
-            if pending is not None and not pending.future.done():
-                pending.future.set_result((msg, pending.sent[msg.ack], t3))
+            if pending is None or pending.future.done():
+                return
+            t0 = pending.sent[msg.ack]
+            unbound = _unbound_reply(msg, self.session, t0, t3)
+            if unbound:
+                link.stats.reject(unbound)
+                return
+            pending.future.set_result((msg, t0, t3))
         else:
             self._on_event(link, msg.payload)
 
@@ -719,11 +725,15 @@ class Coordinator:
             value = rec.get(key)
             return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
+        run_dir = rec.get("dir")
+        if not isinstance(run_dir, str) or not run_dir.endswith(f"/{run_id}"):
+            run_dir = None  # cut down to fit a datagram (a very long workdir): no folder beats a wrong one
+
         return WorkerRecord(worker=link.id, role=role, run=run_id, action=str(rec.get("action")),
                             state=str(rec.get("state")), rc=num("rc"), error=rec.get("error"),
                             scheduled_ns=num("scheduled"), start_ns=num("start_wall"),
                             start_mono_ns=num("start_mono"), exec_ns=num("exec_ns"), end_ns=num("end_wall"),
-                            pid=num("pid"), run_dir=rec.get("dir"), offset_ns=link.offset_ns)
+                            pid=num("pid"), run_dir=run_dir, offset_ns=link.offset_ns)
 
     def _flush_acks(self) -> None:
         deferred, self._deferred = self._deferred, {}
@@ -815,6 +825,21 @@ class Coordinator:
                 for worker in self.workers:
                     if worker.id == worker_id:
                         self._active.setdefault(worker.role, str(run.get("run")))
+
+
+def _unbound_reply(msg: Message, session: int, t0: int, t3: int) -> str | None:
+    """Why a reply does not answer the request sent at ``t0`` by this process (None: it does).
+
+    The agent echoes the request's session and send time; its own receive
+    (``t1``) and send (``ts``) times must be ordered and its turnaround must fit
+    inside the exchange, else the clock offset estimated from it is poison.
+    """
+    if msg.payload.get("re") != [session, t0]:
+        return "unbound_reply"
+    t1 = msg.payload.get("t1")
+    if t1 is not None and (not isinstance(t1, int) or not 0 <= msg.ts - t1 <= t3 - t0):
+        return "bad_timestamps"
+    return None
 
 
 def _plausible_offset(offset: int, rtt: int) -> int:

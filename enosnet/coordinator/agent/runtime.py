@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from .actions import Action, ActionError, parse_actions
-from .wire import MAX_DATAGRAM, REQUESTS, MessageType, ReplayGuard, WireError, decode, encode, env_hash
+from .wire import MAX_DATAGRAM, REQUESTS, MessageType, ReplayGuard, WireError, decode, encode, env_hash, fit
 
 VERSION = "1"
 DEFAULT_PORT = 7700
@@ -225,7 +225,7 @@ class Agent:
         self.timers: dict[str, tuple[int, Callable[[], None]]] = {}
         self.events: dict[str, dict[str, Any]] = {}
         self.started_now: list[Run] = []
-        self.counters: dict[str, Any] = {"rx": 0, "tx": 0, "retx": 0, "refused": 0, "drop": {}}
+        self.counters: dict[str, Any] = {"rx": 0, "tx": 0, "retx": 0, "refused": 0, "truncated": 0, "drop": {}}
         self.started = time.monotonic()
         self.rlog = RateLimitedLog(config.log_interval_s)
         self.state_file = os.path.join(config.workdir, "state.json")
@@ -326,6 +326,9 @@ class Agent:
             log.exception("handling %s failed", msg.type.name)
             reply = {"error": f"agent error: {exc}"[:300]}
         if reply is not None:
+            # bound to the request: its sender's session and send time, so a reply captured from one
+            # coordinator process cannot answer another's request with the same seq
+            reply["re"] = [msg.session, msg.ts]
             self._send(MessageType.RESP, reply, addr, ack=msg.seq)
 
     def _drop(self, reason: str, addr: Addr | None, detail: str) -> None:
@@ -334,6 +337,12 @@ class Agent:
         self.rlog.warning(reason, f"dropped datagram from {addr}: {detail}")
 
     def _send(self, kind: MessageType, payload: dict[str, Any], addr: Addr, ack: int = 0) -> None:
+        """Send one datagram; a payload too large for one (many runs, a long path) is cut down, never fatal."""
+        cut = fit(payload)
+        if cut is not payload:
+            self.counters["truncated"] += 1
+            self.rlog.warning("truncated", f"{kind.name} to {addr} cut down to fit one datagram")
+            payload = cut
         self.seq += 1
         data = encode(kind, payload, key=self.key, env=self.env, worker=self.cfg.worker_id,
                       session=self.session, seq=self.seq, ack=ack)

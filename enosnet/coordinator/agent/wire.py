@@ -116,13 +116,68 @@ def worker_key(secret: str, worker: str) -> str:
     return hashlib.sha256(f"{secret}:{worker}".encode()).hexdigest()
 
 
+def _body(payload: dict[str, Any]) -> tuple[bytes, int]:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    if len(body) > COMPRESS_OVER:
+        return zlib.compress(body, 6), FLAG_ZLIB
+    return body, 0
+
+
+def fits(payload: dict[str, Any]) -> bool:
+    """Whether ``payload`` fits one datagram."""
+    return len(_body(payload)[0]) <= MAX_PAYLOAD
+
+
+def fit(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` itself when it fits one datagram, else a copy cut down until it does.
+
+    The largest string or list is halved until the payload fits, so short
+    fields (ids, states, return codes) survive; ``"truncated": true`` says
+    something was cut. What cannot be cut at all becomes
+    ``{"truncated": true}`` with the payload's short top-level fields.
+
+    >>> cut = fit({"ev": "r1:done", "dir": "/x" * 2000})
+    >>> cut["ev"], cut["truncated"], fits(cut)
+    ('r1:done', True, True)
+    """
+    if fits(payload):
+        return payload
+    out: dict[str, Any] = json.loads(json.dumps(payload))
+    out["truncated"] = True
+    while not fits(out):
+        if not _halve_largest(out):
+            short = {k: v for k, v in payload.items() if isinstance(v, (int, float, bool)) or
+                     (isinstance(v, str) and len(v) <= 64)}
+            return {**short, "truncated": True}
+    return out
+
+
+def _halve_largest(value: dict[str, Any]) -> bool:
+    """Halve the largest string (to at least 16 characters) or list found in ``value``; False when none can be."""
+    best: tuple[int, Any, Any] | None = None
+    stack: list[Any] = [value]
+    while stack:
+        container = stack.pop()
+        items = container.items() if isinstance(container, dict) else enumerate(container)
+        for key, item in items:
+            if isinstance(item, (dict, list)):
+                stack.append(item)
+            cuttable = (isinstance(item, str) and len(item) > 16) or (isinstance(item, list) and len(item) > 1)
+            size = len(json.dumps(item)) if cuttable else 0
+            if cuttable and (best is None or size > best[0]):
+                best = (size, container, key)
+    if best is None:
+        return False
+    _, container, key = best
+    item = container[key]
+    container[key] = item[: max(16, len(item) // 2)] if isinstance(item, str) else item[: len(item) // 2]
+    return True
+
+
 def encode(type: MessageType, payload: dict[str, Any], *, key: bytes, env: bytes, worker: str,
            session: int, seq: int, ack: int = 0, ts: int | None = None) -> bytes:
-    """One datagram; raises ``ValueError`` when the payload does not fit."""
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    flags = 0
-    if len(body) > COMPRESS_OVER:
-        body, flags = zlib.compress(body, 6), FLAG_ZLIB
+    """One datagram; raises ``ValueError`` when the payload does not fit (``fit`` cuts one down)."""
+    body, flags = _body(payload)
     if len(body) > MAX_PAYLOAD:
         raise ValueError(f"payload of {len(body)} bytes exceeds {MAX_PAYLOAD}")
     name = worker.encode()
