@@ -8,6 +8,7 @@ points at the last one used. Layout::
     inventory.yaml    Ansible inventory, usable by plain ansible-playbook -i
     ssh/              id_ed25519(.pub) made for this environment, known_hosts, config
     secret            the agents' shared key (mode 0600)
+    .lock             held by the deploy, bench or destroy under way (``Environment.lock``)
     logs/  runs/      logs; one folder per run of commands, playbooks and benchmarks
     results.db        the results database
 
@@ -25,11 +26,13 @@ import os
 import secrets
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from enosnet.errors import EnvironmentNotFound, ProviderError
+from enosnet.errors import EnvironmentBusy, EnvironmentNotFound, ProviderError
 
 BASE = Path(".enosnet")
 CURRENT = "current"
@@ -170,6 +173,31 @@ class Environment:
         return state
 
     # ── keys ───────────────────────────────────────────────────────────────
+
+    @contextmanager
+    def lock(self, operation: str) -> Iterator[None]:
+        """Hold the environment for ``operation`` (deploy, bench, destroy); a second holder fails at once.
+
+        Two commands acquiring hosts or writing one results database at the
+        same time would leave half of each; ``EnvironmentBusy`` names the one
+        under way instead. An ``flock``: the kernel releases it when its
+        process ends, so a crash never leaves the environment locked.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another enosnet command"
+                raise EnvironmentBusy(f"{self.root} is busy: {holder} holds it; wait until it ends "
+                                      "(or stop it) and try again") from None
+            since = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"enosnet {operation} (pid {os.getpid()}, since {since})\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)
 
     def ensure_keypair(self) -> Path:
         """The environment's SSH key (ed25519), made on first use."""

@@ -6,6 +6,7 @@
     ├── ConfigError (also ValueError)     the caller's input is wrong: fix it and retry
     │   └── UsageError                    a command was called in a way that cannot work
     ├── EnvironmentNotFound               no environment directory where one was expected
+    ├── EnvironmentBusy                   another command is deploying, benchmarking or destroying it
     ├── ProviderError                     acquiring or releasing hosts failed
     │   └── PrivilegeError                the provider needs root and does not have it
     ├── RemoteError                       talking to hosts failed
@@ -53,6 +54,10 @@ class UsageError(ConfigError):
 
 class EnvironmentNotFound(EnosnetError):
     """No enosnet environment directory at the given place."""
+
+
+class EnvironmentBusy(EnosnetError):
+    """Another enosnet command holds the environment (deploy, bench, destroy); nothing was done."""
 
 
 class ProviderError(EnosnetError):

@@ -141,7 +141,7 @@ def build(crates: Mapping[str, str] | None = None, *, path: str | Path | None = 
     started = time.monotonic()
     root = (cache or cache_dir()) / "netbench"
     for crate, version in (crates or {}).items():
-        if not CRATE.match(crate) or not VERSION.match(version):
+        if not CRATE.fullmatch(crate) or not VERSION.fullmatch(version):
             raise BuildError(f"{crate}@{version}: not a crate name and an exact version such as 0.1.0")
     if not crates and path is None:
         raise BuildError("nothing to build: give crates or a path")

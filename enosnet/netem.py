@@ -30,10 +30,10 @@ from enosnet.model import Host, Roles
 from enosnet.remote import AnsibleResults, HostEvent, actions, run_playbook
 
 PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
-TIME = re.compile(r"^(\d+(?:\.\d+)?)(us|ms|s)$")
-LOSS = re.compile(r"^(\d+(?:\.\d+)?)%$")
-RATE = re.compile(r"^\d+(\.\d+)?(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps|tbps)$")
-DEVICE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+TIME = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s)", re.ASCII)
+LOSS = re.compile(r"(\d+(?:\.\d+)?)%", re.ASCII)
+RATE = re.compile(r"\d+(\.\d+)?(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps|tbps)", re.ASCII)
+DEVICE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
 Listener = Callable[[HostEvent], None]
 TO_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
@@ -60,7 +60,7 @@ class Constraint:
                   "loss": (LOSS, "a percentage like 1% or 0.5%"), "rate": (RATE, "a rate like 100mbit or 1gbit")}
         for name, (pattern, what) in checks.items():
             value = getattr(self, name)
-            if value is not None and not pattern.match(str(value)):
+            if value is not None and not pattern.fullmatch(str(value)):
                 raise ConfigError(f"{name}={value!r}: not {what}")
         if self.loss is not None and self.loss_percent > 100:
             raise ConfigError(f"loss={self.loss!r}: above 100%")
@@ -73,7 +73,7 @@ class Constraint:
 
     @property
     def loss_percent(self) -> float:
-        match = LOSS.match(self.loss or "0%")
+        match = LOSS.fullmatch(self.loss or "0%")
         return float(match[1]) if match else 0.0
 
     def to_vars(self) -> dict[str, str]:
@@ -85,7 +85,7 @@ class Constraint:
 
 
 def _ms(value: str | None) -> float:
-    match = TIME.match(value or "")
+    match = TIME.fullmatch(value or "")
     return float(match[1]) * TO_MS[match[2]] if match else 0.0
 
 
@@ -128,7 +128,7 @@ class Netem:
     """
 
     def __init__(self, roles: Roles, *, device: str = "eth0") -> None:
-        if not DEVICE.match(device):
+        if not DEVICE.fullmatch(device):
             raise ConfigError(f"device={device!r}: not an interface name")
         self.roles = roles
         self.device = device

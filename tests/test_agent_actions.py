@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -184,3 +185,51 @@ def test_agent_sources_use_nothing_newer_than_python_3_8() -> None:
         imports = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)
                    for a in (n.names if isinstance(n, ast.Import) else [ast.alias(n.module or "")])}
         assert "enosnet" not in imports, path
+
+
+def test_no_iperf3_parameter_names_a_path_on_the_host() -> None:
+    client = parse_actions(default_actions())["iperf3-client"]
+    with pytest.raises(ActionError, match="unknown"):
+        client.check({"host": "198.18.0.2", "logfile": "/etc/../root/.bashrc"})
+
+
+@pytest.mark.parametrize(
+    ("decl", "bad"),
+    [
+        ({"type": "host"}, ["server-0\n", "198.18.0.2\n"]),
+        ({"type": "hostport"}, ["h:\u0661\u0662", "h:\uff18\uff10", "h:80\n"]),
+        ({"type": "string", "pattern": "[a-z]{1,4}"}, ["abc\n"]),
+    ],
+)
+def test_a_trailing_newline_or_a_non_ascii_digit_is_refused(decl: dict[str, Any], bad: list[Any]) -> None:
+    spec = action({"argv": ["x", "{p}"], "params": {"p": decl}})
+    for value in bad:
+        with pytest.raises(ActionError, match="param p"):
+            spec.check({"p": value})
+
+
+def test_file_names_and_declarations_with_a_trailing_newline_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "scenario.json").write_text("{}")
+    spec = action({"argv": ["x", "{f}"], "params": {"f": {"type": "file", "dir": str(tmp_path)}}})
+    with pytest.raises(ActionError, match="plain file name"):
+        spec.check({"f": "scenario.json\n"})
+    with pytest.raises(ActionError, match="action name"):
+        parse_action("a\n", {"argv": ["true"]})
+    with pytest.raises(ActionError, match="listen"):
+        parse_action("a", {"argv": ["true"], "listen": "tcp:80\n"})
+    with pytest.raises(ActionError, match="listen"):
+        parse_action("a", {"argv": ["true"], "listen": "tcp:\u0668\u0660"})
+
+
+def test_agent_state_reaches_the_disk_before_it_replaces_the_old(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from enosnet.coordinator.agent import runtime
+
+    events: list[str] = []
+    real_fsync, real_replace = runtime.os.fsync, runtime.os.replace
+    monkeypatch.setattr(runtime.os, "fsync", lambda fd: (events.append(f"fsync {os.readlink(f'/proc/self/fd/{fd}')}"),
+                                                         real_fsync(fd))[1])
+    monkeypatch.setattr(runtime.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    runtime.write_json(str(tmp_path / "state.json"), {"runs": []})
+    assert events == [f"fsync {tmp_path}/state.json.tmp", "replace", f"fsync {tmp_path}"]
+    assert json.loads((tmp_path / "state.json").read_text()) == {"runs": []}

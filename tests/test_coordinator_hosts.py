@@ -83,6 +83,13 @@ def test_pair_runs_on_hosts_and_status_reports_every_agent(deployment: Deploymen
     assert all(s.counters["rx"] > 0 and s.link.received > 0 for s in statuses)
 
 
+def test_agents_listen_on_the_experiment_address_not_on_every_interface(deployment: Deployment) -> None:
+    for host in deployment.roles.all():
+        out = ssh(host, f"ss -Hlun 'sport = :{AGENT_PORT}'")
+        assert out.ok, out.stderr
+        assert [line.split()[3] for line in out.stdout.splitlines()] == [f"{host.address}:{AGENT_PORT}"], out.stdout
+
+
 def _impair(deployment: Deployment, *, on: bool) -> None:
     """30 % loss and 25 % duplicates in both directions, and reordering, on the agents' UDP port only.
 

@@ -28,9 +28,9 @@ from enosnet.coordinator import (
     agent_config,
     iperf3_actions,
 )
-from enosnet.coordinator.agent.wire import HEADER, MessageType, decode, encode, env_hash, worker_key
-from enosnet.coordinator.install import LocalAgents
-from enosnet.errors import CoordinatorError, SyncTimeout, WorkerLost
+from enosnet.coordinator.agent.wire import HEADER, MAX_ARM_AHEAD_S, MessageType, decode, encode, env_hash, worker_key
+from enosnet.coordinator.install import LocalAgents, _stop_line
+from enosnet.errors import ConfigError, CoordinatorError, SyncTimeout, WorkerLost
 
 SECRET = "loopback-secret-0123456789abcdef"
 # The lead of scheduled starts: arming costs one datagram per agent, but on a loaded CI machine the agents may
@@ -564,3 +564,60 @@ def test_a_run_record_too_long_for_a_datagram_is_cut_and_the_agent_lives(cluster
         agents.close()
     assert record.ok and status.state == "idle"
     assert record.run_dir is None  # cut, so not trusted; never a wrong folder
+
+
+def test_an_agent_whose_bind_address_is_not_on_its_host_listens_everywhere_and_says_so(tmp_path: Path) -> None:
+    # behind NAT the address enosnet reaches is not on the host: the agent must still answer
+    port = free_udp_port()
+    worker = Worker("nat-0", "client", "127.0.0.1", port, 0)
+    config = agent_config(worker.id, role="client", secret=SECRET, env_id=ENV_ID, actions=TEST_ACTIONS, port=port,
+                          workdir=str(tmp_path / "nat"), bind="198.51.100.7")
+    agents = LocalAgents([config], folder=tmp_path)
+    try:
+        with SyncCoordinator([worker], env_id=ENV_ID, secret=SECRET) as coord:
+            [status] = coord.status(force=True)
+    finally:
+        agents.close()
+    assert status.state == "idle"
+    log = (tmp_path / "nat" / "agent.log").read_text()
+    assert "198.51.100.7 is not an address of this host" in log and f"listening on 0.0.0.0:{port}" in log
+
+
+def test_run_ids_that_name_a_folder_above_and_starts_far_ahead_are_refused(cluster: Callable[..., Cluster]) -> None:
+    c = cluster({"client": 1})
+    worker = c.workers[0]
+    key, env = worker_key(SECRET, worker.id).encode(), env_hash(ENV_ID)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+
+        def ask(seq: int, kind: MessageType, payload: dict[str, Any]) -> dict[str, Any]:
+            sock.sendto(encode(kind, payload, key=key, env=env, worker=worker.id, session=502, seq=seq),
+                        (worker.address, worker.port))
+            return decode(sock.recvfrom(4096)[0], key=key, env=env).payload
+
+        for seq, bad in enumerate((".", "..", "...", "r1\n", "r/1", ""), start=1):
+            assert "run must be" in ask(seq, MessageType.PREPARE, {"run": bad, "action": "true"})["error"], bad
+        assert ask(10, MessageType.PREPARE, {"run": "r.1", "action": "true"})["state"] == "ready"
+        ahead = time.time_ns() + (MAX_ARM_AHEAD_S + 5) * 1_000_000_000
+        assert "ahead" in ask(11, MessageType.ARM, {"run": "r.1", "at": ahead})["error"]
+        assert ask(12, MessageType.ARM, {"run": "r.1", "at": time.time_ns() + 200_000_000})["state"] == "armed"
+    with (SyncCoordinator(c.workers, env_id=ENV_ID, secret=SECRET) as coord,
+          pytest.raises(ConfigError, match="start_in")):
+        coord.run("client", "true", start_in=MAX_ARM_AHEAD_S + 1)
+
+
+def test_a_stale_pid_file_never_kills_an_unrelated_process(tmp_path: Path) -> None:
+    pidfile = tmp_path / "agent.pid"
+    unrelated = subprocess.Popen(["sleep", "60"])
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--pidfile", str(pidfile)])
+    try:
+        pidfile.write_text(f"{unrelated.pid}\n")  # a reboot later, the pid belongs to someone else
+        subprocess.run(["sh", "-c", _stop_line(str(pidfile))], check=True, timeout=30)
+        assert unrelated.poll() is None and not pidfile.exists()
+        pidfile.write_text(f"{ours.pid}\n")
+        subprocess.run(["sh", "-c", _stop_line(str(pidfile))], check=True, timeout=30)
+        assert ours.wait(timeout=10) == -signal.SIGTERM and not pidfile.exists()
+    finally:
+        for proc in (unrelated, ours):
+            proc.kill()
+            proc.wait()

@@ -42,7 +42,7 @@ def test_durations_need_a_unit(text: Any, seconds: float) -> None:
     assert d.parse_duration(text, "delay") == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("bad", ["20", "20 m", "-1ms", "fast", 20, None, "1e3ms"])
+@pytest.mark.parametrize("bad", ["20", "20 m", "-1ms", "fast", 20, None, "1e3ms", "\u0662\u0660ms"])
 def test_bad_durations_name_the_field(bad: Any) -> None:
     with pytest.raises(d.ConfigProblem, match=r"^delay: .* is not a duration such as 20ms"):
         d.parse_duration(bad, "delay")

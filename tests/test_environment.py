@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from enosnet.bench.runner import run_experiment
+from enosnet.bench.spec import parse_experiment
 from enosnet.environment import Environment
-from enosnet.errors import EnvironmentNotFound
+from enosnet.errors import EnvironmentBusy, EnvironmentNotFound
 
 
 def test_state_round_trip_and_update(tmp_path: Path) -> None:
@@ -54,3 +58,24 @@ def test_keypair_and_secret_are_made_once(tmp_path: Path) -> None:
 def test_tag_is_stable_per_directory(tmp_path: Path) -> None:
     assert Environment(tmp_path / "a").tag == Environment(tmp_path / "a").tag
     assert Environment(tmp_path / "a").tag != Environment(tmp_path / "b").tag
+
+
+def test_a_second_deploy_bench_or_destroy_of_one_environment_fails_at_once(tmp_path: Path) -> None:
+    env = Environment(tmp_path / "lab")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from enosnet.environment import Environment\n"
+         f"with Environment({str(env.root)!r}).lock('bench'):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(EnvironmentBusy, match=rf"lab is busy: enosnet bench \(pid {holder.pid}, since"), \
+                env.lock("deploy"):
+            pass
+        spec = parse_experiment("name: x\ndriver: iperf3\n")
+        with pytest.raises(EnvironmentBusy, match="enosnet bench"):
+            run_experiment(env, spec)
+    finally:
+        holder.kill()
+        holder.wait()
+    with env.lock("destroy"):  # the kernel released the lock of the killed holder
+        assert "enosnet destroy" in (env.root / ".lock").read_text()

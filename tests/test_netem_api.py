@@ -55,6 +55,9 @@ def test_one_way_and_interface_constraints_add_up() -> None:
     ({"loss": "101%"}, "above 100%"),
     ({"rate": "fast"}, "rate='fast': not a rate"),
     ({"jitter": "1ms"}, "needs a delay"),
+    ({"delay": "20ms\n"}, "not a time"),
+    ({"delay": "\u0662\u0660ms"}, "not a time"),
+    ({"rate": "\uff11gbit"}, "not a rate"),
 ])
 def test_constraints_are_checked_when_built(kwargs: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

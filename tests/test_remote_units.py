@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from enosnet.cli.remote import fold_names
-from enosnet.errors import ConfigError, HostsFailed, UsageError
+from enosnet.errors import ConfigError, HostsFailed, RemoteError, UsageError
 from enosnet.model import Host, Roles
 from enosnet.remote import HostResult, Results, SshOptions, Status, pull, push, run_command, substitute
 from enosnet.remote.ansible import Actions
 from enosnet.remote.fanout import Retry, _Outcome, _pull_batch, _push_batch, _result, _retryable
-from enosnet.remote.ssh import control_path, ssh_options
+from enosnet.remote.ssh import control_path, private_dir, ssh_options
 
 A = Host("198.18.0.2", alias="server-0", keyfile="/k/a")
 B = Host("198.18.0.3", alias="client-0", keyfile="/k/a")
@@ -125,3 +126,17 @@ def test_actions_collect_any_module_as_tasks() -> None:
         a._private  # noqa: B018
     with pytest.raises(ConfigError, match="not an Ansible module name"):
         a.call("rm -rf /")
+
+
+def test_control_folders_are_private_or_refused(tmp_path: Path) -> None:
+    made = private_dir(tmp_path / "mine")
+    assert made.stat().st_mode & 0o777 == 0o700 and private_dir(made) == made  # made, then reused
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "planted").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "open").mkdir(mode=0o755)
+    (tmp_path / "open").chmod(0o755)
+    (tmp_path / "theirs").mkdir(mode=0o700)
+    os.chown(tmp_path / "theirs", 65534, 65534)
+    for name in ("planted", "open", "theirs"):
+        with pytest.raises(RemoteError, match=f"{name}: not a private folder of this user"):
+            private_dir(tmp_path / name)

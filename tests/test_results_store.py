@@ -114,6 +114,16 @@ def test_a_run_that_fails_to_commit_leaves_nothing(store: ResultsStore, exp: int
     assert store.record_run(exp, _run()).inserted
 
 
+def test_a_commit_that_fails_is_rolled_back_and_the_store_stays_usable(store: ResultsStore, exp: int,
+                                                                         tmp_path: Path) -> None:
+    with pytest.raises(sqlite3.IntegrityError), store.transaction() as conn:
+        conn.execute("PRAGMA defer_foreign_keys=ON")  # the foreign key is checked only by COMMIT, which then fails
+        conn.execute("INSERT INTO runs (experiment_id, key, params, repetition, position, status, committed)"
+                     " VALUES (999, 'x', '{}', 0, 0, 'ok', 0)")
+    assert store.record_run(exp, _run()).inserted
+    assert _count(tmp_path / "results.db", "runs") == 1
+
+
 def test_values_sqlite_cannot_hold_are_refused_with_their_names(store: ResultsStore, exp: int) -> None:
     bad = RunRecord(key="k", params={}, repetition=0, position=0,
                     metrics=[Metric("client-0", "rtt", float("nan"), "ms"), Metric(None, "ok", 1.0)],

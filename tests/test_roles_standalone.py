@@ -111,7 +111,8 @@ def test_roles_install_idempotently_from_a_plain_ansible_project(
         assert in_host(deployment, name, "stat -c %a /etc/enosnet/agent.json") == "600"
         # the real driver, built from crates.io on the controller (once per machine) and pushed
         assert "--server-id" in in_host(deployment, name, "s2n-netbench-driver-server-tcp --help")
-        assert ":7711 " in in_host(deployment, name, "ss -Hulnp") + " "
+        # the experiment address, not every interface
+        assert f"{deployment.roles.find(name).address}:7711 " in in_host(deployment, name, "ss -Hulnp") + " "
         assert in_host(deployment, name, "command -v iperf3") == "/usr/bin/iperf3"
 
 

@@ -4,7 +4,7 @@ The bench layer talks to each host a few times per run (netem, metadata, the
 pull of outputs); a shared SSH master connection per host keeps each of
 those to a few milliseconds instead of a full handshake.
 
->>> Shell(Path("/tmp/example-env")).control_dir.name.startswith("enosnet-cm-")
+>>> Shell(Path("/tmp/example-env")).control_dir.name.startswith("cm-")
 True
 """
 
@@ -32,7 +32,7 @@ from typing import TypeVar
 
 from enosnet.errors import RemoteError
 from enosnet.model import Host
-from enosnet.remote.ssh import plain_ssh_argv
+from enosnet.remote.ssh import default_control_dir, plain_ssh_argv, private_dir
 
 T = TypeVar("T")
 TAR_MARK = "@@ENOSNET-TAR@@"
@@ -64,14 +64,14 @@ class Shell:
 
     def __init__(self, env_root: Path, *, connect_timeout: float = 10.0) -> None:
         digest = hashlib.sha256(str(env_root).encode()).hexdigest()[:10]
-        self.control_dir = Path("/tmp") / f"enosnet-cm-{digest}"
+        self.control_dir = default_control_dir() / f"cm-{digest}"
         self.connect_timeout = connect_timeout
         self._hosts: dict[str, Host] = {}
         self._channels: dict[str, _Channel] = {}
         self._lock = threading.Lock()
 
     def argv(self, host: Host, command: str) -> list[str]:
-        self.control_dir.mkdir(mode=0o700, exist_ok=True)
+        private_dir(private_dir(self.control_dir.parent) / self.control_dir.name)
         self._hosts[host.name] = host
         master = ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C", "-o", "ControlPersist=120"]
         return plain_ssh_argv(host, command, connect_timeout=self.connect_timeout, extra=master)

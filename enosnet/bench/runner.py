@@ -113,7 +113,8 @@ def run_experiment(env: Environment, spec: Experiment, *, options: BenchOptions 
     Raises ``CheckFailed`` (before the first run) when an environment check
     fails and ``options.force`` is not set; ``ConfigError`` when the
     experiment does not fit the hosts; ``UsageError`` when runs of it are
-    already committed and ``options.resume`` is not set.
+    already committed and ``options.resume`` is not set; ``EnvironmentBusy``
+    when another deploy, bench or destroy holds the environment.
 
     Example (needs deployed hosts running the agent)::
 
@@ -121,8 +122,9 @@ def run_experiment(env: Environment, spec: Experiment, *, options: BenchOptions 
                                 options=BenchOptions(resume=True), on_event=print)
         print(result.done, result.failed, result.database)
     """
-    bench = _Bench(env, spec, options or BenchOptions(), on_event, roles or environment_roles(env))
-    return asyncio.run(bench.main())
+    with env.lock("bench"):
+        bench = _Bench(env, spec, options or BenchOptions(), on_event, roles or environment_roles(env))
+        return asyncio.run(bench.main())
 
 
 class _Bench:

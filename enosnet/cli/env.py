@@ -59,17 +59,18 @@ def deploy(
         # before any host is acquired: a first build takes minutes, and a failed one should cost nothing
         built = build_for_deploy(cfg.install.netbench, base=config.parent)
         options = dataclasses.replace(built, agent_port=cfg.agent.port)
-    with console.status(f"acquiring hosts ({cfg.kind} provider)"):
-        roles = _acquire(provider, keep_on_error=keep_on_error)
-    environment.mark_current()
-    counts = ", ".join(f"{role}: {len(hosts)}" for role, hosts in roles.items())
-    console.print(f"[green]deployed[/green] {len(roles.all())} hosts ({counts}) in {environment.root}")
-    console.print(f"inventory: {environment.inventory_file}")
-    if not no_install and not _waits_for_ssh(provider):
-        console.print("install skipped: the provider does not wait for SSH (wait_ssh: false), "
-                      "so the hosts may not be reachable")
-    elif not no_install:
-        run_install(environment, roles, options)
+    with environment.lock("deploy"):
+        with console.status(f"acquiring hosts ({cfg.kind} provider)"):
+            roles = _acquire(provider, keep_on_error=keep_on_error)
+        environment.mark_current()
+        counts = ", ".join(f"{role}: {len(hosts)}" for role, hosts in roles.items())
+        console.print(f"[green]deployed[/green] {len(roles.all())} hosts ({counts}) in {environment.root}")
+        console.print(f"inventory: {environment.inventory_file}")
+        if not no_install and not _waits_for_ssh(provider):
+            console.print("install skipped: the provider does not wait for SSH (wait_ssh: false), "
+                          "so the hosts may not be reachable")
+        elif not no_install:
+            run_install(environment, roles, options)
 
 
 def _provider_for(environment: Environment) -> Provider:
@@ -157,7 +158,8 @@ def destroy(
     if not state.get("config"):
         console.print(f"nothing to release in {environment.root}")
         return
-    _provider_for(environment).destroy()
+    with environment.lock("destroy"):
+        _provider_for(environment).destroy()
     console.print(f"[green]released[/green] everything of {environment.root}")
 
 

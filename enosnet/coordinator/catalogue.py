@@ -57,7 +57,7 @@ def iperf3_actions(*, binary: str = "iperf3") -> dict[str, Any]:
             "kind": "job",
             "argv": [binary, "-c", "{host}", "-p", "{port}", "-t", "{duration}", "-J",
                      "-P", "{parallel}", ["-C", "{congestion}"], ["-R", "{reverse}"], ["-u", "{udp}"],
-                     ["-b", "{bitrate}"], ["-l", "{length}"], ["--logfile", "{logfile}"]],
+                     ["-b", "{bitrate}"], ["-l", "{length}"]],
             "params": {
                 "host": {"type": "host"},
                 "port": port,
@@ -68,7 +68,6 @@ def iperf3_actions(*, binary: str = "iperf3") -> dict[str, Any]:
                 "udp": {"type": "bool", "default": False},
                 "bitrate": {"type": "string", "pattern": r"[0-9]{1,12}[KMG]?", "default": None},
                 "length": {"type": "string", "pattern": r"[0-9]{1,8}[KM]?", "default": None},
-                "logfile": {"type": "string", "pattern": r"/[A-Za-z0-9_./-]{1,200}", "default": None},
             },
         },
     }

@@ -20,6 +20,7 @@ from typing import Any
 
 from enosnet.coordinator.agent.wire import (
     FROM_AGENT,
+    MAX_ARM_AHEAD_S,
     MAX_DATAGRAM,
     Message,
     MessageType,
@@ -504,6 +505,8 @@ class Coordinator:
         run is cancelled everywhere and tried once more, under a new run id,
         with twice the lead.
         """
+        if start_in is not None and not 0 <= start_in <= MAX_ARM_AHEAD_S:
+            raise ConfigError(f"start_in={start_in:g} s: a start is scheduled 0 to {MAX_ARM_AHEAD_S} s ahead")
         workers = self._role(role)
         links = self._links(workers)
         await self._ensure_clocks(links)

@@ -102,7 +102,7 @@ def start_agents_over_ssh(roles: Roles, *, env_id: str, secret: str, actions: Ma
     def install(host: Host) -> SshResult:
         config = agent_config(host.name, role=",".join(roles.roles_of(host)), secret=secret, env_id=env_id,
                               actions=actions, port=int(host.extra.get("enosnet_agent_port", port)),
-                              workdir=f"{remote_dir}/work", bind="0.0.0.0")
+                              workdir=f"{remote_dir}/work", bind=agent_bind(host))
         bundle = _tar({"agent.pyz": (pyz, 0o755), "agent.json": (json.dumps(config, indent=1).encode(), 0o600)})
         folder, pidfile = shlex.quote(remote_dir), shlex.quote(f"{remote_dir}/agent.pid")
         command = (f"set -e; mkdir -p {folder}; chmod 700 {folder}; {_stop_line(f'{remote_dir}/agent.pid')}; "
@@ -114,6 +114,17 @@ def start_agents_over_ssh(roles: Roles, *, env_id: str, secret: str, actions: Ma
     if not all(r.ok for r in results.values()):
         raise HostsFailed(results, _failure_text(f"starting agents on {len(hosts)} hosts", results))
     return workers_from_roles(roles, port=port)
+
+
+def agent_bind(host: Host) -> str:
+    """The address an agent on ``host`` binds: the experiment address, never every interface by default.
+
+    ``enosnet_agent_bind`` when the inventory sets it, else the private address
+    (EC2: the public one is NAT'd to it), else the address enosnet reaches the
+    host on. An agent whose address is not on its host (a NAT'd static host)
+    falls back to all interfaces and says so in its log.
+    """
+    return str(host.extra.get("enosnet_agent_bind") or host.extra.get("enosnet_private_address") or host.address)
 
 
 def _tar(files: Mapping[str, tuple[bytes, int]]) -> bytes:
@@ -132,11 +143,17 @@ def stop_agents_over_ssh(hosts: Sequence[Host], *, remote_dir: str = REMOTE_DIR)
 
 
 def _stop_line(pidfile: str) -> str:
-    """A shell line: SIGTERM the supervisor in ``pidfile`` and wait (5 s) until it is gone."""
+    """A shell line: SIGTERM the supervisor in ``pidfile`` and wait (5 s) until it is gone.
+
+    Only a process started with ``--pidfile <pidfile>`` is signalled: a stale
+    file (a reboot, a crash) may hold the pid of an unrelated process by now.
+    """
     quoted = shlex.quote(pidfile)
-    return (f"if [ -f {quoted} ]; then p=$(cat {quoted}); kill $p 2>/dev/null; "
+    ours = f"tr '\\0' '\\n' < /proc/$p/cmdline 2>/dev/null | grep -qxF -- {quoted}"
+    return (f"if [ -f {quoted} ]; then p=$(cat {quoted}); "
+            f"case $p in ''|*[!0-9]*) ;; *) if {ours}; then kill $p 2>/dev/null; "
             f"for i in $(seq 50); do kill -0 $p 2>/dev/null || break; sleep 0.1; done; "
-            f"kill -9 $p 2>/dev/null; rm -f {quoted}; fi; true")
+            f"kill -9 $p 2>/dev/null; fi;; esac; rm -f {quoted}; fi; true")
 
 
 def _failure_text(what: str, results: Mapping[Host, SshResult]) -> str:
@@ -172,18 +189,25 @@ class LocalAgents:
             path = self.folder / f"{config['worker_id']}.json"
             path.write_text(json.dumps(config))
             argv += ["--config", str(path)]
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        # a file, not a pipe: nobody drains a pipe while the agents run, and a full one would block them
+        with self.log(len(self.procs)).open("ab") as log:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=log, start_new_session=True)
+
+    def log(self, index: int) -> Path:
+        """The log (stderr) of the ``index``-th agent process."""
+        return self.folder / f"agents-{index}.log"
 
     def _wait_listening(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         pending = [Path(c["workdir"]) / "agent.pid" for c in self.configs]
         while pending and time.monotonic() < deadline:
             pending = [p for p in pending if not p.exists()]
-            dead = [p for p in self.procs if p.poll() is not None]
+            dead = [i for i, p in enumerate(self.procs) if p.poll() is not None]
             if dead:
-                err = dead[0].stderr.read().decode(errors="replace") if dead[0].stderr else ""
-                raise RemoteError(f"a local agent exited at start (rc {dead[0].returncode}): {err[-500:]}")
+                err = self.log(dead[0]).read_text(errors="replace")
+                raise RemoteError(f"a local agent exited at start (rc {self.procs[dead[0]].returncode}): "
+                                  f"{err[-500:]}")
             time.sleep(0.01)
         if pending:
             raise RemoteError(f"local agents not listening within {timeout:g} s: {len(pending)} missing")
@@ -202,8 +226,6 @@ class LocalAgents:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-            if proc.stderr is not None:
-                proc.stderr.close()
 
     def __enter__(self) -> LocalAgents:
         return self

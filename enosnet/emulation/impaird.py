@@ -109,9 +109,10 @@ class CommandFailed(RuntimeError):
 
 # ── values ──────────────────────────────────────────────────────────────────
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|usec|ms|msec|s|sec)\s*$")
-_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps|tbps)\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(us|usec|ms|msec|s|sec)\s*", re.ASCII)
+_PERCENT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%\s*", re.ASCII)
+_RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps|tbps)\s*",
+                   re.IGNORECASE | re.ASCII)
 _UNIT_S = {"us": 1e-6, "usec": 1e-6, "ms": 1e-3, "msec": 1e-3, "s": 1.0, "sec": 1.0}
 _UNIT_BIT = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12,
              "bps": 8, "kbps": 8 * 10**3, "mbps": 8 * 10**6, "gbps": 8 * 10**9, "tbps": 8 * 10**12}
@@ -121,7 +122,7 @@ def parse_duration(value: Any, field: str) -> float:
     """``"20ms"`` → 0.02 s. A duration needs a unit (us, ms, s); 0 alone is allowed."""
     if value in (0, "0"):
         return 0.0
-    match = _DURATION.match(value) if isinstance(value, str) else None
+    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
     if not match:
         raise ConfigProblem(f"{field}: {value!r} is not a duration such as 20ms, 500us or 1s")
     return float(match.group(1)) * _UNIT_S[match.group(2)]
@@ -131,7 +132,7 @@ def parse_percent(value: Any, field: str) -> float:
     """``"1%"`` → 0.01, within 0-100 %."""
     if value in (0, "0"):
         return 0.0
-    match = _PERCENT.match(value) if isinstance(value, str) else None
+    match = _PERCENT.fullmatch(value) if isinstance(value, str) else None
     if not match:
         raise ConfigProblem(f"{field}: {value!r} is not a percentage such as 1% or 0.5%")
     number = float(match.group(1))
@@ -142,7 +143,7 @@ def parse_percent(value: Any, field: str) -> float:
 
 def parse_rate(value: Any, field: str) -> int:
     """``"100mbit"`` → 100_000_000 bit/s (tc's units: bit, kbit, mbit, gbit, bps = bytes/s, ...)."""
-    match = _RATE.match(value) if isinstance(value, str) else None
+    match = _RATE.fullmatch(value) if isinstance(value, str) else None
     if not match:
         raise ConfigProblem(f"{field}: {value!r} is not a rate such as 100mbit, 1gbit or 500kbit")
     bits = int(float(match.group(1)) * _UNIT_BIT[match.group(2).lower()])
@@ -206,10 +207,14 @@ def _selector(raw: dict[str, Any], where: str, family: int) -> dict[str, Any]:
     return {"direction": direction, "protocol": protocol, "port": port}
 
 
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and 0 < int(text) < 65536
+
+
 def _port(value: Any, field: str) -> str:
     text = str(value)
     parts = text.split(":")
-    if len(parts) > 2 or not all(p.isdigit() and 0 < int(p) < 65536 for p in parts) or isinstance(value, bool):
+    if isinstance(value, bool) or len(parts) > 2 or not all(_is_port(p) for p in parts):
         raise ConfigProblem(f"{field}: {value!r} is not a port (1-65535) or a range such as 7700:7710")
     if len(parts) == 2 and int(parts[0]) > int(parts[1]):
         raise ConfigProblem(f"{field}: {value!r} is an empty range")

@@ -20,7 +20,7 @@ from enosnet.errors import ConfigError
 from enosnet.model import Host, Networks, Roles
 from enosnet.providers.base import Provider
 
-_LINE = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<address>\[[^\]]+\]|[^:\s@]+)(?::(?P<port>\d+))?$")
+_LINE = re.compile(r"(?:(?P<user>[^@\s]+)@)?(?P<address>\[[^\]]+\]|[^:\s@]+)(?::(?P<port>\d+))?", re.ASCII)
 
 
 def parse_hosts_line(line: str, *, user: str = "root", where: str = "") -> Host | None:
@@ -34,7 +34,7 @@ def parse_hosts_line(line: str, *, user: str = "root", where: str = "") -> Host 
     login, _, address = text.rpartition("@")
     if _is_ipv6(address):
         return Host(address, user=login or user)
-    match = _LINE.match(text)
+    match = _LINE.fullmatch(text)
     port = int(match["port"]) if match and match["port"] else 22
     if not match or not 0 < port < 65536:
         raise ConfigError(f"{where}: not a host: {text!r} (expected [user@]address[:port])")

@@ -4,7 +4,9 @@ Both paths run OpenSSH with the same options, so a master connection opened by
 one (``ControlMaster=auto`` + ``ControlPersist``) is reused by the other and by
 later ``enosnet`` commands. Control sockets live in a short directory (Unix
 socket paths must stay under 108 bytes): ``/run/enosnet-ssh`` for root, else
-``$XDG_RUNTIME_DIR/enosnet-ssh`` or ``/tmp/enosnet-ssh-<uid>``.
+``$XDG_RUNTIME_DIR/enosnet-ssh`` or ``/tmp/enosnet-ssh-<uid>``; each is used
+only when it is a folder of this user that nobody else can enter
+(``private_dir``), so another local user cannot plant or read sockets there.
 
 >>> from enosnet.model import Host
 >>> opts = SshOptions(control_dir=Path("/run/enosnet-ssh"))
@@ -15,15 +17,18 @@ socket paths must stay under 108 bytes): ``/run/enosnet-ssh`` for root, else
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shlex
+import stat
 import subprocess
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from enosnet.errors import RemoteError
 from enosnet.model import Host
 
 SOCKET_LIMIT = 107  # sun_path is 108 bytes including the final NUL
@@ -75,7 +80,23 @@ def control_path(host: Host, options: SshOptions) -> Path:
 
 def ensure_control_dir(options: SshOptions) -> None:
     if options.control_persist > 0:
-        options.control_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(options.control_dir)
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder only this user can enter: made with mode 0700, or checked when it exists.
+
+    A folder in a shared place such as ``/tmp`` may have been made in advance
+    by someone else (to read or plant control sockets): a symlink, another
+    owner or a folder others may enter is refused, never used.
+    """
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise RemoteError(f"{path}: not a private folder of this user (owner uid {info.st_uid}, "
+                          f"mode {stat.filemode(info.st_mode)}); remove it or choose another folder")
+    return path
 
 
 def host_ssh_args(host: Host) -> list[str]:

@@ -434,7 +434,12 @@ class ResultsStore:
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
-        self._conn.execute("COMMIT")
+        try:
+            self._conn.execute("COMMIT")
+        except BaseException:  # a deferred constraint, a full disk: never leave the transaction open
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
 
     # ── writing ──────────────────────────────────────────────────────────────
 

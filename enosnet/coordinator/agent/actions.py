@@ -126,7 +126,7 @@ class Param:
         return [self._check_hostport(item) for item in value]
 
     def _check_file(self, value: Any) -> str:
-        if not isinstance(value, str) or not FILE_NAME.match(value) or value in (".", ".."):
+        if not isinstance(value, str) or not FILE_NAME.fullmatch(value) or value in (".", ".."):
             raise self._fail(value, "not a plain file name")
         if self.pattern is not None and not self.pattern.fullmatch(value):
             raise self._fail(value, "does not match the declared pattern")
@@ -142,13 +142,13 @@ def is_host(text: str) -> bool:
         ipaddress.ip_address(text)
         return True
     except ValueError:
-        return bool(HOSTNAME.match(text))
+        return bool(HOSTNAME.fullmatch(text))
 
 
 def is_hostport(text: str) -> bool:
     """``host:port`` or ``[v6]:port`` with a port in 1..65535."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         return False
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -210,7 +210,7 @@ class Action:
 
 
 def _name(text: str) -> str | None:
-    match = PLACEHOLDER.match(text)
+    match = PLACEHOLDER.fullmatch(text)
     return match.group(1) if match else None
 
 
@@ -240,7 +240,7 @@ def _expand_all(group: list[str], scope: Mapping[str, Any]) -> list[str]:
 
 def parse_action(name: str, decl: Mapping[str, Any]) -> Action:
     """Check one action declaration from the agent config; raises ``ActionError``."""
-    if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", name):
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name, re.ASCII):
         raise ActionError(f"action name {name!r}: use letters, digits, ., _ or -")
     argv = decl.get("argv")
     if not isinstance(argv, list) or not argv or not isinstance(argv[0], str):
@@ -261,8 +261,8 @@ def parse_action(name: str, decl: Mapping[str, Any]) -> Action:
     if kind not in KINDS:
         raise ActionError(f"action {name}: kind must be job or service")
     listen = decl.get("listen")
-    if listen is not None and not re.match(r"^(tcp|udp|\{[a-z_][a-z0-9_]*\}):(\d+|\{[a-z_][a-z0-9_]*\})$",
-                                           str(listen)):
+    if listen is not None and not re.fullmatch(r"(tcp|udp|\{[a-z_][a-z0-9_]*\}):(\d+|\{[a-z_][a-z0-9_]*\})",
+                                               str(listen), re.ASCII):
         raise ActionError(f"action {name}: listen must be tcp:PORT, udp:{{param}} or {{param}}:{{param}}")
     listen_missing = sorted({n for n in _names(str(listen or "").split(":")) if n not in known})
     if listen_missing:

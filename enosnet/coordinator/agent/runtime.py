@@ -22,13 +22,24 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from .actions import Action, ActionError, parse_actions
-from .wire import MAX_DATAGRAM, REQUESTS, MessageType, ReplayGuard, WireError, decode, encode, env_hash, fit
+from .wire import (
+    MAX_ARM_AHEAD_S,
+    MAX_DATAGRAM,
+    REQUESTS,
+    MessageType,
+    ReplayGuard,
+    WireError,
+    decode,
+    encode,
+    env_hash,
+    fit,
+)
 
 VERSION = "1"
 DEFAULT_PORT = 7700
 FINISHED = ("exited", "stopped", "failed")
 ACTIVE = ("armed", "running")
-RUN_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,48}$")
+RUN_ID = re.compile(r"(?!\.+\Z)[A-Za-z0-9_.:-]{1,48}")  # fullmatch; never "." or ".."
 WAKE_EARLY_NS = 2_000_000
 SPIN_NS = 200_000
 GATE_SHELL = "/bin/sh"
@@ -237,7 +248,14 @@ class Agent:
         """Bind the socket and recover what a previous instance left in the workdir."""
         os.makedirs(os.path.join(self.cfg.workdir, "runs"), exist_ok=True)
         # no SO_REUSEADDR: with it a second agent could bind the same UDP port and take half the datagrams
-        self.sock.bind((self.cfg.bind, self.cfg.port))
+        try:
+            self.sock.bind((self.cfg.bind, self.cfg.port))
+        except OSError as exc:  # socket.gaierror included: a name that does not resolve here
+            if not isinstance(exc, socket.gaierror) and exc.errno != errno.EADDRNOTAVAIL:
+                raise
+            log.warning("bind address %s is not an address of this host (%s); listening on all interfaces",
+                        self.cfg.bind, exc.strerror or exc)
+            self.sock.bind(("0.0.0.0", self.cfg.port))
         self.sock.setblocking(False)
         self._recover()
 
@@ -279,10 +297,7 @@ class Agent:
             del self.runs[old.run]
         data = {"coord": list(self.coord) if self.coord else None,
                 "runs": [r.to_dict() for r in self.runs.values()]}
-        tmp = f"{self.state_file}.tmp"
-        with open(tmp, "w") as handle:
-            json.dump(data, handle)
-        os.replace(tmp, self.state_file)
+        write_json(self.state_file, data)
 
     # ── datagrams ──────────────────────────────────────────────────────────
 
@@ -412,6 +427,8 @@ class Agent:
         at = payload.get("at", 0)
         if isinstance(at, bool) or not isinstance(at, int):
             raise ActionError("at must be an integer (ns since the epoch, agent clock; 0 = now)")
+        if at > time.time_ns() + MAX_ARM_AHEAD_S * 1_000_000_000:
+            raise ActionError(f"at is more than {MAX_ARM_AHEAD_S} s ahead of this agent's clock")
         self.timers.pop(f"expire:{run_id}", None)
         run.scheduled = at or None
         if not at or at <= time.time_ns():
@@ -636,8 +653,7 @@ class Agent:
         self.timers.pop(f"deadline:{run.run}", None)
         self.timers.pop(f"ready:{run.run}", None)
         if run.dir and os.path.isdir(run.dir):
-            with open(os.path.join(run.dir, "run.json"), "w") as handle:
-                json.dump({**run.record(), "usage": run.usage}, handle)
+            write_json(os.path.join(run.dir, "run.json"), {**run.record(), "usage": run.usage})
         self._queue_done(run)
         self._persist()
         self._sample()
@@ -771,10 +787,25 @@ def _realtime(on: bool) -> None:
         pass
 
 
+def write_json(path: str, data: Any) -> None:
+    """Replace ``path`` with ``data`` as JSON, durably: a crash or power loss leaves the old file or the new one."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump(data, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 def _run_id(payload: dict[str, Any]) -> str:
     run_id = payload.get("run")
-    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
-        raise ActionError("run must be 1-48 characters of letters, digits, . _ : -")
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        raise ActionError("run must be 1-48 characters of letters, digits, . _ : -, not only dots")
     return run_id
 
 

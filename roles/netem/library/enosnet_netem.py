@@ -69,10 +69,10 @@ import sys
 
 from ansible.module_utils.basic import AnsibleModule
 
-TIME = re.compile(r"^\d+(\.\d+)?(us|ms|s)$")
-LOSS = re.compile(r"^\d+(\.\d+)?%$")
-RATE = re.compile(r"^\d+(\.\d+)?(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps|tbps)$")
-DEVICE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+TIME = re.compile(r"\d+(\.\d+)?(us|ms|s)", re.ASCII)
+LOSS = re.compile(r"\d+(\.\d+)?%", re.ASCII)
+RATE = re.compile(r"\d+(\.\d+)?(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps|tbps)", re.ASCII)
+DEVICE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
 SHAPE_KEYS = ("delay", "jitter", "loss", "rate")
 FORMATS = {"delay": (TIME, "like 20ms, 500us or 1s"), "jitter": (TIME, "like 5ms"),
            "loss": (LOSS, "like 1% or 0.5%"), "rate": (RATE, "like 100mbit, 1gbit or 10mbps")}
@@ -97,7 +97,7 @@ def check_shape(where, shape):
             continue
         pattern, example = FORMATS[key]
         text = str(value).strip().lower()
-        if not pattern.match(text):
+        if not pattern.fullmatch(text):
             raise SpecError("%s.%s=%r: not a %s %s" % (where, key, value, key, example))
         if key == "loss" and float(text[:-1]) > 100:
             raise SpecError("%s.loss=%r: above 100%%" % (where, value))
@@ -108,7 +108,7 @@ def check_shape(where, shape):
 
 
 def check_device(where, device):
-    if not DEVICE.match(str(device or "")):
+    if not DEVICE.fullmatch(str(device or "")):
         raise SpecError("%s.device=%r: not an interface name (1-15 letters, digits, _.:-)" % (where, device))
     return str(device)
 
@@ -339,7 +339,7 @@ def main():
     params = module.params
     try:
         spec = normalise(params["interfaces"], params["destinations"])
-        if not RATE.match(params["unlimited_rate"]):
+        if not RATE.fullmatch(params["unlimited_rate"]):
             raise SpecError("unlimited_rate=%r: not a rate like 100gbit" % params["unlimited_rate"])
     except SpecError as exc:
         module.fail_json(msg="invalid netem specification: %s" % exc)
