@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,10 +30,14 @@ from pydantic import (
 )
 
 from enosnet.errors import ConfigError
+from enosnet.model import check_address, check_alias, check_user
 from enosnet.yamlfile import line_map, load_model_text, parse_yaml, where
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 RoleName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
+Address = Annotated[str, AfterValidator(check_address)]
+Alias = Annotated[str, AfterValidator(check_alias)]
+User = Annotated[str, AfterValidator(check_user)]
 
 
 class Strict(BaseModel):
@@ -92,9 +97,9 @@ class CountRole(Strict):
 class StaticHostSpec(Strict):
     """One existing machine."""
 
-    address: str
-    alias: str | None = None
-    user: str = "root"
+    address: Address
+    alias: Alias | None = None
+    user: User = "root"
     port: int = Field(22, ge=1, le=65535)
     keyfile: str | None = None
     roles: list[RoleName] = Field(min_length=1)
@@ -108,7 +113,7 @@ class StaticProviderConfig(Strict):
     hosts: list[StaticHostSpec] = Field(default_factory=list)
     hosts_file: str | None = None
     hosts_file_role: RoleName = "all_hosts"
-    user: str = "root"
+    user: User = "root"
     keyfile: str | None = None
     python: str = "/usr/bin/python3"
 
@@ -148,7 +153,7 @@ class Ec2RoleSpec(Strict):
     az: Zone | list[Zone] | None = None
     placement: Literal["cluster", "spread"] | None = None
     ami: AmiRef | None = None
-    user: str | None = None
+    user: User | None = None
     root_volume_gb: int | None = Field(None, ge=8, le=16384)
     spot: bool = False
 
@@ -182,7 +187,7 @@ class Ec2ProviderConfig(Strict):
     subnet_id: str | None = None
     subnet_tags: dict[str, str] = Field(default_factory=dict)
     ami: AmiRef = AL2023_PARAMETER
-    user: str | None = None
+    user: User | None = None
     python: str = "/usr/bin/python3"
     max_lifetime_hours: float = Field(4.0, gt=0, le=168)
     wait_ssh: bool = True

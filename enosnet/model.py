@@ -11,9 +11,39 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from enosnet.errors import ConfigError
+
+_ADDRESS = re.compile(r"[A-Za-z0-9_:][A-Za-z0-9_.:%-]{0,252}", re.ASCII)
+_ALIAS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,127}", re.ASCII)
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", re.ASCII)
+
+
+def check_address(value: str) -> str:
+    """``value`` if it can only be an address or host name, never an ssh option or shell text."""
+    if not _ADDRESS.fullmatch(value):
+        raise ValueError(f"{value!r} is not an IP address or host name (letters, digits, . : - _, "
+                         "not starting with -)")
+    return value
+
+
+def check_alias(value: str) -> str:
+    """``value`` if it is a safe host name for inventories, folders and output."""
+    if not _ALIAS.fullmatch(value):
+        raise ValueError(f"{value!r} is not a host alias (letters, digits, . _ - : @ +, starting with a "
+                         "letter, digit or _; no / or spaces)")
+    return value
+
+
+def check_user(value: str) -> str:
+    """``value`` if it is a login name."""
+    if not _USER.fullmatch(value):
+        raise ValueError(f"{value!r} is not a user name (letters, digits, . _ -, starting with a letter or _)")
+    return value
 
 
 class FrozenVars(Mapping[str, Any]):
@@ -71,6 +101,15 @@ class Host:
     extra: Mapping[str, Any] = field(default_factory=FrozenVars)
 
     def __post_init__(self) -> None:
+        try:
+            check_address(self.address)
+            if self.alias is not None:
+                check_alias(self.alias)
+            check_user(self.user)
+        except ValueError as exc:
+            raise ConfigError(f"host {self.alias or self.address!r}: {exc}") from None
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 < self.port < 65536:
+            raise ConfigError(f"host {self.name!r}: port {self.port!r} is not 1-65535")
         if not isinstance(self.extra, FrozenVars):
             object.__setattr__(self, "extra", FrozenVars(self.extra))
 

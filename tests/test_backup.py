@@ -14,12 +14,14 @@ from typing import Any
 import boto3
 import pytest
 
+from enosnet.coordinator.agent.wire import worker_key
 from enosnet.environment import Environment
 from enosnet.errors import ResultsError
 from enosnet.model import Host, Roles
 from enosnet.results.backup import (
     MANIFEST,
     HostCollection,
+    agent_keys,
     backups,
     make_backup,
     playbook_collector,
@@ -342,3 +344,18 @@ def test_backup_fetches_host_state_with_the_real_playbook(local_hosts: Any) -> N
     assert verify_backup(made.path).ok
     secret = access.secret.encode()  # the agents' config stays on the hosts: no secret in the backup
     assert [p for p in made.path.rglob("*") if p.is_file() and secret in p.read_bytes()] == []
+
+
+def test_a_backup_holding_an_agent_key_is_not_uploaded(env: Environment, aws: object) -> None:
+    roles = Roles({"client": [Host("198.18.0.3", alias="client-0")]})
+    env.save_state({"provider": "local", "roles": roles.to_dict()})
+    key = worker_key(env.secret(), "client-0")  # what the agent's config on client-0 holds
+    (env.runs_dir / "20261122T020000Z-bench" / "client-0" / "leak.txt").write_text(f"key={key}\n")
+    made = make_backup(env, now=NOW)
+    location = _bucket()
+    with pytest.raises(ResultsError, match=r"1 files hold the agents' secret or keys \(runs/.*/leak.txt\)"):
+        upload_backup(made.path, location, keep_out=agent_keys(env))
+    assert "Contents" not in boto3.client("s3").list_objects_v2(Bucket="enosnet-backups")
+    done = subprocess.run([*ENOSNET, "backup", "--env", str(env.root), "--s3", str(location)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1 and "nothing uploaded" in done.stderr, done.stdout + done.stderr

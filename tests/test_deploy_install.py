@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from enosnet.deploy import InstallOptions, install, install_vars
 from enosnet.environment import Environment
 from enosnet.errors import ConfigError, HostsFailed
+from enosnet.results.backup import agent_keys
 
 ENOSNET = str(Path(sys.executable).with_name("enosnet"))
 RECAP_ROW = re.compile(r"│ (\S+)\s*│ ok\s*│\s*(\d+)\s*│\s*(\d+)\s*│")
@@ -37,13 +41,40 @@ def test_install_vars_carry_the_agent_and_netbench_settings(tmp_path: Path) -> N
         install_vars(env, InstallOptions(netbench_dir=tmp_path / "missing"))
 
 
+class CommandLines:
+    """Every process command line seen on this machine while it runs (sampled every 20 ms)."""
+
+    def __init__(self) -> None:
+        self.seen: set[bytes] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> CommandLines:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            for entry in os.scandir("/proc"):
+                if entry.name.isdigit():
+                    with contextlib.suppress(OSError):
+                        self.seen.add(Path(entry.path, "cmdline").read_bytes())
+
+
 @pytest.mark.hosts
 @pytest.mark.timeout(900)
-def test_second_deploy_changes_nothing_on_any_host(tmp_path: Path) -> None:
+def test_second_deploy_changes_nothing_and_the_secret_stays_in_its_file(tmp_path: Path, aws: object) -> None:
     (tmp_path / "c.yaml").write_text("name: inst\nprovider: {kind: local}\nroles: {server: 1, client: 2}\n"
                                      "install: {netbench: {drivers: [tcp]}}\n")
+    (tmp_path / "x.yaml").write_text("name: x\ndriver: iperf3\nduration: 1s\nrepetitions: 1\n"
+                                     "iperf3: {server_role: server, client_role: client}\n")
     try:
-        first = enosnet("deploy", "-c", "c.yaml", cwd=tmp_path)
+        with CommandLines() as commands:
+            first = enosnet("deploy", "-c", "c.yaml", cwd=tmp_path)
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
         assert "install recap" in first.stdout and "3 succeeded, 0 failed, 3 total" in first.stdout
         assert "s2n-netbench: reused this machine's build of" in first.stdout  # built once per machine
@@ -55,12 +86,28 @@ def test_second_deploy_changes_nothing_on_any_host(tmp_path: Path) -> None:
         environment = Environment(tmp_path / ".enosnet" / "inst")
         state = environment.load_state() or {}
         assert state["agent"] == {"env_id": "inst", "port": 7700}
-        # the agents' secret reached Ansible through a private file: in no run's artifacts, no command line
-        secret = environment.secret().encode()
-        holding = [p.name for p in environment.root.rglob("*") if p.is_file() and secret in p.read_bytes()]
-        assert holding == ["secret"]
         skipped = enosnet("deploy", "-c", "c.yaml", "--no-install", cwd=tmp_path)
         assert skipped.returncode == 0 and "install recap" not in skipped.stdout
+
+        # the agents' secret (and each agent's key) reached Ansible through a private file, and after a
+        # bench run, its report and a backup to S3 it is in no file but `secret`, no object, no command line
+        boto3.client("s3").create_bucket(Bucket="lab")
+        for args in (("bench", "x.yaml"), ("backup", "--s3", "s3://lab/enosnet")):
+            done = enosnet(*args, cwd=tmp_path)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+        keys = agent_keys(environment)
+        assert len(keys) == 4  # the secret, three agents' keys
+        holding = [p.relative_to(environment.root).as_posix() for p in environment.root.rglob("*")
+                   if p.is_file() and any(k in p.read_bytes() for k in keys)]
+        assert holding == ["secret"]
+        assert (environment.root / "report" / "report.html").is_file()
+        s3 = boto3.client("s3")
+        objects = [o["Key"] for o in s3.list_objects_v2(Bucket="lab")["Contents"]]
+        assert any(key.endswith("results.db") for key in objects) and any("/hosts/" in key for key in objects)
+        for key in objects:
+            body = s3.get_object(Bucket="lab", Key=key)["Body"].read()
+            assert not any(k in body for k in keys), key
+        assert commands.seen and not [c for c in commands.seen if any(k in c for k in keys)]
     finally:
         enosnet("destroy", cwd=tmp_path)
 

@@ -23,6 +23,7 @@ import yaml
 from enosnet.config import parse_config
 from enosnet.environment import Environment
 from enosnet.errors import ConfigError
+from enosnet.providers import ec2_resources as res
 from enosnet.providers import make_provider
 from enosnet.providers.ec2 import Ec2Provider
 
@@ -180,6 +181,71 @@ def test_second_deploy_reuses_the_instances(ec2: Any, tmp_path: Path) -> None:
         third, _ = again.init(force=True)
         assert third == first
         assert len(leftovers(ec2)["instances"]) == 3
+    finally:
+        provider.destroy()
+    assert leftovers(ec2) == {}
+
+
+def test_two_controllers_with_the_same_folder_never_share_instances(ec2: Any, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        first = deploy(tmp_path, name="env")
+        first.init()
+        mine, first_id = sorted(first.provider_state["instances"]), first.env_id
+        (tmp_path / "env").rename(tmp_path / "first")  # another controller: same folder path, its own state
+        monkeypatch.setattr(res, "owner_id", lambda: "ci@runner-2")
+        other = deploy(tmp_path, name="env")
+        other.init()
+        assert other.env_id != first_id  # random, not derived from the path
+        assert not set(other.provider_state["instances"]) & set(mine)
+        (tmp_path / "env").rename(tmp_path / "second")
+        # even under the same environment id, another owner's instances are never reused
+        third = deploy(tmp_path, name="env")
+        third.env.create()
+        third.env.update_state(provider={"env_id": first_id, "owner": "ci@runner-3"})
+        third.init(force=True)
+        assert not set(third.provider_state["instances"]) & set(mine)
+        third.destroy()
+        live = ec2.describe_instances(InstanceIds=mine)["Reservations"][0]["Instances"]
+        assert {i["State"]["Name"] for i in live} == {"running"}  # the first controller's hosts are untouched
+    finally:
+        for folder in ("env", "second", "first"):
+            if (tmp_path / folder).exists():
+                make_provider(parse_config(TWO_ROLES), Environment(tmp_path / folder)).destroy()
+    assert leftovers(ec2) == {}
+
+
+def test_a_reused_group_loses_the_ingress_of_a_wider_allow_cidr(ec2: Any, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    provider = deploy(tmp_path, TWO_ROLES.replace("203.0.113.7/32", "0.0.0.0/0"))
+    try:
+        provider.init()
+        assert "opens SSH and the agents' UDP port to the whole internet" in caplog.text
+        narrowed = deploy(tmp_path)
+        narrowed.init()
+        group = ec2.describe_security_groups(GroupIds=[narrowed.provider_state["security_group"]])["SecurityGroups"][0]
+        sources = {(p["IpProtocol"], p.get("FromPort"), r["CidrIp"]) for p in group["IpPermissions"]
+                   for r in p.get("IpRanges", [])}
+        assert sources == {("tcp", 22, "203.0.113.7/32"), ("udp", 7700, "203.0.113.7/32")}
+        assert any(g["GroupId"] == group["GroupId"] for p in group["IpPermissions"]
+                   for g in p.get("UserIdGroupPairs", []))
+    finally:
+        provider.destroy()
+    assert leftovers(ec2) == {}
+
+
+def test_hosts_without_keys_on_their_console_are_named_and_reached_on_first_use(
+        ec2: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    provider = deploy(tmp_path)
+    try:
+        provider.init()
+        hosts = provider._pin_host_keys(provider.provider_state["hosts"])  # moto's console shows a kernel log only
+        assert "no host keys in the console output of server-0, server-1, client-0" in caplog.text
+        assert not any(h.get("pinned") for h in hosts)
+        args = {h.extra["ansible_ssh_common_args"] for h in provider.roles_from(hosts).all()}
+        assert all("StrictHostKeyChecking=accept-new" in a for a in args)
+        pinned = provider.roles_from([{**hosts[0], "pinned": True}]).all()[0]
+        assert "StrictHostKeyChecking=yes" in pinned.extra["ansible_ssh_common_args"]
     finally:
         provider.destroy()
     assert leftovers(ec2) == {}

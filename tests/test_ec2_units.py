@@ -10,6 +10,7 @@ import pytest
 
 from enosnet.config import Ec2ProviderConfig, Ec2RoleSpec, parse_config
 from enosnet.errors import ConfigError, ProviderError
+from enosnet.providers import ec2_hostkeys
 from enosnet.providers import ec2_resources as res
 from enosnet.providers import provider_class
 from enosnet.providers.ec2 import Ec2Provider
@@ -121,3 +122,28 @@ def test_zero_hosts_is_refused_before_any_aws_call(tmp_path: Path) -> None:
                            Environment(tmp_path / "env"))
     with pytest.raises(ConfigError, match="every role asks for 0 hosts"):
         provider.plan()
+
+
+CONSOLE = """[   12.3] cloud-init[1200]: Cloud-init v. 22.2.2 finished
+ec2: #############################################################
+ec2: -----BEGIN SSH HOST KEY FINGERPRINTS-----
+ec2: 256 SHA256:x3p3Ff4Zl1k root@ip-10-0-0-5 (ECDSA)
+ec2: -----END SSH HOST KEY FINGERPRINTS-----
+-----BEGIN SSH HOST KEY KEYS-----
+ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTY= root@ip-10-0-0-5
+ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOn/9ZKQ root@ip-10-0-0-5
+ssh-ed25519 not*base64 root@ip-10-0-0-5
+-----END SSH HOST KEY KEYS-----
+"""
+
+
+def test_host_keys_are_read_from_the_console_and_pinned(tmp_path: Path) -> None:
+    keys = ec2_hostkeys.host_keys(CONSOLE)
+    assert keys == ["ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTY=",
+                    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOn/9ZKQ"]
+    assert ec2_hostkeys.host_keys(CONSOLE.split("-----END SSH HOST KEY KEYS")[0]) == []  # not printed whole yet
+    known = tmp_path / "ssh" / "known_hosts"
+    known.parent.mkdir()
+    known.write_text("203.0.113.9 ssh-ed25519 AAAAold\n198.51.100.1 ssh-ed25519 AAAAother\n")
+    ec2_hostkeys.pin(known, "203.0.113.9", keys)  # a reused address: its old key goes
+    assert known.read_text().splitlines() == ["198.51.100.1 ssh-ed25519 AAAAother", *(f"203.0.113.9 {k}" for k in keys)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from enosnet.errors import ConfigError
 from enosnet.model import FrozenVars, Host, Network, Networks, Roles
 
 A = Host("198.18.0.2", alias="a")
@@ -70,3 +71,22 @@ def test_networks() -> None:
     assert Networks.from_list(nets.to_list()) == nets
     assert nets["local"].network.num_addresses == 256
     assert repr(nets) == "Networks(local)"
+
+
+@pytest.mark.parametrize(("kwargs", "what"), [
+    ({"address": "-oProxyCommand=x"}, "not an IP address"),
+    ({"address": "10.0.0.5 -p 1"}, "not an IP address"),
+    ({"address": "10.0.0.5\n"}, "not an IP address"),
+    ({"address": "10.0.0.5", "alias": "../etc"}, "not a host alias"),
+    ({"address": "10.0.0.5", "alias": "a b"}, "not a host alias"),
+    ({"address": "10.0.0.5", "user": "-lroot"}, "not a user name"),
+    ({"address": "10.0.0.5", "port": 0}, "port 0"),
+])
+def test_hosts_refuse_what_would_become_an_option_or_a_path(kwargs: dict[str, object], what: str) -> None:
+    with pytest.raises(ConfigError, match=what):
+        Host(**kwargs)  # type: ignore[arg-type]
+
+
+def test_hosts_accept_addresses_names_and_ipv6() -> None:
+    for address in ("198.18.0.2", "::1", "fe80::1%eth0", "node-3.lab.example", "ip-10-0-0-5.ec2.internal"):
+        assert Host(address, alias="server-0", user="ec2-user").address == address

@@ -46,6 +46,27 @@ def test_bad_hosts_file_lines_name_file_and_line(line: str) -> None:
         parse_hosts_line(line, where="hosts.txt:7")
 
 
+@pytest.mark.parametrize(("line", "what"), [
+    ("-oProxyCommand=touch${IFS}/tmp/x", "not an IP address or host name"),
+    ("-lroot@10.0.0.5", "not a user name"),
+    ("ann;id@10.0.0.5", "not a user name"),
+])
+def test_hosts_file_lines_that_would_become_ssh_options_are_refused(line: str, what: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^hosts.txt:7: host .*: .*{what}"):
+        parse_hosts_line(line, where="hosts.txt:7")
+
+
+def test_config_hosts_are_checked_where_they_are_written() -> None:
+    text = ("name: lab\nprovider:\n  kind: static\n  hosts:\n    - {address: 10.0.0.5, roles: [server]}\n"
+            "    - {address: '-oProxyCommand=x', alias: '../up', user: '-l', roles: [client]}\n"
+            "roles: {server: 1, client: 1}\n")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, source="lab.yaml")
+    problems = dict(caught.value.problems)
+    assert {"address", "alias", "user"} <= {where.rsplit(".", 1)[-1] for where in problems}, problems
+    assert all(where.startswith("lab.yaml:6 ") for where in problems), problems
+
+
 def test_hosts_file(tmp_path: Path) -> None:
     path = tmp_path / "hosts.txt"
     path.write_text("# rack 3\n10.0.0.5\n\nann@10.0.0.6:2222\n")

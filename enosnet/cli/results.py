@@ -110,7 +110,7 @@ def backup(
             raise UsageError("--name without --verify needs --s3: it uploads (or resumes uploading) that backup")
         from enosnet.results.backup import find_backup
 
-        _upload(find_backup(environment, name), location)
+        _upload(environment, find_backup(environment, name), location)
         return
     from enosnet.results.backup import make_backup, playbook_collector
 
@@ -123,7 +123,7 @@ def backup(
     for note in made.notes:
         console.print(f"  note: {escape(note)}")
     if location is not None:
-        _upload(made.path, location)
+        _upload(environment, made.path, location)
 
 
 def _default_playbook() -> Path:
@@ -132,12 +132,13 @@ def _default_playbook() -> Path:
     return Path(enosnet.__file__).parent.parent / "playbooks" / "backup.yml"
 
 
-def _upload(path: Path, location: S3Location) -> None:
+def _upload(environment: Environment, path: Path, location: S3Location) -> None:
+    from enosnet.results.backup import agent_keys
     from enosnet.results.s3 import upload_backup
 
     try:
         with console.status(f"uploading to {location}"):
-            up = upload_backup(path, location)
+            up = upload_backup(path, location, keep_out=agent_keys(environment))
     except EnosnetError as exc:
         raise type(exc)(f"{exc}\nresume with: enosnet backup --s3 {location} --name {path.name}") from None
     console.print(f"[green]uploaded[/green] to {location}: {up.uploaded} objects sent "

@@ -25,6 +25,8 @@ behaviour ``terminate``).
 from __future__ import annotations
 
 import ipaddress
+import logging
+import secrets
 import time
 import urllib.request
 from collections.abc import Mapping
@@ -37,6 +39,7 @@ from typing import Any
 from enosnet.config import Ec2ProviderConfig, Ec2RoleSpec
 from enosnet.errors import ConfigError, ProviderError
 from enosnet.model import Host, Network, Networks, Roles
+from enosnet.providers import ec2_hostkeys
 from enosnet.providers import ec2_resources as res
 from enosnet.providers.base import HostStatus, Provider, probe_ssh, wait_ssh
 from enosnet.providers.ec2_aws import Aws
@@ -44,6 +47,7 @@ from enosnet.providers.ec2_lookup import Image, Subnet, resolve_image, resolve_s
 from enosnet.providers.ec2_pricing import PriceTable, format_cost, total
 
 PUBLIC_ADDRESS_URL = "https://checkip.amazonaws.com"
+log = logging.getLogger("enosnet.providers.ec2")
 
 
 def plan_slots(counts: Mapping[str, int]) -> list[tuple[str, int]]:
@@ -134,8 +138,16 @@ class Ec2Provider(Provider):
 
     @property
     def env_id(self) -> str:
-        """The environment's id on AWS (tag ``enosnet:env``): config name and directory tag."""
-        return str(self.provider_state.get("env_id") or f"{self.config.name}-{self.env.tag}")
+        """The environment's id on AWS (tag ``enosnet:env``): the config name and a random suffix.
+
+        Chosen at the first deploy and kept in the state: two controllers with
+        the same environment folder (CI runners, ``/root``) never share it.
+        """
+        return str(self.provider_state.get("env_id") or self._new_env_id)
+
+    @cached_property
+    def _new_env_id(self) -> str:
+        return f"{self.config.name}-{secrets.token_hex(4)}"
 
     @cached_property
     def aws(self) -> Aws:
@@ -153,7 +165,11 @@ class Ec2Provider(Provider):
 
     def allow_cidr(self) -> str:
         """The address range SSH and the agent port are open to: ``allow_cidr``, else this controller's /32."""
-        return self.settings.allow_cidr or self._detected_cidr
+        cidr = self.settings.allow_cidr or self._detected_cidr
+        if ipaddress.ip_network(cidr, strict=False).prefixlen == 0:
+            log.warning("provider.allow_cidr %s opens SSH and the agents' UDP port to the whole internet; "
+                        "give the controller's address, e.g. 203.0.113.7/32", cidr)
+        return cidr
 
     @cached_property
     def _detected_cidr(self) -> str:
@@ -247,6 +263,7 @@ class Ec2Provider(Provider):
             if exc.code != "InvalidGroup.Duplicate":
                 raise
             group = self._find_group(plan.security_group, vpc)
+            self._revoke_stale(group, plan.allow_cidr)  # e.g. a wider allow_cidr of an earlier deploy
         self.save_provider_state(security_group=group)
         self._authorize(group, plan.allow_cidr)
         return group
@@ -258,14 +275,27 @@ class Ec2Provider(Provider):
             raise ProviderError(f"security group {name} exists but cannot be found in {vpc}")
         return str(found[0]["GroupId"])
 
-    def _authorize(self, group: str, cidr: str) -> None:
+    def _permissions(self, group: str, cidr: str) -> list[dict[str, Any]]:
+        """The ingress an environment needs: SSH and the agent port from ``cidr``, everything between members."""
         ranges: dict[str, Any] = ({"Ipv6Ranges": [{"CidrIpv6": cidr}]} if ":" in cidr
                                   else {"IpRanges": [{"CidrIp": cidr, "Description": "enosnet controller"}]})
-        permissions = [
+        return [
             {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, **ranges},
             {"IpProtocol": "udp", "FromPort": self.config.agent.port, "ToPort": self.config.agent.port, **ranges},
             {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group, "Description": "enosnet members"}]},
         ]
+
+    def _revoke_stale(self, group: str, cidr: str) -> None:
+        """Revoke every ingress rule of a reused group that this deploy does not ask for."""
+        found = self.aws.call("describe_security_groups", GroupIds=[group])["SecurityGroups"]
+        current = found[0].get("IpPermissions", []) if found else []
+        wanted = {entry for p in self._permissions(group, cidr) for entry in _ingress_entries(p)}
+        stale = [_ingress_permission(entry) for p in current for entry in _ingress_entries(p) if entry not in wanted]
+        if stale:
+            self.aws.call("revoke_security_group_ingress", GroupId=group, IpPermissions=stale)
+
+    def _authorize(self, group: str, cidr: str) -> None:
+        permissions = self._permissions(group, cidr)
         try:
             self.aws.call("authorize_security_group_ingress", GroupId=group, IpPermissions=permissions)
         except ProviderError as exc:
@@ -277,6 +307,9 @@ class Ec2Provider(Provider):
         wanted = self.roles_spec()
         filters = [*res.tag_filters(env_id=self.env_id), {"Name": "instance-state-name",
                                                           "Values": ["pending", "running"]}]
+        owner = self.provider_state.get("owner")
+        if owner:  # another controller's instances are never reused, even under the same environment id
+            filters.append({"Name": f"tag:{res.TAG_OWNER}", "Values": [owner]})
         existing = _Existing()
         for reservation in self.aws.pages("describe_instances", "Reservations", Filters=filters):
             for inst in reservation["Instances"]:
@@ -345,8 +378,8 @@ class Ec2Provider(Provider):
                                 code="InstanceTerminated", hint="spot capacity or quota; retry or change `az`")
         hosts = self._host_records(plan, by_slot, described)
         self.save_provider_state(hosts=hosts)
-        roles = self.roles_from(hosts)
-        self._wait_ssh(roles)
+        self._wait_ssh(self.roles_from(hosts))
+        roles = self.roles_from(self._pin_host_keys(hosts) if self.settings.wait_ssh else hosts)
         networks = Networks(Network(f"ec2-{lc.subnet.az}", lc.subnet.cidr) for lc in plan.launches if lc.subnet.cidr)
         return roles, networks
 
@@ -362,13 +395,34 @@ class Ec2Provider(Provider):
                             "private": d.get("PrivateIpAddress"), "launched": _iso(d.get("LaunchTime"))})
         return records
 
+    def _pin_host_keys(self, hosts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Pin each host's keys from its console output (see ``ec2_hostkeys``); say which stay unpinned."""
+        for h in hosts:
+            if h.get("pinned"):
+                continue
+            keys = ec2_hostkeys.console_keys(self.aws, h["id"])
+            if keys:
+                ec2_hostkeys.pin(self.env.known_hosts, h["public"] or h["private"], keys)
+                h["pinned"] = True
+        self.save_provider_state(hosts=hosts)
+        unpinned = [h["alias"] for h in hosts if not h.get("pinned")]
+        if unpinned:
+            log.warning("EC2: no host keys in the console output of %s yet: their first SSH contact accepts the "
+                        "key they present (and then hands them their agent's key); compare %s with "
+                        "`aws ec2 get-console-output` if in doubt", ", ".join(unpinned), self.env.known_hosts)
+        return hosts
+
     def roles_from(self, hosts: list[dict[str, Any]]) -> Roles:
-        """The inventory: public address for SSH, private address as ``enosnet_private_address``."""
+        """The inventory: public address for SSH, private address as ``enosnet_private_address``.
+
+        Hosts whose keys were pinned from their console are checked strictly; the others on first use.
+        """
         keyfile = str(self.env.key_file) if not self.settings.key_name else self.settings.keyfile
-        ssh_args = (f"-o UserKnownHostsFile={self.env.known_hosts} -o StrictHostKeyChecking=accept-new "
-                    "-o LogLevel=ERROR")
         by_role: dict[str, list[Host]] = {}
         for h in hosts:
+            checking = "yes" if h.get("pinned") else "accept-new"
+            ssh_args = (f"-o UserKnownHostsFile={self.env.known_hosts} -o StrictHostKeyChecking={checking} "
+                        "-o LogLevel=ERROR")
             extra = {"ansible_python_interpreter": self.settings.python, "ansible_ssh_common_args": ssh_args,
                      "enosnet_provider": "ec2", "enosnet_private_address": h["private"],
                      "enosnet_instance_id": h["id"], "enosnet_instance_type": h["type"], "enosnet_az": h["az"]}
@@ -454,6 +508,29 @@ class Ec2Provider(Provider):
 
 
 # ── helpers ─────────────────────────────────────────────────────────────────
+
+
+IngressEntry = tuple[str, int | None, int | None, str, str]
+
+
+def _ingress_entries(permission: dict[str, Any]) -> list[IngressEntry]:
+    """One ``(protocol, from, to, kind, source)`` per source of an ``IpPermissions`` item."""
+    head = (str(permission["IpProtocol"]), permission.get("FromPort"), permission.get("ToPort"))
+    if head[0] == "-1":
+        head = ("-1", None, None)
+    return ([(*head, "CidrIp", r["CidrIp"]) for r in permission.get("IpRanges", [])]
+            + [(*head, "CidrIpv6", r["CidrIpv6"]) for r in permission.get("Ipv6Ranges", [])]
+            + [(*head, "GroupId", g["GroupId"]) for g in permission.get("UserIdGroupPairs", [])])
+
+
+def _ingress_permission(entry: IngressEntry) -> dict[str, Any]:
+    protocol, low, high, kind, source = entry
+    item: dict[str, Any] = {"IpProtocol": protocol}
+    if low is not None:
+        item.update(FromPort=low, ToPort=high)
+    field_name = {"CidrIp": "IpRanges", "CidrIpv6": "Ipv6Ranges", "GroupId": "UserIdGroupPairs"}[kind]
+    item[field_name] = [{kind: source}]
+    return item
 
 
 def create_placement_group(aws: Aws, name: str, strategy: str, tags: dict[str, str]) -> None:

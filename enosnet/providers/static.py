@@ -32,13 +32,16 @@ def parse_hosts_line(line: str, *, user: str = "root", where: str = "") -> Host 
     if not text:
         return None
     login, _, address = text.rpartition("@")
-    if _is_ipv6(address):
-        return Host(address, user=login or user)
-    match = _LINE.fullmatch(text)
-    port = int(match["port"]) if match and match["port"] else 22
-    if not match or not 0 < port < 65536:
-        raise ConfigError(f"{where}: not a host: {text!r} (expected [user@]address[:port])")
-    return Host(match["address"].strip("[]"), user=match["user"] or user, port=port)
+    try:
+        if _is_ipv6(address):
+            return Host(address, user=login or user)
+        match = _LINE.fullmatch(text)
+        port = int(match["port"]) if match and match["port"] else 22
+        if not match or not 0 < port < 65536:
+            raise ConfigError(f"not a host: {text!r} (expected [user@]address[:port])")
+        return Host(match["address"].strip("[]"), user=match["user"] or user, port=port)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _is_ipv6(text: str) -> bool:

@@ -23,6 +23,7 @@ import json
 import os
 import random
 import re
+import shlex
 import signal
 import threading
 import time
@@ -185,23 +186,25 @@ def lrun(cmd: str, *, roles: HostsLike, role: RoleSelector = None, timeout: floa
          on_result: ResultCallback | None = None, env: Environment | None = None) -> Results[HostResult]:
     """Run the shell command ``cmd`` here, once per host (ParaMgmt's ``lcmd``).
 
-    ``{host}`` and ``{address}`` are substituted; the command also sees
-    ``ENOSNET_HOST`` and ``ENOSNET_ADDRESS`` in its environment.
+    ``{host}`` and ``{address}`` are substituted, shell-quoted; the command
+    also sees ``ENOSNET_HOST`` and ``ENOSNET_ADDRESS`` in its environment.
     """
     _check_knobs(cmd=cmd, timeout=timeout, concurrency=concurrency)
     fan = _Fanout(select_hosts(roles, role=role), timeout, Retry(1), concurrency, None, on_result)
-    return _finish(fan.run(lambda host: fan.local(host, substitute(cmd, host))), strict, env, {"lrun": cmd})
+    return _finish(fan.run(lambda host: fan.local(host, substitute(cmd, host, quote=shlex.quote))), strict, env,
+                   {"lrun": cmd})
 
 
-def substitute(text: str, host: Host) -> str:
+def substitute(text: str, host: Host, *, quote: Callable[[str], str] = str) -> str:
     """``text`` with ``{host}`` replaced by the host's name and ``{address}`` by its address.
 
-    Other braces are left alone, so shell and awk code stays intact.
+    Other braces are left alone, so shell and awk code stays intact. ``quote``
+    (e.g. ``shlex.quote`` for a local shell line) is applied to both values.
 
     >>> substitute("awk '{print $1}' /tmp/{host}.log", Host("198.18.0.2", alias="server-0"))
     "awk '{print $1}' /tmp/server-0.log"
     """
-    return text.replace("{host}", host.name).replace("{address}", host.address)
+    return text.replace("{host}", quote(host.name)).replace("{address}", quote(host.address))
 
 
 # ── the engine ──────────────────────────────────────────────────────────────

@@ -36,13 +36,15 @@ import os
 import shutil
 import sqlite3
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from enosnet.coordinator.agent.wire import worker_key
 from enosnet.environment import Environment
 from enosnet.errors import ResultsError
+from enosnet.model import Roles
 
 MANIFEST = "MANIFEST.sha256"
 INFO = "BACKUP.json"
@@ -320,6 +322,35 @@ class _Writer:
         lines = [f"{digest}  {rel}\n" for rel, digest in sorted(self.entries.items())]
         (self.staging / MANIFEST).write_text("".join(lines))
         (self.staging / MANIFEST).chmod(0o444)
+
+
+def agent_keys(env: Environment) -> list[bytes]:
+    """What no backup may hold: the environment's secret and the key of each of its agents."""
+    if not env.secret_file.exists():
+        return []
+    secret = env.secret()
+    roles = (env.load_state() or {}).get("roles")
+    hosts = Roles.from_dict(roles).all() if roles else []
+    return [secret.encode(), *(worker_key(secret, host.name).encode() for host in hosts)]
+
+
+def files_holding(root: Path, needles: Sequence[bytes]) -> list[str]:
+    """The files under ``root`` (relative paths) that contain any of ``needles``, read in chunks."""
+    needles = [n for n in needles if n]
+    if not needles:
+        return []
+    overlap = max(len(n) for n in needles) - 1
+    found = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+        tail = b""
+        with path.open("rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                window = tail + chunk
+                if any(n in window for n in needles):
+                    found.append(path.relative_to(root).as_posix())
+                    break
+                tail = window[-overlap:] if overlap else b""
+    return found
 
 
 def sha256_file(path: Path) -> str:

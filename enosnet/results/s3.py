@@ -23,13 +23,13 @@ import base64
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from enosnet.errors import ConfigError, ResultsError
-from enosnet.results.backup import INFO, MANIFEST, VerifyResult, read_manifest, sha256_file
+from enosnet.results.backup import INFO, MANIFEST, VerifyResult, files_holding, read_manifest, sha256_file
 
 PART_SIZE = 8 * 1024 * 1024
 MIN_PART = 5 * 1024 * 1024
@@ -145,11 +145,19 @@ def _remote_name(backup: Path) -> tuple[str, str]:
 
 
 def upload_backup(backup: Path, location: S3Location, *, client: Any = None, part_size: int = PART_SIZE,
-                  on_event: Callable[[UploadEvent], None] | None = None) -> UploadResult:
-    """Upload every file of a backup (manifest last); see the module docstring."""
+                  on_event: Callable[[UploadEvent], None] | None = None,
+                  keep_out: Sequence[bytes] = ()) -> UploadResult:
+    """Upload every file of a backup (manifest last); see the module docstring.
+
+    ``keep_out`` (``agent_keys(env)``): when any file holds one of these, nothing is uploaded.
+    """
     if part_size < MIN_PART:
         raise ConfigError(f"part_size {part_size}: S3 needs parts of at least {MIN_PART} bytes")
     entries = read_manifest(backup)
+    holding = files_holding(backup, keep_out)
+    if holding:
+        raise ResultsError(f"{backup}: {len(holding)} files hold the agents' secret or keys "
+                           f"({', '.join(holding[:5])}); nothing uploaded: delete them from the backup first")
     before, before_entries = _previous_entries(backup)
     s3 = client or make_client()
     env_name, name = _remote_name(backup)
