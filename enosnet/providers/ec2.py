@@ -165,8 +165,12 @@ class Ec2Provider(Provider):
 
     def allow_cidr(self) -> str:
         """The address range SSH and the agent port are open to: ``allow_cidr``, else this controller's /32."""
+        return self._allow_cidr
+
+    @cached_property
+    def _allow_cidr(self) -> str:
         cidr = self.settings.allow_cidr or self._detected_cidr
-        if ipaddress.ip_network(cidr, strict=False).prefixlen == 0:
+        if ipaddress.ip_network(cidr, strict=False).prefixlen == 0:  # said once per deploy
             log.warning("provider.allow_cidr %s opens SSH and the agents' UDP port to the whole internet; "
                         "give the controller's address, e.g. 203.0.113.7/32", cidr)
         return cidr
