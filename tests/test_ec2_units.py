@@ -10,9 +10,8 @@ import pytest
 
 from enosnet.config import Ec2ProviderConfig, Ec2RoleSpec, parse_config
 from enosnet.errors import ConfigError, ProviderError
-from enosnet.providers import ec2_hostkeys
+from enosnet.providers import ec2_hostkeys, provider_class
 from enosnet.providers import ec2_resources as res
-from enosnet.providers import provider_class
 from enosnet.providers.ec2 import Ec2Provider
 from enosnet.providers.ec2_aws import Aws, endpoint_is_local, translated
 from enosnet.providers.ec2_pricing import PriceTable, format_cost, total
