@@ -22,8 +22,8 @@ from pathlib import Path
 
 from enosnet.config import parse_config
 from enosnet.coordinator import build_agent_zipapp
-from enosnet.deploy import InstallOptions, install
 from enosnet.environment import Environment
+from enosnet.installer import InstallOptions, install
 from enosnet.providers.local import LocalProvider
 
 os.environ.setdefault("ENOSNET_LOCAL_PREFIX", "bdepl")

@@ -1,5 +1,11 @@
 """enosnet: network benchmark experiments at scale.
 
+The common path is one call: ``enosnet.deploy(config)`` returns a ``Testbed``
+(hosts acquired, tools and agents installed) whose methods run commands,
+benchmarks, reports and backups on those hosts; ``enosnet.attach(env)`` is the
+testbed of an environment deployed earlier. Everything an experiment script
+needs is importable from here.
+
 >>> import enosnet
 >>> enosnet.Host("198.18.0.2").name
 '198.18.0.2'
@@ -17,6 +23,7 @@ from enosnet.errors import (
     ConfigError,
     CoordinatorError,
     EnosnetError,
+    EnvironmentBusy,
     EnvironmentNotFound,
     HostsFailed,
     InstallError,
@@ -31,10 +38,18 @@ from enosnet.errors import (
 from enosnet.model import Host, Network, Networks, Roles
 
 if TYPE_CHECKING:
-    from enosnet.bench import BenchOptions, BenchResult, Experiment, load_experiment, run_experiment
+    from enosnet.bench import (
+        BenchOptions,
+        BenchResult,
+        Experiment,
+        RunFinished,
+        RunStarted,
+        load_experiment,
+        run_experiment,
+    )
     from enosnet.config import EnvConfig, load_config, parse_config
     from enosnet.coordinator import Coordinator, SyncCoordinator, WorkerRecord
-    from enosnet.deploy import InstallOptions, InstallReport, build_netbench, install
+    from enosnet.installer import InstallOptions, InstallReport, build_netbench, install
     from enosnet.netem import Constraint, Netem, RttCheck
     from enosnet.providers import HostStatus, Provider, make_provider
     from enosnet.remote import (
@@ -54,16 +69,21 @@ if TYPE_CHECKING:
         run_playbook,
         script,
     )
+    from enosnet.results.report import Report, build_report
+    from enosnet.testbed import Testbed, acquire, attach, deploy
 
 # Everything that needs pydantic, boto3, Ansible or matplotlib loads on first use, so `import enosnet`
 # (and every CLI start) stays fast.
 _LAZY = {
     "enosnet.config": ("EnvConfig", "load_config", "parse_config"),
     "enosnet.providers": ("HostStatus", "Provider", "make_provider"),
-    "enosnet.bench": ("BenchOptions", "BenchResult", "Experiment", "load_experiment", "run_experiment"),
+    "enosnet.bench": ("BenchOptions", "BenchResult", "Experiment", "RunFinished", "RunStarted", "load_experiment",
+                      "run_experiment"),
     "enosnet.coordinator": ("Coordinator", "SyncCoordinator", "WorkerRecord"),
-    "enosnet.deploy": ("InstallOptions", "InstallReport", "build_netbench", "install"),
+    "enosnet.installer": ("InstallOptions", "InstallReport", "build_netbench", "install"),
     "enosnet.netem": ("Constraint", "Netem", "RttCheck"),
+    "enosnet.results.report": ("Report", "build_report"),
+    "enosnet.testbed": ("Testbed", "acquire", "attach", "deploy"),
     "enosnet.remote": ("AnsibleOptions", "AnsibleResults", "HostEvent", "HostResult", "Results", "SshOptions",
                        "Status", "actions", "close_connections", "lrun", "pull", "push", "run_command",
                        "run_playbook", "script"),
@@ -100,6 +120,7 @@ __all__ = [
     "EnosnetError",
     "EnvConfig",
     "Environment",
+    "EnvironmentBusy",
     "EnvironmentNotFound",
     "Experiment",
     "Host",
@@ -117,20 +138,28 @@ __all__ = [
     "Provider",
     "ProviderError",
     "RemoteError",
+    "Report",
     "Results",
     "ResultsError",
     "Roles",
     "RttCheck",
+    "RunFinished",
+    "RunStarted",
     "SshOptions",
     "Status",
     "SyncCoordinator",
     "SyncTimeout",
+    "Testbed",
     "UsageError",
     "WorkerLost",
     "WorkerRecord",
+    "acquire",
     "actions",
+    "attach",
     "build_netbench",
+    "build_report",
     "close_connections",
+    "deploy",
     "install",
     "load_config",
     "load_experiment",

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from enosnet.errors import EnvironmentBusy, EnvironmentNotFound, ProviderError
+from enosnet.errors import EnosnetError, EnvironmentBusy, EnvironmentNotFound, ProviderError
 
 BASE = Path(".enosnet")
 CURRENT = "current"
@@ -183,8 +183,12 @@ class Environment:
         under way instead. An ``flock``: the kernel releases it when its
         process ends, so a crash never leaves the environment locked.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise EnosnetError(f"{self.root}: cannot create the environment folder ({exc.strerror}); check its "
+                               "parent folders' permissions, or choose another folder") from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -23,6 +23,26 @@ if TYPE_CHECKING:  # pydantic loads with the first model validated, not with eve
 M = TypeVar("M", bound="BaseModel")
 
 Loc = tuple[str | int, ...]
+
+
+YamlSource = str | Path | Mapping[str, Any]
+
+
+def path_or_text(value: YamlSource, *, what: str) -> Path | str:
+    """Where a document given as a path, YAML text or a mapping is: a file to read, or YAML text.
+
+    A ``Path``, or a one-line string ending in ``.yaml``/``.yml``, is a file;
+    another string is YAML text; a mapping is dumped to YAML so that it is
+    validated, and its mistakes are reported, exactly like the same file.
+    """
+    if isinstance(value, Mapping):
+        return str(yaml.safe_dump(dict(value), sort_keys=False))
+    if isinstance(value, Path):
+        return value
+    if isinstance(value, str):
+        one_line = "\n" not in value.strip()
+        return Path(value.strip()) if one_line and value.strip().endswith((".yaml", ".yml")) else value
+    raise ConfigError(f"a {what} is a path, YAML text or a mapping, not {type(value).__name__}")
 
 
 def line_map(text: str) -> dict[Loc, int]:

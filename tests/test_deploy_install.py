@@ -15,9 +15,9 @@ from typing import Any
 import boto3
 import pytest
 
-from enosnet.deploy import InstallOptions, install, install_vars
 from enosnet.environment import Environment
 from enosnet.errors import ConfigError, HostsFailed
+from enosnet.installer import InstallOptions, install, install_vars
 from enosnet.results.backup import agent_keys
 
 ENOSNET = str(Path(sys.executable).with_name("enosnet"))

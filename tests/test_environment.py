@@ -13,7 +13,7 @@ import pytest
 from enosnet.bench.runner import run_experiment
 from enosnet.bench.spec import parse_experiment
 from enosnet.environment import Environment
-from enosnet.errors import EnvironmentBusy, EnvironmentNotFound
+from enosnet.errors import EnosnetError, EnvironmentBusy, EnvironmentNotFound
 
 
 def test_state_round_trip_and_update(tmp_path: Path) -> None:
@@ -79,3 +79,10 @@ def test_a_second_deploy_bench_or_destroy_of_one_environment_fails_at_once(tmp_p
         holder.wait()
     with env.lock("destroy"):  # the kernel released the lock of the killed holder
         assert "enosnet destroy" in (env.root / ".lock").read_text()
+
+
+def test_an_environment_folder_that_cannot_be_made_is_named_without_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(EnosnetError, match=r"file/lab: cannot create the environment folder \(Not a directory\)"), \
+            Environment(tmp_path / "file" / "lab").lock("deploy"):
+        pass

@@ -29,3 +29,5 @@ def find_env(path: Path | None) -> Environment:
 def print_error(exc: BaseException) -> None:
     """``error: <message>`` in red on stderr; the message is printed verbatim."""
     err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+    for note in getattr(exc, "__notes__", ()):  # e.g. what a failed deploy released or kept
+        err_console.print(f"  {escape(str(note))}", soft_wrap=True)

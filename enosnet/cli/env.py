@@ -15,8 +15,7 @@ from rich.table import Table
 
 from enosnet.cli.common import EnvOption, JsonOption, console, err_console, find_env
 from enosnet.environment import Environment
-from enosnet.errors import EnosnetError, UsageError
-from enosnet.model import Roles
+from enosnet.errors import UsageError
 
 if TYPE_CHECKING:  # providers (pydantic, boto3) load when a command needs them
     from enosnet.providers.base import HostStatus, Provider
@@ -44,48 +43,39 @@ def deploy(
 ) -> None:
     """Acquire the hosts a config asks for (reusing what exists), write the inventory, install tools and agents."""
     from enosnet.cli.install import build_for_deploy, run_install
-    from enosnet.config import load_config
-    from enosnet.deploy import InstallOptions
+    from enosnet.installer import InstallOptions
     from enosnet.providers import make_provider
+    from enosnet.testbed import acquire, as_config
 
-    cfg = load_config(config)
+    cfg = as_config(config)
     environment = Environment(env) if env else Environment.for_name(cfg.name)
-    provider = make_provider(cfg, environment)
     if dry_run:
-        _print_plan(provider)
+        _print_plan(make_provider(cfg, environment))
         return
     options = InstallOptions(agent_port=cfg.agent.port, netbench_dir=netbench_dir)
     if cfg.install.netbench is not None and not no_install and netbench_dir is None:
         # before any host is acquired: a first build takes minutes, and a failed one should cost nothing
-        built = build_for_deploy(cfg.install.netbench, base=config.parent)
-        options = dataclasses.replace(built, agent_port=cfg.agent.port)
-    with environment.lock("deploy"):
-        with console.status(f"acquiring hosts ({cfg.kind} provider)"):
-            roles = _acquire(provider, keep_on_error=keep_on_error)
-        environment.mark_current()
-        counts = ", ".join(f"{role}: {len(hosts)}" for role, hosts in roles.items())
-        console.print(f"[green]deployed[/green] {len(roles.all())} hosts ({counts}) in {environment.root}")
-        console.print(f"inventory: {environment.inventory_file}")
-        if not no_install and not _waits_for_ssh(provider):
-            console.print("install skipped: the provider does not wait for SSH (wait_ssh: false), "
-                          "so the hosts may not be reachable")
-        elif not no_install:
-            run_install(environment, roles, options)
-
-
-def _provider_for(environment: Environment) -> Provider:
-    """The provider of a deployed environment, rebuilt from the config saved in its state."""
-    from enosnet.config import EnvConfig
-    from enosnet.providers import make_provider
-
-    state = environment.load_state() or {}
-    return make_provider(EnvConfig.model_validate(state["config"]), environment)
+        options = dataclasses.replace(build_for_deploy(cfg.install.netbench, base=config.parent),
+                                      agent_port=cfg.agent.port)
+    with console.status(f"acquiring hosts ({cfg.kind} provider)"):
+        testbed = acquire(cfg, env=environment, keep=keep_on_error)
+    environment.mark_current()
+    counts = ", ".join(f"{role}: {len(hosts)}" for role, hosts in testbed.roles.items())
+    console.print(f"[green]deployed[/green] {len(testbed.roles.all())} hosts ({counts}) in {environment.root}")
+    console.print(f"inventory: {environment.inventory_file}")
+    if not no_install and not testbed.provider.waits_for_ssh:
+        console.print("install skipped: the provider does not wait for SSH (wait_ssh: false), "
+                      "so the hosts may not be reachable")
+    elif not no_install:
+        run_install(testbed, options)
 
 
 def status(env: EnvOption = None, as_json: JsonOption = False) -> None:
     """Show hosts, roles, addresses, whether each answers on SSH, and its agent (state, clock, datagrams)."""
+    from enosnet.testbed import attach
+
     environment = find_env(env)
-    provider = _provider_for(environment)
+    provider = attach(environment).provider
     rows = provider.status()
     from enosnet.cli.agents import agents_of, print_agents
 
@@ -158,27 +148,10 @@ def destroy(
     if not state.get("config"):
         console.print(f"nothing to release in {environment.root}")
         return
-    with environment.lock("destroy"):
-        _provider_for(environment).destroy()
+    from enosnet.testbed import attach
+
+    attach(environment).destroy()
     console.print(f"[green]released[/green] everything of {environment.root}")
-
-
-def _acquire(provider: Provider, *, keep_on_error: bool) -> Roles:
-    """``provider.init()``; when it fails (or is interrupted), release what it acquired unless asked to keep it."""
-    try:
-        roles, _ = provider.init()
-    except BaseException:
-        if keep_on_error:
-            err_console.print(f"[yellow]deploy failed; kept what it acquired[/yellow] (release it with "
-                              f"`enosnet destroy --env {provider.env.root}`)")
-            raise
-        try:
-            provider.destroy()
-            err_console.print("deploy failed; released what it had acquired")
-        except EnosnetError as cleanup:
-            err_console.print(f"[red]deploy failed and releasing failed too:[/red] {escape(str(cleanup))}")
-        raise
-    return roles
 
 
 def _ec2(provider: Provider) -> Ec2Provider | None:
@@ -188,12 +161,6 @@ def _ec2(provider: Provider) -> Ec2Provider | None:
     from enosnet.providers.ec2 import Ec2Provider
 
     return provider if isinstance(provider, Ec2Provider) else None
-
-
-def _waits_for_ssh(provider: Provider) -> bool:
-    """Whether deploy waited for the hosts' SSH; if not (EC2 ``wait_ssh: false``), installing could reach nothing."""
-    ec2 = _ec2(provider)
-    return ec2 is None or ec2.settings.wait_ssh
 
 
 def _print_plan(provider: Provider) -> None:

@@ -10,11 +10,10 @@ from rich.table import Table
 
 from enosnet.cli.common import console
 from enosnet.config import NetbenchInstall
-from enosnet.deploy import InstallOptions, InstallReport, build_netbench, install
-from enosnet.environment import Environment
 from enosnet.errors import HostsFailed
-from enosnet.model import Roles
+from enosnet.installer import InstallOptions, InstallReport, build_netbench
 from enosnet.remote import EventKind, HostEvent
+from enosnet.testbed import Testbed
 
 COLOURS = {EventKind.CHANGED: "yellow", EventKind.FAILED: "red", EventKind.UNREACHABLE: "red"}
 
@@ -56,11 +55,10 @@ def build_for_deploy(spec: NetbenchInstall, *, base: Path) -> InstallOptions:
     return options
 
 
-def run_install(environment: Environment, roles: Roles, options: InstallOptions) -> None:
+def run_install(testbed: Testbed, options: InstallOptions) -> None:
     """Install on every host, printing progress and the recap; a failed host raises ``HostsFailed``."""
     with console.status("installing") as spinner:
-        report = install(environment, roles, options=options, on_event=Progress(spinner, len(roles.all())),
-                         strict=False)
+        report = testbed.install(options, on_event=Progress(spinner, len(testbed.roles.all())), strict=False)
     print_recap(report)
     failed = [r for r in report.recap() if r.failed]
     if failed:

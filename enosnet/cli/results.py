@@ -112,9 +112,9 @@ def backup(
 
         _upload(environment, find_backup(environment, name), location)
         return
-    from enosnet.results.backup import make_backup, playbook_collector
+    from enosnet.results.backup import DEFAULT_PLAYBOOK, make_backup, playbook_collector
 
-    book = playbook or _default_playbook()
+    book = playbook or DEFAULT_PLAYBOOK
     with console.status("backing up"):
         made = make_backup(environment, collect_hosts=playbook_collector(environment, book))
     console.print(f"[green]backup[/green] {made.path}: {made.files} files, {made.new_files} new "
@@ -124,12 +124,6 @@ def backup(
         console.print(f"  note: {escape(note)}")
     if location is not None:
         _upload(environment, made.path, location)
-
-
-def _default_playbook() -> Path:
-    import enosnet
-
-    return Path(enosnet.__file__).parent.parent / "playbooks" / "backup.yml"
 
 
 def _upload(environment: Environment, path: Path, location: S3Location) -> None:

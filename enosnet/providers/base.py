@@ -101,6 +101,11 @@ class Provider(abc.ABC):
             probes = list(pool.map(probe_ssh, hosts))
         return [HostStatus(h, roles.roles_of(h), ok, detail) for h, (ok, detail) in zip(hosts, probes, strict=True)]
 
+    @property
+    def waits_for_ssh(self) -> bool:
+        """Whether ``init`` returns only once every host answers on SSH (else installing could reach nothing)."""
+        return True
+
     # ── for subclasses ─────────────────────────────────────────────────────
 
     def check(self) -> None:  # noqa: B027  (a hook: most providers need no check)

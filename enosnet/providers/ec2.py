@@ -149,6 +149,10 @@ class Ec2Provider(Provider):
     def _new_env_id(self) -> str:
         return f"{self.config.name}-{secrets.token_hex(4)}"
 
+    @property
+    def waits_for_ssh(self) -> bool:
+        return self.settings.wait_ssh
+
     @cached_property
     def aws(self) -> Aws:
         region = self.provider_state.get("region") or self.settings.region

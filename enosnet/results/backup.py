@@ -46,6 +46,7 @@ from enosnet.environment import Environment
 from enosnet.errors import ResultsError
 from enosnet.model import Roles
 
+DEFAULT_PLAYBOOK = Path(__file__).resolve().parent.parent.parent / "playbooks" / "backup.yml"
 MANIFEST = "MANIFEST.sha256"
 INFO = "BACKUP.json"
 BACKUP_DIR = "backup"
