@@ -14,12 +14,14 @@ Declarative and validated before anything is acquired::
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -89,6 +91,60 @@ class CountRole(Strict):
         if isinstance(value, bool):
             raise ValueError("must be a host count")
         return {"count": value} if isinstance(value, int) else value
+
+
+_MEMORY_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_memory(value: int | str) -> int:
+    """Bytes from ``512M``, ``1.5G``, ``2GiB`` or a number of bytes (K, M, G, T are powers of 1024).
+
+    >>> parse_memory("512M"), parse_memory("1.5GiB"), parse_memory(2**30)
+    (536870912, 1610612736, 1073741824)
+    """
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as 512M or 2G")
+    if isinstance(value, int):
+        number, unit = float(value), ""
+    else:
+        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?\s*", value, flags=re.ASCII | re.I)
+        if match is None:
+            raise ValueError(f"{value!r}: not a size such as 512M or 2G")
+        number, unit = float(match.group(1)), match.group(2).upper()
+    size = int(number * _MEMORY_UNITS[unit])
+    if size < 16 * 2**20:
+        raise ValueError(f"{value!r}: at least 16M (a host runs sshd and the agent)")
+    return size
+
+
+def check_cpuset(value: str) -> str:
+    """``auto`` or a CPU list such as ``0-3,6`` (what cpuset.cpus takes).
+
+    >>> check_cpuset("0-1,3")
+    '0-1,3'
+    """
+    if value == "auto" or re.fullmatch(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*", value, flags=re.ASCII):
+        return value
+    raise ValueError(f"{value!r}: `auto` or a CPU list such as 0-3,6")
+
+
+class LocalRole(CountRole):
+    """A role of local hosts, optionally limited: ``{count: 4, cpus: 0.5, memory: 512M, cpuset: auto}``.
+
+    ``cpus`` caps each host's CPU time (CPU-seconds per second), ``memory``
+    its memory (beyond it the kernel's OOM killer ends the largest process
+    inside the host, not the host); ``cpuset: auto`` gives each host cores of
+    its own while the machine has enough (else hosts share them, with a
+    warning), or names the cores (``0-1``).
+    """
+
+    cpus: float | None = Field(None, gt=0, le=1024)
+    memory: Annotated[int, BeforeValidator(parse_memory)] | None = None
+    cpuset: Annotated[str, AfterValidator(check_cpuset)] | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.cpus is not None or self.memory is not None or self.cpuset is not None
 
 
 # ── static provider ─────────────────────────────────────────────────────────
@@ -242,6 +298,7 @@ class InstallSettings(Strict):
 
 
 _COUNT_ROLES: TypeAdapter[dict[str, CountRole]] = TypeAdapter(dict[RoleName, CountRole])
+_LOCAL_ROLES: TypeAdapter[dict[str, LocalRole]] = TypeAdapter(dict[RoleName, LocalRole])
 _EC2_ROLES: TypeAdapter[dict[str, Ec2RoleSpec]] = TypeAdapter(dict[RoleName, Ec2RoleSpec])
 
 
@@ -255,7 +312,7 @@ class EnvConfig(Strict):
 
     name: Name
     provider: LocalProviderConfig | StaticProviderConfig | Ec2ProviderConfig = Field(discriminator="kind")
-    roles: dict[RoleName, CountRole | Ec2RoleSpec] = Field(default_factory=dict)
+    roles: dict[RoleName, LocalRole | CountRole | Ec2RoleSpec] = Field(default_factory=dict)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     install: InstallSettings = Field(default_factory=InstallSettings)
 
@@ -266,6 +323,8 @@ class EnvConfig(Strict):
         provider = info.data.get("provider")
         if isinstance(provider, Ec2ProviderConfig):
             return _EC2_ROLES.validate_python(value)
+        if isinstance(provider, LocalProviderConfig):
+            return _LOCAL_ROLES.validate_python(value)
         return _COUNT_ROLES.validate_python(value)
 
     @model_validator(mode="after")

@@ -263,13 +263,13 @@ def _released_on_error(provider: Provider, *, keep: bool) -> Iterator[None]:
         yield
     except BaseException as exc:
         if keep:
-            exc.add_note(f"kept what was acquired: release it with `enosnet destroy --env {provider.env.root}`")
+            exc.add_note(f"kept what it acquired: release it with `enosnet destroy --env {provider.env.root}`")
             raise
         try:
             provider.destroy()
-            exc.add_note("released what had been acquired")
+            exc.add_note("released what it had acquired")
         except EnosnetError as cleanup:
-            exc.add_note(f"releasing what had been acquired failed too: {cleanup}")
+            exc.add_note(f"releasing what it had acquired failed too: {cleanup}")
         raise
 
 

@@ -7,6 +7,7 @@ hosts, and the session ends by checking that nothing of its own is left.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,13 +76,15 @@ class LocalDeployment:
 def local_hosts(tmp_path: Path) -> Iterator[Callable[..., LocalDeployment]]:
     """Factory: ``local_hosts({"server": 1, "client": 2})`` deploys real local hosts, destroyed afterwards.
 
-    Extra keyword ``name`` names the environment (one directory per name under tmp_path); ``share``
+    A role maps to a count or a local role spec (``{"count": 1, "cpus": 0.5}``). Extra keyword
+    ``name`` names the environment (one directory per name under tmp_path); ``share``
     lists machine folders the hosts see read-only (they see none of /tmp, /root, … otherwise).
     """
     made: list[LocalProvider] = []
 
-    def deploy(roles: dict[str, int], *, name: str = "t", share: Sequence[Path] = ()) -> LocalDeployment:
-        counts = ", ".join(f"{role}: {count}" for role, count in roles.items())
+    def deploy(roles: Mapping[str, int | Mapping[str, object]], *, name: str = "t",
+               share: Sequence[Path] = ()) -> LocalDeployment:
+        counts = ", ".join(f"{role}: {json.dumps(spec)}" for role, spec in roles.items())  # JSON: YAML flow
         shared = f", share: [{', '.join(str(p) for p in share)}]" if share else ""
         text = f"name: {name}\nprovider: {{kind: local{shared}}}\nroles: {{{counts}}}\n"
         env = Environment(tmp_path / ".enosnet" / name)

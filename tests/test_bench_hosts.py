@@ -230,3 +230,45 @@ def test_a_delay_is_in_place_during_its_run_and_gone_after(local_hosts: Callable
     again = run_experiment(deployment.env, load_experiment(experiment(tmp_path, text.replace("delay\n", "again\n"),
                                                                       "again.yaml")))
     assert (again.done, again.failed) == (2, 0)  # the leftover delay was cleared before the baseline RTT check
+
+
+FIDELITY = """
+name: fidelity
+duration: 2s
+repetitions: 1
+order: as-written
+parameters: {rate: ["10M", "0"]}
+iperf3: {bitrate: "{rate}", parallel: 4}
+"""
+
+
+def _flags(db: Path) -> dict[str, tuple[str, ...]]:
+    with ResultsStore.open(db, create=False) as store:
+        return {str(r.params["rate"]): r.fidelity for r in store.runs()}
+
+
+def test_a_run_that_saturates_the_machine_or_a_quota_is_flagged_and_a_light_one_is_not(
+        local_hosts: Callable[..., Any], tmp_path: Path) -> None:
+    # 2 clients × 4 unlimited flows and their receivers on a 2-core machine: the CPUs are the bottleneck
+    flooded = deploy(local_hosts, {"server": 1, "client": 2}, "flood")
+    assert run_experiment(flooded.env, parse_experiment(FIDELITY)).done == 2
+    flags = _flags(flooded.env.db_file)
+    assert flags["10M"] == (), flags
+    assert any(f.startswith("the machine's CPUs were saturated") for f in flags["0"]), flags
+    with ResultsStore.open(flooded.env.db_file, create=False) as store:
+        own = store.metrics(name="cpu_cgroup")  # each host's CPU from its own group, in CPUs
+    assert {m.host for m in own} == {"client-0", "client-1", "server-0"} and all(m.unit == "CPUs" for m in own)
+    assert all(0 <= m.value <= 2.05 for m in own)
+    flooded.provider.destroy()
+
+    # one client held to a fifth of a CPU: its quota is the bottleneck; --strict-fidelity fails that run
+    held = deploy(local_hosts, {"server": 1, "client": {"count": 1, "cpus": 0.2}}, "held")
+    strict = BenchOptions(strict_fidelity=True)
+    result = run_experiment(held.env, parse_experiment(FIDELITY.replace("parallel: 4", "parallel: 1")),
+                            options=strict)
+    assert (result.done, result.failed) == (1, 1)
+    flags = _flags(held.env.db_file)
+    assert flags["10M"] == () and any(f.startswith("client-0 used its CPU quota") for f in flags["0"]), flags
+    reasons = rows(held.env.db_file, "SELECT json_extract(params, '$.rate'), status, reason FROM runs")
+    assert [(rate, status) for rate, status, _ in sorted(reasons)] == [("0", "failed"), ("10M", "ok")]
+    assert "did not keep up (--strict-fidelity)" in str(sorted(reasons)[0][2])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -20,6 +21,7 @@ from enosnet.config import parse_config
 from enosnet.environment import Environment
 from enosnet.errors import ProviderError
 from enosnet.model import Host
+from enosnet.providers import cgroups
 from enosnet.providers.local import LocalProvider, Names, destroy_all, prefix_from_env
 from tests.conftest import PREFIX, LocalDeployment
 
@@ -44,6 +46,7 @@ def machine_leftovers(tag: str) -> list[str]:
     left += [line for line in Path("/proc/mounts").read_text().splitlines() if f"{PREFIX}-{tag}" in line]
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     left += [line for line in ps.splitlines() if f"{PREFIX}-{tag}" in line and "ps -eo" not in line]
+    left += [str(group) for group in cgroups.leftovers(cgroups.detect(), re.compile(re.escape(names.bridge)))]
     return left
 
 

@@ -251,9 +251,16 @@ def test_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
         s.begin_experiment(ExperimentRecord(name="old", seed=1))
     with sqlite3.connect(path) as db:  # make it what version 1 wrote
         db.execute("ALTER TABLE experiments DROP COLUMN file_path")
+        db.execute("ALTER TABLE runs DROP COLUMN fidelity")
         db.execute("PRAGMA user_version = 1")
     with ResultsStore.open(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 2
+        assert s.schema_version == SCHEMA_VERSION == 3
         assert [(e.name, e.file_path) for e in s.experiments()] == [("old", None)]
         again = s.begin_experiment(ExperimentRecord(name="old", seed=1, file_path="/x/old.yaml"))
         assert s.experiment(again).file_path == "/x/old.yaml"
+
+
+def test_fidelity_flags_are_kept_with_their_run(store: ResultsStore, exp: int) -> None:
+    flags = ("the machine's CPUs were saturated (99 % busy, seen from client-0)",)
+    store.record_run(exp, RunRecord(key="f", params={}, repetition=0, position=7, fidelity=flags))
+    assert [r.fidelity for r in store.runs(experiment=exp) if r.key == "f"] == [flags]

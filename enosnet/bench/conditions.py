@@ -26,6 +26,7 @@ from enosnet.bench.spec import parse_seconds
 from enosnet.errors import ConfigError, EnosnetError, RemoteError
 from enosnet.model import Host, Roles
 
+STATS_KEY = "emulation.stats"  # host metadata of a run: impaird's counters (JSON) just before it was cleared
 NETEM_LIMIT = 100_000  # packets: the default 1000 drops at tens of Gbit/s × tens of ms
 
 
@@ -59,6 +60,11 @@ class Conditions:
     def expected_extra_rtt_s(self) -> float:
         """How much these conditions add to the round trip between the groups."""
         return round(self.delay_s * (2 if self.symmetric else 1), 9)
+
+    @property
+    def loss_fraction(self) -> float:
+        """The asked loss as a fraction (``"1%"`` → 0.01)."""
+        return float(_percent(self.loss).rstrip("%")) / 100 if self.loss else 0.0
 
     @property
     def active(self) -> bool:
@@ -220,9 +226,12 @@ class Emulation:
         self._installed.add(host.name)
 
     def _impaird_clear_line(self, host: Host) -> str:
+        """Print impaird's counters of the run (``emulation.stats=<JSON>``, for the fidelity check), then clear."""
         target = self._target(host)
-        argv = emulation.clear_argv(python=target.python, path=target.path, state_dir=target.state_dir)
-        return f"test ! -e {shlex.quote(target.path)} || {shlex.join(argv)}"
+        show = emulation.show_argv(python=target.python, path=target.path, state_dir=target.state_dir)
+        clear = emulation.clear_argv(python=target.python, path=target.path, state_dir=target.state_dir)
+        return (f"test ! -e {shlex.quote(target.path)} || {{ printf '\\n{STATS_KEY}='; {shlex.join(show)} "
+                f"| tr -d '\\n'; echo; {shlex.join(clear)}; }}")
 
     def _target(self, host: Host) -> emulation.Target:
         python = str(host.extra.get("ansible_python_interpreter", "python3"))

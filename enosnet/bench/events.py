@@ -64,6 +64,7 @@ class RunFinished:
     seconds: float
     folder: str
     at: float = field(default_factory=time.time)
+    fidelity: tuple[str, ...] = ()  # why the testbed may not have kept up (see enosnet.bench.fidelity)
 
 
 @dataclass(frozen=True)

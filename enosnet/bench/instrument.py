@@ -1,12 +1,25 @@
 """The agents' own instrumentation: CPU and interface counters sampled at 1 s into each run folder.
 
 Each line of ``samples.jsonl`` is ``{"t": ns, "cpu": [/proc/stat jiffies], "net": {iface: [/proc/net/dev
-counters]}}``; consecutive lines give CPU use (%) and interface rates (bit/s).
+counters]}, "cg": [CPU ns, periods, throttled periods, quota CPUs], "psi": µs}``; consecutive lines give
+the machine's CPU use (``cpu``, % of all its CPUs), how long some task waited for a CPU
+(``cpu_pressure``, % of the time, from /proc/pressure/cpu), interface rates (bit/s) and, from the host's own
+control group, the CPUs it used (``cpu_cgroup``) and, under a quota, how much of the quota it used
+(``cpu_quota_use``, %) and how many of its scheduler periods were throttled (``cpu_throttled``, %).
 
->>> lines = ['{"t": 0, "cpu": [10, 0, 10, 80, 0], "net": {"eth0": [0, 0,0,0,0,0,0,0, 0]}}',
-...          '{"t": 1000000000, "cpu": [30, 0, 30, 140, 0], "net": {"eth0": [125, 0,0,0,0,0,0,0, 250]}}']
->>> [(s.series, s.t, s.value) for s in parse_agent_samples(lines, host="h", start_ns=0)]
-[('cpu', 1.0, 40.0), ('net_rx', 1.0, 1000.0), ('net_tx', 1.0, 2000.0)]
+>>> lines = ['{"t": 0, "cpu": [10, 0, 10, 80, 0], "net": {"eth0": [0, 0,0,0,0,0,0,0, 0]}, "cg": [0, 0, 0, 0.5],'
+...          ' "psi": 0}',
+...          '{"t": 1000000000, "cpu": [30, 0, 30, 140, 0], "net": {"eth0": [125, 0,0,0,0,0,0,0, 250]},'
+...          ' "cg": [400000000, 10, 2, 0.5], "psi": 50000}']
+>>> for s in parse_agent_samples(lines, host="h", start_ns=0):
+...     print(s.series, s.t, s.value)
+cpu 1.0 40.0
+cpu_pressure 1.0 5.0
+cpu_cgroup 1.0 0.4
+cpu_quota_use 1.0 80.0
+cpu_throttled 1.0 20.0
+net_rx 1.0 1000.0
+net_tx 1.0 2000.0
 """
 
 from __future__ import annotations
@@ -39,6 +52,10 @@ def parse_agent_samples(lines: Iterable[str], *, host: str, start_ns: int | None
         cpu = _cpu_percent(before.get("cpu"), after.get("cpu"))
         if cpu is not None:
             samples.append(Sample(host, "cpu", t, cpu, "%"))
+        if isinstance(before.get("psi"), int) and isinstance(after.get("psi"), int):
+            waited = (after["psi"] - before["psi"]) / 1e6 / dt
+            samples.append(Sample(host, "cpu_pressure", t, round(100.0 * min(max(waited, 0.0), 1.0), 2), "%"))
+        samples += _group_samples(host, t, dt, before.get("cg"), after.get("cg"))
         if iface is not None:
             rx, tx = _delta(before, after, iface, RX_BYTES), _delta(before, after, iface, TX_BYTES)
             if rx is not None and tx is not None:
@@ -48,9 +65,28 @@ def parse_agent_samples(lines: Iterable[str], *, host: str, start_ns: int | None
 
 
 def cpu_metric(samples: Iterable[Sample], host: str) -> list[Metric]:
-    """The mean CPU use of a host over the run, as a metric."""
-    values = [s.value for s in samples if s.series == "cpu" and s.host == host]
-    return [Metric(host, "cpu_host", sum(values) / len(values), "%")] if values else []
+    """The machine's mean CPU use seen from a host over the run and the CPUs the host itself used, as metrics."""
+    metrics = []
+    for series, name, unit in (("cpu", "cpu_host", "%"), ("cpu_cgroup", "cpu_cgroup", "CPUs")):
+        values = [s.value for s in samples if s.series == series and s.host == host]
+        if values:
+            metrics.append(Metric(host, name, sum(values) / len(values), unit))
+    return metrics
+
+
+def _group_samples(host: str, t: float, dt: float, before: Any, after: Any) -> list[Sample]:
+    if not isinstance(before, list) or not isinstance(after, list) or len(before) < 4 or len(after) < 4:
+        return []
+    used = (after[0] - before[0]) / 1e9 / dt
+    if used < 0:
+        return []
+    samples = [Sample(host, "cpu_cgroup", t, round(used, 4), "CPUs")]
+    quota, periods = float(after[3]), after[1] - before[1]
+    if quota > 0:
+        samples.append(Sample(host, "cpu_quota_use", t, round(100.0 * used / quota, 2), "%"))
+        if periods > 0:
+            samples.append(Sample(host, "cpu_throttled", t, round(100.0 * (after[2] - before[2]) / periods, 2), "%"))
+    return samples
 
 
 def interface_bytes(path: Path) -> tuple[int, int] | None:

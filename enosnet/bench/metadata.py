@@ -59,6 +59,16 @@ if full:
     out["cpu.count"] = str(os.cpu_count())
     mem = re.search(r"^MemTotal:\s*(\d+) kB", read("/proc/meminfo"), re.M)
     out["memory.total_mib"] = str(int(mem.group(1)) // 1024) if mem else ""
+    # the host's own limits, from the control group it sees at /sys/fs/cgroup (v2, else v1's hierarchies)
+    cg = "/sys/fs/cgroup/"
+    quota = read(cg + "cpu.max").split() or [read(cg + "cpu/cpu.cfs_quota_us"), read(cg + "cpu/cpu.cfs_period_us")]
+    out["limits.cpus"] = ("%g" % (int(quota[0]) / int(quota[1])) if len(quota) == 2 and quota[0].isdigit()
+                          and quota[1].isdigit() and int(quota[1]) else "none")
+    memory = read(cg + "memory.max") or read(cg + "memory/memory.limit_in_bytes")
+    out["limits.memory_mib"] = str(int(memory) // 2**20) if memory.isdigit() and int(memory) < 2**60 else "none"
+    out["limits.cpuset"] = (read(cg + "cpuset.cpus.effective") or read(cg + "cpuset/cpuset.effective_cpus")
+                            or read(cg + "cpuset/cpuset.cpus") or "none")
+    out["cpu.allowed"] = str(len(os.sched_getaffinity(0)))
     for key in ("net.ipv4.tcp_available_congestion_control", "net.core.rmem_max", "net.core.wmem_max",
                 "net.core.rmem_default", "net.core.wmem_default", "net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem",
                 "net.ipv4.tcp_mtu_probing", "net.core.netdev_max_backlog"):

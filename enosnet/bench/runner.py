@@ -22,6 +22,7 @@ from typing import Any
 
 from enosnet.bench import checks as chk
 from enosnet.bench import conditions as netem
+from enosnet.bench import fidelity
 from enosnet.bench.drivers import make_driver
 from enosnet.bench.drivers.base import Driver, Executed, Labelled, Measured
 from enosnet.bench.events import (
@@ -65,6 +66,7 @@ class BenchOptions:
     resume: bool = False
     force: bool = False
     only: tuple[str, ...] = ()
+    strict_fidelity: bool = False  # a run whose testbed did not keep up fails instead of being flagged
 
 
 @dataclass(frozen=True)
@@ -276,7 +278,8 @@ class _Bench:
         record, measured = await self._measure(coordinator, run, folder)
         store.record_run(exp_id, record)
         self._emit(RunFinished(run.position, index, total, run.label(), record.status, record.reason,
-                               measured.headline, time.monotonic() - t0, str(folder)), folder)
+                               measured.headline, time.monotonic() - t0, str(folder),
+                               fidelity=tuple(record.fidelity)), folder)
         return record.status
 
     async def _measure(self, coordinator: Coordinator, run: PlannedRun, folder: Path) -> tuple[RunRecord, Measured]:
@@ -292,7 +295,11 @@ class _Bench:
             problems.append(str(exc))
         metadata = await asyncio.to_thread(self._after_run, executed, folder, conditions, problems)
         measured = self._parse(executed, folder, problems)
-        return self._record(run, executed, measured, metadata), measured
+        flags = fidelity.check(measured.samples, duration_s=self.spec.duration_s, metadata=metadata,
+                               asked_loss=conditions.loss_fraction if conditions is not None else 0.0)
+        if flags and self.options.strict_fidelity:
+            measured.problems.append("the testbed did not keep up (--strict-fidelity): " + "; ".join(flags))
+        return self._record(run, executed, measured, metadata, flags), measured
 
     def _timeout(self) -> float:
         return float(self.spec.timeout) if self.spec.timeout else self.spec.duration_s + 30.0
@@ -353,7 +360,7 @@ class _Bench:
         return measured
 
     def _record(self, run: PlannedRun, executed: Executed | None, measured: Measured,
-                metadata: list[HostMeta]) -> RunRecord:
+                metadata: list[HostMeta], flags: Sequence[str] = ()) -> RunRecord:
         processes = [_process(item) for item in (executed.records if executed else [])]
         clients = executed.clients if executed else []
         starts = [p.started for p, item in zip(processes, executed.records if executed else [], strict=True)
@@ -368,7 +375,7 @@ class _Bench:
             started=min(starts) if starts else None, ended=max(ends) if ends else None,
             start_skew=max(starts) - min(starts) if starts else None, processes=processes,
             metrics=_finite(measured.metrics), samples=_finite(measured.samples),
-            metadata=[*metadata, *measured.metadata])
+            metadata=[*metadata, *measured.metadata], fidelity=tuple(flags))
 
     def _emit(self, event: Event, folder: Path | None = None) -> None:
         line = json.dumps(event_json(event), default=str) + "\n"

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # the bench layer loads when the command runs, not with every
     from enosnet.bench.events import Event, RunFinished
     from enosnet.bench.plan import Plan
     from enosnet.bench.runner import BenchResult
+    from enosnet.bench.spec import Experiment
     from enosnet.results.store import CheckResult
 
 
@@ -35,6 +36,9 @@ def bench(
                                                                   "repeatable).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Measure even if environment checks fail (recorded, "
                                                         "and flagged in the report).")] = False,
+    strict_fidelity: Annotated[bool, typer.Option("--strict-fidelity", help="Fail runs whose testbed did not keep "
+                                                  "up (saturated CPUs or quota, late or excess emulation drops) "
+                                                  "instead of flagging them.")] = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Build the HTML report at the end.")] = True,
 ) -> None:
     """Run every combination of an experiment's parameters, store everything, then build the report."""
@@ -48,14 +52,15 @@ def bench(
         if resume:
             plan = plan.without(committed_keys(find_env(env), spec))
         _print_plan(plan, resumed=resume)
+        _print_capacity(spec, env)
         return
     environment = find_env(env)
     view = _View()
     try:
         with view.progress:
-            result = run_experiment(environment, spec, options=BenchOptions(resume=resume, force=force,
-                                                                            only=tuple(only or ())),
-                                    on_event=view.on_event)
+            options = BenchOptions(resume=resume, force=force, only=tuple(only or ()),
+                                   strict_fidelity=strict_fidelity)
+            result = run_experiment(environment, spec, options=options, on_event=view.on_event)
     finally:
         if view.failed_checks:
             _print_checks(view.failed_checks, title="failed environment checks")
@@ -64,6 +69,30 @@ def bench(
         _build_report(environment.db_file, result)
     if result.failed and not result.done:
         raise typer.Exit(1)  # every run failed: nothing was measured
+
+
+def _print_capacity(spec: Experiment, env: Path | None) -> None:
+    """On local hosts: whether the machine has the cores the busiest run asks for (nothing when not deployed)."""
+    from enosnet.bench.capacity import advice, estimate
+    from enosnet.providers.cgroups import parse_cpu_list
+    from enosnet.testbed import attach
+
+    try:
+        testbed = attach(find_env(env))
+    except EnosnetError:
+        return
+    if testbed.config.kind != "local" or not testbed.roles.all():
+        return
+    hosts = testbed.provider.provider_state.get("hosts", [])
+    limits = {h["alias"]: h.get("limits", {}) for h in hosts}
+    pinned = [set(parse_cpu_list(str(lim["cpuset"]))) for lim in limits.values() if lim.get("cpuset")]
+    cores = len(set().union(*pinned)) if pinned and len(pinned) == len(limits) else None
+    capacity = estimate(spec, testbed.roles, cpus={a: lim.get("cpus") for a, lim in limits.items()}, cores=cores)
+    console.print(f"capacity: the busiest run keeps about {capacity.demand:g} threads busy; the hosts have "
+                  f"{capacity.cores} cores")
+    warning = advice(capacity)
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
 
 
 def _print_plan(plan: Plan, *, resumed: bool = False) -> None:
@@ -121,6 +150,8 @@ class _View:
             name, value, unit = event.headline
             headline = f"  {name} {human(value, unit)}"
         reason = f"  [red]{escape((event.reason or '')[:200])}[/red]" if event.status != "ok" else ""
+        if event.status == "ok" and event.fidelity:
+            reason = f"  [yellow]flagged: {escape('; '.join(event.fidelity)[:200])}[/yellow]"
         self.progress.console.print(f"{mark} {event.index + 1:>3}/{event.total} {escape(event.label)}{headline}"
                                     f"  ({event.seconds:.1f} s){reason}")
 

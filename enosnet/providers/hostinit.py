@@ -26,7 +26,12 @@ The host is a box, not the machine:
 - sshd, and so every session, starts with the capabilities of ``drop_caps``
   removed from its bounding set, and this PID 1 gives up all of its own
   once sshd runs (a host's root could otherwise ptrace it to regain them);
-- ``share`` folders of the machine are mounted read-only at the same path.
+- ``share`` folders of the machine are mounted read-only at the same path;
+- it joins the host's control groups (``cgroups``: mount name → folder)
+  before it starts anything, so that every process of the host is counted
+  and limited there, and binds them read-only at ``/sys/fs/cgroup/<name>``
+  (v1) or ``/sys/fs/cgroup`` (v2, ``unified``), where the host sees its own
+  CPU time and limits as in a container.
 """
 
 from __future__ import annotations
@@ -116,7 +121,31 @@ def minimal_dev() -> None:
     mount("shm", "dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
 
 
-def build_root(scratch: str, hidden: list[str], shared: list[str]) -> None:
+def join_cgroups(groups: dict[str, str]) -> None:
+    """Move this process into the host's groups (``0``: the writer) before it forks anything."""
+    for folder in groups.values():
+        with open(os.path.join(folder, "cgroup.procs"), "w") as procs:
+            procs.write("0")
+
+
+def own_cgroups(groups: dict[str, str]) -> None:
+    """The host's own groups, read-only, where cgroup tools look (relative to the merged root)."""
+    if not groups:
+        return
+    if "unified" in groups:
+        mount(groups["unified"], "sys/fs/cgroup", None, MS_BIND)
+        mount("none", "sys/fs/cgroup", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        return
+    mount("enosnet-cgroup", "sys/fs/cgroup", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755")
+    for name, folder in sorted(groups.items()):
+        target = f"sys/fs/cgroup/{name}"
+        os.mkdir(target)
+        mount(folder, target, None, MS_BIND)
+        mount("none", target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount("none", "sys/fs/cgroup", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def build_root(scratch: str, hidden: list[str], shared: list[str], groups: dict[str, str]) -> None:
     """Mount the overlay root and pivot into it."""
     mount("none", "/", None, MS_REC | MS_PRIVATE)
     mount("enosnet-host", scratch, "tmpfs", 0, "mode=0755")
@@ -139,6 +168,7 @@ def build_root(scratch: str, hidden: list[str], shared: list[str]) -> None:
     for listing in ("sys/block", "sys/class/block", "sys/dev/block"):  # the machine's disks, by name
         if os.path.isdir(listing):
             mount("enosnet-none", listing, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0555")
+    own_cgroups(groups)
     minimal_dev()
     mount("run", "run", "tmpfs", 0, "mode=0755")
     os.makedirs("old", exist_ok=True)
@@ -218,7 +248,8 @@ def main() -> None:
     with open(sys.argv[1]) as spec_file:
         spec = json.load(spec_file)
     outer_pid = os.readlink("/proc/self")  # the machine's /proc is still mounted here
-    build_root(spec.get("scratch", "/mnt"), spec.get("hide", []), spec.get("share", []))
+    join_cgroups(spec.get("cgroups", {}))
+    build_root(spec.get("scratch", "/mnt"), spec.get("hide", []), spec.get("share", []), spec.get("cgroups", {}))
     socket.sethostname(spec["hostname"])
     write("/etc/hostname", spec["hostname"] + "\n")
     write("/etc/hosts", spec["etc_hosts"])

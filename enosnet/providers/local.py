@@ -28,6 +28,7 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import json
+import logging
 import os
 import re
 import shutil
@@ -41,10 +42,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from enosnet.config import LocalProviderConfig
+from enosnet.config import LocalProviderConfig, LocalRole
 from enosnet.environment import make_keypair, registered, write_atomic
 from enosnet.errors import PrivilegeError, ProviderError
 from enosnet.model import Host, Network, Networks, Roles
+from enosnet.providers import cgroups
 from enosnet.providers.base import Provider, wait_ssh
 
 NETNS_DIR = Path("/run/netns")
@@ -64,6 +66,8 @@ DROPPED_CAPABILITIES = ("sys_time", "sys_module", "sys_rawio", "sys_boot", "sys_
                         "dac_read_search", "sys_pacct", "syslog", "wake_alarm", "block_suspend",
                         "mac_admin", "mac_override", "audit_control", "linux_immutable", "sys_tty_config")
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+log = logging.getLogger(__name__)
 
 
 def prefix_from_env() -> str:
@@ -150,6 +154,7 @@ class LocalProvider(Provider):
             create_links(names.bridge, f"{gateway}/{subnet.prefixlen}", hosts)
             fast_arp(names.bridge)
             gateway_filter(names, str(gateway), self.config.agent.port)
+        self._cgroups(names, hosts)
         self._boot(hosts, subnet.prefixlen, host_key, shared)
         roles = self._roles(hosts, key)
         write_known_hosts(self.env.known_hosts, Path(f"{host_key}.pub").read_text().split()[:2], hosts)
@@ -178,6 +183,29 @@ class LocalProvider(Provider):
             shared.append(str(path))
         return shared
 
+    def _cgroups(self, names: Names, hosts: list[dict[str, Any]]) -> None:
+        """A group per host (CPU accounting, and the role's limits) under one for the environment."""
+        layout = cgroups.detect()
+        env_dirs = layout.env_dirs(names.bridge)
+        folders = [str(f) for f in env_dirs.values()] + [str(f / h["alias"]) for f in env_dirs.values() for h in hosts]
+        self.save_provider_state(cgroups=folders)  # named before made: destroy removes them after any crash
+        spec = {h["alias"]: self._role_spec(h["role"]) for h in hosts}
+        auto = [h["alias"] for h in hosts if spec[h["alias"]].cpuset == "auto"]
+        pinned, warning = cgroups.plan_cpusets(auto, layout.all_cpus(env_dirs))
+        if warning:
+            log.warning("%s", warning)
+        wanted = [(h["alias"], cgroups.Limits(spec[h["alias"]].cpus, spec[h["alias"]].memory,
+                                              pinned.get(h["alias"], spec[h["alias"]].cpuset)))
+                  for h in hosts]
+        made = cgroups.create(layout, names.bridge, wanted)
+        for h in hosts:
+            h["cgroups"], h["limits"] = made[h["alias"]].dirs, made[h["alias"]].limits.as_dict()
+        self.save_provider_state(hosts=hosts)
+
+    def _role_spec(self, role: str) -> LocalRole:
+        spec = self.config.roles[role]
+        return spec if isinstance(spec, LocalRole) else LocalRole(count=spec.count)
+
     def _boot(self, hosts: list[dict[str, Any]], prefixlen: int, host_key: Path, shared: list[str]) -> None:
         """Start every host's PID 1, recording each pid as soon as it exists."""
         etc_hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost\n" + "".join(
@@ -190,7 +218,8 @@ class LocalProvider(Provider):
         specs = self.env.root / "hosts"
         specs.mkdir(mode=0o700, exist_ok=True)
         for h in hosts:
-            spec = {**common, "hostname": h["alias"], "address": h["address"], "netns": h["netns"]}
+            spec = {**common, "hostname": h["alias"], "address": h["address"], "netns": h["netns"],
+                    "cgroups": h.get("cgroups", {})}
             spec_file = specs / f"{h['alias']}.json"
             write_atomic(spec_file, json.dumps(spec), mode=0o600)
             with open(self.env.logs_dir / f"{h['alias']}.log", "ab") as log:
@@ -231,6 +260,10 @@ class LocalProvider(Provider):
         remove_hosts([h["netns"] for h in hosts], links, [h["pid"] for h in hosts if h.get("pid")])
         if state.get("prefix") and state.get("tag"):
             remove_nft_tables([Names(state["prefix"], state["tag"]).nft_table])
+        stuck = cgroups.remove(state.get("cgroups", []))
+        if stuck:
+            raise ProviderError(f"cgroups still in use after the hosts were killed: {', '.join(stuck)}",
+                                hint="a process of a host survived; `enosnet destroy` again removes them")
         self.env.update_state(provider={})
 
     def enter(self, host: Host) -> list[str]:
@@ -399,7 +432,9 @@ def destroy_all(prefix: str | None = None) -> list[str]:
     tables = [t for t in _nft_tables() if Names.nft_table_pattern(prefix).fullmatch(t)]
     remove_hosts(netns, links, _hostinit_pids(prefix))
     remove_nft_tables(tables)
-    return netns + links + tables
+    groups = [str(g) for g in cgroups.leftovers(cgroups.detect(), Names.bridge_pattern(prefix))]
+    cgroups.remove(groups)
+    return netns + links + tables + groups
 
 
 def _hostinit_pids(prefix: str) -> list[int]:

@@ -178,11 +178,20 @@ class Page:
 
         rows = [[combo_text(s.combo) or "all runs", str(s.n), ci(s.mean, s.mean_ci.low, s.mean_ci.high, s.n),
                  ci(s.median, s.median_ci.low, s.median_ci.high, s.n), v(s.std),
-                 "—" if math.isnan(s.cv) else f"{s.cv * 100:.1f} %", v(s.min), v(s.p5), v(s.p95), v(s.max)]
+                 "—" if math.isnan(s.cv) else f"{s.cv * 100:.1f} %", v(s.min), v(s.p5), v(s.p95), v(s.max),
+                 self._flagged(s.combo)]
                 for s in cells]
         return unit, rows
 
-    SUMMARY_HEAD = ("combination", "n", "mean [95 % CI]", "median [95 % CI]", "std", "CV", "min", "p5", "p95", "max")
+    def _flagged(self, combo: Sequence[tuple[str, object]]) -> str:
+        """How many of a combination's successful runs were measured on a testbed that did not keep up."""
+        runs = [r for r in self.a.runs if r.status == "ok"
+                and all(hashable(r.params.get(k)) == hashable(v) for k, v in combo)]
+        flagged = sum(bool(r.fidelity) for r in runs)
+        return f"⚠ {flagged} of {len(runs)}" if flagged else "—"
+
+    SUMMARY_HEAD = ("combination", "n", "mean [95 % CI]", "median [95 % CI]", "std", "CV", "min", "p5", "p95", "max",
+                    "testbed flags")
     COMPARE_HEAD = ("metric", "parameter", "levels", "at", "difference", "95 % CI", "p", "Holm p", "verdict")
 
     def comparison_rows(self) -> list[list[str]]:
@@ -226,10 +235,11 @@ class Page:
 
     def run_rows(self) -> list[list[str]]:
         return [[str(r.position), combo_text(tuple(r.params.items())), str(r.repetition), r.status, r.reason or "",
-                 "—" if r.start_skew is None else f"{r.start_skew * 1000:.2f}", _time(r.started)]
+                 "; ".join(r.fidelity) or "—", "—" if r.start_skew is None else f"{r.start_skew * 1000:.2f}",
+                 _time(r.started)]
                 for r in self.a.runs]
 
-    RUN_HEAD = ("#", "parameters", "rep.", "status", "reason", "start skew (ms)", "started")
+    RUN_HEAD = ("#", "parameters", "rep.", "status", "reason", "testbed flags", "start skew (ms)", "started")
 
     # ── HTML ─────────────────────────────────────────────────────────────────
 

@@ -495,7 +495,8 @@ def _compare_all(metric: str, unit: str, groups: Mapping[Combo, list[float]], pa
 def collect_warnings(exp: ExperimentRow, runs: Sequence[RunRow], summaries: Sequence[Summary],
                      options: StatsOptions) -> list[StatWarning]:
     """Everything that weakens the conclusions: few repetitions, noise, failures, skew, forced checks."""
-    warnings = _forced_warnings(exp) + _failure_warnings(runs) + _skew_warnings(runs, options)
+    warnings = (_forced_warnings(exp) + _failure_warnings(runs) + _fidelity_warnings(runs)
+                + _skew_warnings(runs, options))
     counts = sorted({s.n for s in summaries})
     if counts and counts[0] < options.min_repetitions:
         low = [s for s in summaries if s.n < options.min_repetitions]
@@ -533,6 +534,21 @@ def _failure_warnings(runs: Sequence[RunRow]) -> list[StatWarning]:
     listed = "; ".join(f"{reason} (×{n})" for reason, n in sorted(reasons.items(), key=lambda x: -x[1]))
     return [StatWarning("failed runs excluded",
                         f"{len(failed)} of {len(runs)} runs failed and are excluded from the statistics: {listed}")]
+
+
+def _fidelity_warnings(runs: Sequence[RunRow]) -> list[StatWarning]:
+    """Successful runs measured while the testbed did not keep up (see ``enosnet.bench.fidelity``)."""
+    flagged = [r for r in runs if r.status == "ok" and r.fidelity]
+    if not flagged:
+        return []
+    kinds: dict[str, int] = defaultdict(int)
+    for run in flagged:
+        for flag in {f.split(" (", 1)[0] for f in run.fidelity}:
+            kinds[flag] += 1
+    listed = "; ".join(f"{kind} (×{n})" for kind, n in sorted(kinds.items(), key=lambda x: -x[1]))
+    return [StatWarning("testbed did not keep up", (
+        f"{len(flagged)} of {len(runs)} runs were measured while the testbed was the bottleneck and are marked in "
+        f"the tables (their numbers may be the machine's, not the network's): {listed}"))]
 
 
 def _cross_check_warnings(ratios: Mapping[int, tuple[Combo, float]], tolerance: float = 0.10) -> list[StatWarning]:

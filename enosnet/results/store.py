@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 from enosnet.errors import ConfigError, ResultsError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE experiments (
@@ -79,6 +79,7 @@ CREATE TABLE runs (
     ended           REAL,
     start_skew      REAL,                          -- seconds: latest minus earliest actual start
     committed       REAL NOT NULL,
+    fidelity        TEXT NOT NULL DEFAULT '[]',    -- JSON list: why the testbed may not have kept up
     UNIQUE (experiment_id, key)
 );
 CREATE TABLE host_metadata (
@@ -126,6 +127,7 @@ CREATE INDEX samples_run ON samples (run_id, series);
 # Statements taking a database from version N to N + 1 (new files get _SCHEMA directly).
 _MIGRATIONS: dict[int, list[str]] = {
     1: ["ALTER TABLE experiments ADD COLUMN file_path TEXT"],
+    2: ["ALTER TABLE runs ADD COLUMN fidelity TEXT NOT NULL DEFAULT '[]'"],
 }
 
 TABLES = ("experiments", "hosts", "runs", "host_metadata", "processes", "metrics", "samples")
@@ -242,6 +244,7 @@ class RunRecord:
     metrics: Sequence[Metric] = ()
     samples: Sequence[Sample] = ()
     metadata: Sequence[HostMeta] = ()
+    fidelity: Sequence[str] = ()  # see enosnet.bench.fidelity: empty when the testbed kept up
 
 
 @dataclass(frozen=True)
@@ -295,6 +298,7 @@ class RunRow:
     started: float | None
     ended: float | None
     start_skew: float | None
+    fidelity: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -532,10 +536,11 @@ class ResultsStore:
     def _insert_run(self, db: sqlite3.Connection, experiment_id: int, run: RunRecord) -> int:
         cursor = db.execute(
             "INSERT INTO runs (experiment_id, key, params, repetition, position, seed, status, reason,"
-            " scheduled_start, started, ended, start_skew, committed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " scheduled_start, started, ended, start_skew, committed, fidelity)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (experiment_id, run.key, json.dumps(dict(run.params), default=str), run.repetition, run.position,
              run.seed, run.status, run.reason, run.scheduled_start, run.started, run.ended, run.start_skew,
-             time.time()))
+             time.time(), json.dumps(list(run.fidelity))))
         return int(cursor.lastrowid or 0)
 
     def _insert_run_rows(self, db: sqlite3.Connection, experiment_id: int, run_id: int, run: RunRecord) -> None:
@@ -588,7 +593,7 @@ class ResultsStore:
         rows = self._conn.execute(f"SELECT * FROM runs {where} ORDER BY experiment_id, position, id", args)
         return [RunRow(r["id"], r["experiment_id"], r["key"], json.loads(r["params"]), r["repetition"],
                        r["position"], r["seed"], r["status"], r["reason"], r["scheduled_start"], r["started"],
-                       r["ended"], r["start_skew"]) for r in rows]
+                       r["ended"], r["start_skew"], tuple(json.loads(r["fidelity"] or "[]"))) for r in rows]
 
     def hosts(self, *, experiment: int | None = None) -> list[HostRow]:
         where, args = _filters(("experiment_id", experiment))

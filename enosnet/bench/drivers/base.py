@@ -9,6 +9,7 @@ those folders into metrics and samples.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,23 @@ class Driver(abc.ABC):
 
     def prepare(self, shell: Shell, sections: Sequence[Mapping[str, Any]]) -> None:  # noqa: B027  (optional hook)
         """Anything to do on the hosts before the first run (e.g. copy a scenario file)."""
+
+    def busy_threads(self, section: Mapping[str, Any]) -> dict[Host, int]:
+        """How many threads each host keeps busy when nothing else holds it back (the capacity estimate).
+
+        A client sends ``parallel`` flows (1 unless the section says), a server
+        receives those of the clients it serves.
+        """
+        clients = self.roles.select(str(section.get("client_role", "client")))
+        servers = self.roles.select(str(section.get("server_role", "server")))
+        try:
+            flows = max(1, int(section.get("parallel", 1)))
+        except (TypeError, ValueError):
+            flows = 1
+        busy = {h: flows for h in clients}
+        for h in servers:
+            busy[h] = busy.get(h, 0) + math.ceil(len(clients) / max(1, len(servers))) * flows
+        return busy
 
     @property
     def headline_metric(self) -> str:

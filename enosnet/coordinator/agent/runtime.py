@@ -889,7 +889,12 @@ def _listening(proto: str, port: int) -> bool:
 
 
 def _system_sample() -> dict[str, Any]:
-    """CPU jiffies (/proc/stat ``cpu`` line) and interface counters (/proc/net/dev)."""
+    """CPU jiffies (/proc/stat ``cpu`` line), interface counters (/proc/net/dev) and the host's own CPU time.
+
+    ``cg`` is ``[CPU ns used, periods, throttled periods, quota in CPUs or 0]``
+    of the control group at /sys/fs/cgroup as this host sees it: a local host
+    its own group (its PID 1 binds it there), a real machine the whole machine.
+    """
     sample: dict[str, Any] = {"t": time.time_ns()}
     try:
         with open("/proc/stat") as handle:
@@ -900,7 +905,53 @@ def _system_sample() -> dict[str, Any]:
                          for name, _, rest in (line.partition(":") for line in lines)}
     except (OSError, ValueError) as exc:
         sample["error"] = str(exc)
+    group = _cgroup_cpu()
+    if group is not None:
+        sample["cg"] = group
+    pressure = _key_values_line("/proc/pressure/cpu", "some").get("total")
+    if pressure is not None:
+        sample["psi"] = pressure  # µs during which some task waited for a CPU (the machine's, PSI)
     return sample
+
+
+def _cgroup_cpu() -> list[float] | None:
+    """``[used ns, periods, throttled periods, quota CPUs]`` from cgroup v2's or v1's files (None: neither)."""
+    root = "/sys/fs/cgroup"
+    v2 = _key_values(f"{root}/cpu.stat")
+    if "usage_usec" in v2:
+        quota, _, period = _read_text(f"{root}/cpu.max").partition(" ")
+        cpus = int(quota) / int(period) if quota.isdigit() and period.strip().isdigit() else 0.0
+        return [v2["usage_usec"] * 1000, v2.get("nr_periods", 0), v2.get("nr_throttled", 0), cpus]
+    usage = _read_text(f"{root}/cpuacct/cpuacct.usage")
+    if not usage.isdigit():
+        return None
+    v1 = _key_values(f"{root}/cpu/cpu.stat")
+    quota, period = _read_text(f"{root}/cpu/cpu.cfs_quota_us"), _read_text(f"{root}/cpu/cpu.cfs_period_us")
+    cpus = int(quota) / int(period) if quota.isdigit() and period.isdigit() and int(period) else 0.0
+    return [int(usage), v1.get("nr_periods", 0), v1.get("nr_throttled", 0), cpus]
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def _key_values_line(path: str, first: str) -> dict[str, int]:
+    """``key=value`` numbers of the line starting with ``first`` (the PSI files' format)."""
+    for line in _read_text(path).splitlines():
+        words = line.split()
+        if words and words[0] == first:
+            pairs = (w.partition("=") for w in words[1:])
+            return {k: int(v) for k, _, v in pairs if v.isdigit()}
+    return {}
+
+
+def _key_values(path: str) -> dict[str, int]:
+    pairs = (line.split() for line in _read_text(path).splitlines())
+    return {p[0]: int(p[1]) for p in pairs if len(p) == 2 and p[1].isdigit()}
 
 
 def serve(agents: Sequence[Agent], *, ready: Callable[[], None] | None = None) -> None:
