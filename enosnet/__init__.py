@@ -69,6 +69,7 @@ if TYPE_CHECKING:
         run_playbook,
         script,
     )
+    from enosnet.results.compare import CompareResult, compare
     from enosnet.results.report import Report, build_report
     from enosnet.testbed import Testbed, acquire, attach, deploy
 
@@ -82,6 +83,7 @@ _LAZY = {
     "enosnet.coordinator": ("Coordinator", "SyncCoordinator", "WorkerRecord"),
     "enosnet.installer": ("InstallOptions", "InstallReport", "build_netbench", "install"),
     "enosnet.netem": ("Constraint", "Netem", "RttCheck"),
+    "enosnet.results.compare": ("CompareResult", "compare"),
     "enosnet.results.report": ("Report", "build_report"),
     "enosnet.testbed": ("Testbed", "acquire", "attach", "deploy"),
     "enosnet.remote": ("AnsibleOptions", "AnsibleResults", "HostEvent", "HostResult", "Results", "SshOptions",
@@ -113,6 +115,7 @@ __all__ = [
     "BenchOptions",
     "BenchResult",
     "CheckFailed",
+    "CompareResult",
     "ConfigError",
     "Constraint",
     "Coordinator",
@@ -159,6 +162,7 @@ __all__ = [
     "build_netbench",
     "build_report",
     "close_connections",
+    "compare",
     "deploy",
     "install",
     "load_config",

@@ -275,3 +275,20 @@ def test_a_run_that_saturates_the_machine_or_a_quota_is_flagged_and_a_light_one_
     reasons = rows(held.env.db_file, "SELECT json_extract(params, '$.rate'), status, reason FROM runs")
     assert [(rate, status) for rate, status, _ in sorted(reasons)] == [("0", "failed"), ("10M", "ok")]
     assert "did not keep up (--strict-fidelity)" in str(sorted(reasons)[0][2])
+
+
+def test_compare_names_the_drop_an_emulated_delay_causes_and_passes_a_repeat(local_hosts: Callable[..., Any],
+                                                                              tmp_path: Path) -> None:
+    deployment = deploy(local_hosts, {"server": 1, "client": 1}, "compare")
+    plain = "duration: 1s\nrepetitions: 3\n"
+    for name, extra in (("plain", ""), ("delayed", "netem: {between: [client, server], delay: 20ms}\n"),
+                        ("again", "")):
+        result = run_experiment(deployment.env, parse_experiment(f"name: {name}\n{plain}{extra}"))
+        assert result.done == 3, name
+    db = deployment.env.db_file
+    enosnet = [sys.executable, "-c", "from enosnet.cli import main; main()", "compare", "--threshold", "20%"]
+    # the machine drifts between experiments run one after the other, so the bar is 20 %, not 5 %
+    dropped = subprocess.run([*enosnet, f"{db}:plain", f"{db}:delayed"], capture_output=True, text=True, timeout=120)
+    assert dropped.returncode == 1 and "regression: throughput at all runs: worse by" in dropped.stderr, dropped
+    repeat = subprocess.run([*enosnet, f"{db}:plain", f"{db}:again"], capture_output=True, text=True, timeout=120)
+    assert repeat.returncode == 0, repeat

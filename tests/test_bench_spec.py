@@ -107,3 +107,12 @@ def test_dry_run_lists_runs_and_estimate_without_an_environment() -> None:
     assert result.exit_code == 0, result.output
     assert "6 runs, order shuffled, seed 7" in result.output
     assert result.output.count("cc=reno") == 6 and "estimated time: 0 min 27 s" in result.output
+
+
+def test_a_baseline_names_a_parameter_and_one_of_its_levels() -> None:
+    base = "name: b\nparameters: {delay: [0ms, 20ms, 50ms]}\n"
+    assert parse_experiment(base + "baseline: {delay: 20ms}\n").baseline == {"delay": "20ms"}
+    with pytest.raises(ConfigError, match=r"baseline: rate is no parameter \(parameters: delay\)"):
+        parse_experiment(base + "baseline: {rate: 1G}\n")
+    with pytest.raises(ConfigError, match=r"baseline: delay=5ms is not one of its levels \(0ms, 20ms, 50ms\)"):
+        parse_experiment(base + "baseline: {delay: 5ms}\n")

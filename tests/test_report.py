@@ -53,12 +53,20 @@ def test_report_files_and_findings(report_dir: Path) -> None:
         assert "qdisc (per run)" in text and "netem delay 20ms (" in text and "kernel (per run)" not in text
     assert sorted(p.name for p in (report_dir / "plots").iterdir()) == sorted(
         ["metric-throughput.png", "throughput-time.png", "throughput-cdf.png", "start-skew.png", "cpu-time.png"])
-    assert md.index("### throughput") < md.index("### retransmits")  # the headline metric first
+    # the answer first: the headline metric's table and plot, its conclusions, then the other metrics
+    assert md.index("## throughput per combination") < md.index("![") < md.index("## Conclusions") \
+        < md.index("## Other metrics") < md.index("### retransmits")
+    assert md.index("](plots/metric-throughput.png)") == md.index("![") + md[md.index("!["):].index("](")
+    first_table = html[html.index("<table"):html.index("</table>")]
+    assert "median" in first_table and "failed runs" in first_table and "cc=reno, delay=20ms" in first_table
+    assert html.index("<table") < html.index('src="data:image/png') < html.index("<h2>Conclusions</h2>")
+    assert "<details><summary><b>retransmits</b>" in html  # the others collapsed
+    assert "Holm-corrected within each metric (throughput: 4, " in md and "cc=cubic (first)" in md
 
 
 def test_html_is_self_contained(report_dir: Path) -> None:
     html = (report_dir / "report.html").read_text()
-    assert html.count('src="data:image/png;base64,') == 5
+    assert html.count('src="data:image/png;base64,') == 5  # the headline plot once, at the top
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
     assert "<script" not in html and "<link" not in html and "@import" not in html
 

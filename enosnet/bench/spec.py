@@ -145,6 +145,8 @@ class Experiment(Strict):
     netbench: NetbenchSection | None = None
     checks: ChecksSection = Field(default_factory=ChecksSection)
     timeout: Seconds | None = None
+    # the level each other level of a parameter is compared against in the report (default: its first)
+    baseline: dict[str, Any] = Field(default_factory=dict)
     source_hash: str = Field("", exclude=True)
     source_path: str | None = Field(None, exclude=True)
 
@@ -172,6 +174,14 @@ class Experiment(Strict):
                 if unknown:
                     raise ValueError(f"{section}: {{{unknown[0]}}} names no parameter "
                                      f"(parameters: {', '.join(sorted(names)) or 'none'})")
+        levels = {n: [v[i] for v in values] for names_, values in _axes(self.parameters)
+                  for i, n in enumerate(names_)}
+        for name, level in self.baseline.items():
+            if name not in levels:
+                raise ValueError(f"baseline: {name} is no parameter (parameters: {', '.join(sorted(names)) or 'none'})")
+            if level not in levels[name]:
+                raise ValueError(f"baseline: {name}={level} is not one of its levels "
+                                 f"({', '.join(str(v) for v in levels[name])})")
         return self
 
     # ── derived values ──────────────────────────────────────────────────────

@@ -28,6 +28,7 @@ ExperimentOption = Annotated[
 
 def register(app: typer.Typer) -> None:
     app.command()(report)
+    app.command()(compare)
     app.command()(backup)
     app.command()(export)
 
@@ -84,6 +85,45 @@ def report(
         err_console.print(f"[yellow]warning:[/yellow] {escape(w.kind)}: {escape(w.message)}", soft_wrap=True)
     console.print(f"markdown: {result.markdown}")
     console.print(str(result.html), soft_wrap=True)
+
+
+def compare(
+    baseline: Annotated[str, typer.Argument(help="Environment folder, results database, or DB:EXPERIMENT.",
+                                            show_default=False)],
+    candidate: Annotated[str, typer.Argument(help="The same for the side under test.", show_default=False)],
+    metric: Annotated[list[str] | None, typer.Option("--metric", "-m", help="Metric to compare (repeatable; "
+                                                                            "default: the headline one).")] = None,
+    threshold: Annotated[str, typer.Option(help="Smallest relative difference that matters, e.g. 5% or 0.05.")] = "5%",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+    md: Annotated[Path | None, typer.Option("--md", help="Also write it as Markdown to this file.")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write it as HTML to this file.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap resampling.")] = 0,
+) -> None:
+    """Is CANDIDATE better or worse than BASELINE? Runs paired by parameters; exit 1 on a regression."""
+    from enosnet.results.compare import compare as compare_sides
+    from enosnet.results.compare import dumps
+    from enosnet.results.stats import StatsOptions
+
+    result = compare_sides(baseline, candidate, metrics=metric or (),
+                           options=StatsOptions(threshold=parse_threshold(threshold), seed=seed))
+    if md is not None:
+        md.write_text(result.markdown())
+    if html is not None:
+        html.write_text(result.html())
+    if as_json:
+        print(dumps(result))
+    else:
+        console.print(f"[bold]{escape(candidate)}[/bold] against [bold]{escape(baseline)}[/bold] "
+                      f"({len(result.rows)} comparisons, threshold {result.threshold * 100:g} %):")
+        for row in result.rows:
+            mark = {"worse": "[red]✗ worse[/red]", "better": "[green]✓ better[/green]"}.get(row.verdict, "  =")
+            console.print(f"  {mark} {escape(row.sentence)}", soft_wrap=True)
+    for line in [*result.unpaired, *result.warnings]:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True)
+    if result.regressions:
+        names = "; ".join(r.sentence for r in result.regressions)
+        err_console.print(f"[red]regression:[/red] {escape(names)}", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def backup(

@@ -36,6 +36,7 @@ from enosnet.results.stats import (
     Comparison,
     StatsOptions,
     analyze,
+    baseline_levels,
     ci_text,
     combo_text,
     hashable,
@@ -153,10 +154,42 @@ class Page:
             ("experiment file", f"{e.file_path or ''} sha256 {e.file_hash or '—'}".strip()),
             ("enosnet", e.enosnet_version or "—"),
             ("method", (f"95 % bootstrap CIs ({self.a.options.resamples} resamples, seed {self.a.options.seed}); "
-                        f"Welch t-test, Holm-corrected over {len(self.a.comparisons)} comparisons; practically "
+                        f"Welch t-test, Holm-corrected within each metric ({self._families()}); each level "
+                        f"compared with its parameter's baseline level ({self._baselines()}); practically "
                         f"significant = CI excludes 0, |difference| > {self.a.options.threshold * 100:g} % "
                         f"and Holm p < {self.a.options.alpha:g}")),
         ] + ([("other experiments in this database", ", ".join(self.others))] if self.others else [])
+
+    def _families(self) -> str:
+        sizes = {c.metric: c.family for c in self.a.comparisons}
+        return ", ".join(f"{m}: {sizes[m]}" for m in self.order if m in sizes) or "no comparisons"
+
+    def _baselines(self) -> str:
+        bases = {c.parameter: c.baseline for c in self.a.comparisons}
+        declared = baseline_levels(self.a.experiment)
+        return ", ".join(f"{p}={v}{'' if p in declared else ' (first)'}" for p, v in bases.items()) or "—"
+
+    @property
+    def headline(self) -> str | None:
+        return self.order[0] if self.order else None
+
+    def answer_rows(self) -> tuple[str, list[list[str]]]:
+        """The headline metric per combination: median [95 % CI], n, failed runs, testbed flags."""
+        metric = self.headline
+        cells = [s for s in self.a.summaries if s.metric == metric]
+        factor, unit = scale([s.median for s in cells], cells[0].unit if cells else "")
+        rows = []
+        for s in cells:
+            matching = [r for r in self.a.runs if all(hashable(r.params.get(k)) == hashable(v) for k, v in s.combo)]
+            ci = f"[{_num(s.median_ci.low / factor)}, {_num(s.median_ci.high / factor)}]" if s.n > 1 else "[—]"
+            rows.append([combo_text(s.combo) or "all runs", _num(s.median / factor), ci, str(s.n),
+                         str(sum(r.status != "ok" for r in matching)), self._flagged(s.combo)])
+        return unit, rows
+
+    ANSWER_HEAD = ("combination", "median", "95 % CI", "n", "failed runs", "testbed flags")
+
+    def headline_plot(self) -> Plot | None:
+        return next((p for p in self.plots if p.path.stem == f"metric-{self.headline}"), None)
 
     def findings(self) -> list[tuple[str, list[Comparison]]]:
         """Comparisons by metric (headline first), practically significant ones first."""
@@ -245,16 +278,34 @@ class Page:
 
     def html(self) -> str:
         e = self.a.experiment
-        body = [f"<h1>{_h(e.name)}: results</h1>", _html_dl(self.overview()), "<h2>Findings</h2>"]
-        body += [self._html_findings(), self._html_warnings(), "<h2>Plots</h2>"]
-        body += [_html_plot(p) for p in self.plots] or ["<p>No plots: no data recorded.</p>"]
-        body += self._html_netbench()
-        body.append("<h2>Summary per combination</h2>")
-        for metric in self.order:
+        main = self.headline_plot()
+        body = [f"<h1>{_h(e.name)}: results</h1>"]
+        if self.headline is not None:
+            unit, rows = self.answer_rows()
+            body += [f"<h2>{_h(self.headline)} per combination <small>({_h(unit or 'no unit')})</small></h2>",
+                     _html_table(self.ANSWER_HEAD, rows)]
+            body += [_html_plot(main)] if main is not None else []
+            body += ["<h2>Conclusions</h2>", self._html_findings(only=self.headline)]
+        body += [self._html_warnings(), "<h2>Experiment</h2>", _html_dl(self.overview())]
+        others = [m for m in self.order if m != self.headline]
+        if others:
+            body.append("<h2>Other metrics</h2>")
+        for metric in others:
             unit, rows = self.summary_rows(metric)
-            body += [f"<h3>{_h(metric)} <small>({_h(unit or 'no unit')})</small></h3>",
+            found = dict(self.findings()).get(metric, [])
+            yes = sum(c.practically_significant for c in found)
+            body += [f"<details><summary><b>{_h(metric)}</b> ({_h(unit or 'no unit')}): {yes} of {len(found)} "
+                     "comparisons practically significant</summary>", self._html_findings(only=metric),
+                     _html_table(self.SUMMARY_HEAD, rows), "</details>"]
+        body.append("<h2>Plots</h2>")
+        body += [_html_plot(p) for p in self.plots if p is not main] or ["<p>No other plots.</p>"]
+        body += self._html_netbench()
+        if self.headline is not None:
+            unit, rows = self.summary_rows(self.headline)
+            body += [f"<h2>{_h(self.headline)}: descriptive statistics <small>({_h(unit or 'no unit')})</small></h2>",
                      _html_table(self.SUMMARY_HEAD, rows)]
-        body += ["<h2>All comparisons</h2>", _html_table(self.COMPARE_HEAD, self.comparison_rows()),
+        body += [f"<details><summary>All {len(self.a.comparisons)} comparisons</summary>",
+                 _html_table(self.COMPARE_HEAD, self.comparison_rows()), "</details>",
                  "<h2>Environment checks</h2>",
                  _html_table(["result", "check", "host", "detail", "at"], self.check_rows())
                  if self.a.experiment.checks else "<p>No environment checks were recorded.</p>",
@@ -267,9 +318,11 @@ class Page:
                  "rebuild with <code>enosnet report</code>.</footer>"]
         return _HTML.format(title=_h(f"{e.name} — enosnet report"), css=_CSS, body="\n".join(body))
 
-    def _html_findings(self) -> str:
+    def _html_findings(self, *, only: str | None = None) -> str:
         parts = []
         for metric, comparisons in self.findings():
+            if only is not None and metric != only:
+                continue
             yes = [c for c in comparisons if c.practically_significant]
             no = [c for c in comparisons if not c.practically_significant]
             items = "".join(f'<li class="yes">{_h(c.sentence)}</li>' for c in yes)
@@ -277,7 +330,8 @@ class Page:
             if len(no) > COLLAPSE:  # a long list of non-findings would bury the findings
                 rest = (f'<li class="no"><details><summary>{len(no)} comparisons without a practically '
                         f"significant difference</summary><ul>{rest}</ul></details></li>")
-            parts.append(f"<h3>{_h(metric)}</h3><ul class=findings>{items}{rest}</ul>")
+            parts.append(f"<ul class=findings>{items}{rest}</ul>" if only else
+                         f"<h3>{_h(metric)}</h3><ul class=findings>{items}{rest}</ul>")
         return "".join(parts) or "<p>Nothing to compare: no parameter has two levels with successful runs.</p>"
 
     def _html_netbench(self) -> list[str]:
@@ -299,25 +353,34 @@ class Page:
 
     def markdown(self) -> str:
         e = self.a.experiment
-        lines = [f"# {e.name}: results", ""] + [f"- **{k}**: {_md(v)}" for k, v in self.overview()]
-        lines += ["", "## Findings", ""]
-        if not self.findings():
-            lines += ["Nothing to compare: no parameter has two levels with successful runs.", ""]
-        for metric, comparisons in self.findings():
-            lines += [f"### {metric}", ""]
-            lines += [f"- {'**' if c.practically_significant else ''}{_md(c.sentence)}"
-                      f"{'**' if c.practically_significant else ''}" for c in comparisons] + [""]
+        lines = [f"# {e.name}: results", ""]
+        main = self.headline_plot()
+        if self.headline is not None:
+            unit, rows = self.answer_rows()
+            lines += [f"## {self.headline} per combination ({unit or 'no unit'})", "",
+                      *_md_table(self.ANSWER_HEAD, rows), ""]
+            lines += [f"![{main.title}](plots/{main.path.name})", "", main.caption, ""] if main is not None else []
+            lines += ["## Conclusions", "", *self._md_findings(self.headline)]
         lines += ["## Warnings", ""] + ([f"- **{w.kind}**: {_md(w.message)}" for w in self.a.warnings]
                                          or ["- none"]) + [""]
-        lines += ["## Plots", ""] + [f"![{p.title}](plots/{p.path.name})\n\n{p.caption}\n" for p in self.plots]
+        lines += ["## Experiment", ""] + [f"- **{k}**: {_md(v)}" for k, v in self.overview()] + [""]
+        others = [m for m in self.order if m != self.headline]
+        if others:
+            lines += ["## Other metrics", ""]
+        for metric in others:
+            unit, rows = self.summary_rows(metric)
+            lines += [f"### {metric} ({unit or 'no unit'})", "", *self._md_findings(metric),
+                      *_md_table(self.SUMMARY_HEAD, rows), ""]
+        lines += ["## Plots", ""] + [f"![{p.title}](plots/{p.path.name})\n\n{p.caption}\n" for p in self.plots
+                                     if p is not main]
         if self.netbench is not None:
             made = "[s2n-netbench's own report](netbench/index.html)" if self.netbench.index else self.netbench.note
             lines += ["## s2n-netbench report", "", f"{made}, over {self.netbench.files} files of the successful "
                       "runs in `netbench/input/`.", ""]
-        lines += ["## Summary per combination", ""]
-        for metric in self.order:
-            unit, rows = self.summary_rows(metric)
-            lines += [f"### {metric} ({unit or 'no unit'})", "", *_md_table(self.SUMMARY_HEAD, rows), ""]
+        if self.headline is not None:
+            unit, rows = self.summary_rows(self.headline)
+            lines += [f"## {self.headline}: descriptive statistics ({unit or 'no unit'})", "",
+                      *_md_table(self.SUMMARY_HEAD, rows), ""]
         lines += ["## All comparisons", "", *_md_table(self.COMPARE_HEAD, self.comparison_rows()), ""]
         lines += ["## Environment checks", "", *_md_table(["result", "check", "host", "detail", "at"],
                                                           self.check_rows()), ""]
@@ -325,6 +388,13 @@ class Page:
                                              self.host_rows()), "", "### Host metadata", "",
                   *_md_table(*self.metadata_table()), ""]
         return "\n".join(lines)
+
+    def _md_findings(self, metric: str) -> list[str]:
+        found = dict(self.findings()).get(metric)
+        if not found:
+            return ["Nothing to compare: no parameter has two levels with successful runs.", ""]
+        return [f"- {'**' if c.practically_significant else ''}{_md(c.sentence)}"
+                f"{'**' if c.practically_significant else ''}" for c in found] + [""]
 
 
 def _by_value(by_host: dict[str, str], hosts: Sequence[str]) -> str:

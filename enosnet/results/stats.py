@@ -28,7 +28,6 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -446,15 +445,37 @@ def analyze(store: ResultsStore, *, experiment: int | str | None = None, metrics
         groups = _groups(by_run, parameters)
         cells.update({(name, combo): vals for combo, vals in groups.items()})
         summaries += [summarize(name, unit, combo, vals, options=options) for combo, vals in groups.items()]
-        comparisons += _compare_all(name, unit, groups, parameters, options)
-    adjusted = holm([c.p_value for c in comparisons])
-    family = sum(not math.isnan(p) for p in adjusted)
-    comparisons = [replace(c, p_adjusted=p, family=family) for c, p in zip(comparisons, adjusted, strict=True)]
+        comparisons += _compare_all(name, unit, groups, parameters, options, baseline=baseline_levels(exp))
+    comparisons = correct_per_metric(comparisons)
     warnings = collect_warnings(exp, runs, summaries, options) + _cross_check_warnings(cross_checked)
     if metrics:
         missing = [m for m in metrics if m not in {s.metric for s in summaries}]
         warnings += [StatWarning("missing metric", f"no values of metric {m!r} in successful runs") for m in missing]
     return Analysis(exp, parameters, summaries, comparisons, warnings, options, runs, cells, constants)
+
+
+def correct_per_metric(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """Holm's correction within each metric's family of comparisons, in their order.
+
+    A metric is its own family: a large, tight effect on the headline metric is not
+    made "not significant" by the many CPU or RTT comparisons reported beside it.
+    """
+    by_metric: dict[str, list[int]] = defaultdict(list)
+    for index, c in enumerate(comparisons):
+        by_metric[c.metric].append(index)
+    result = list(comparisons)
+    for indexes in by_metric.values():
+        adjusted = holm([comparisons[i].p_value for i in indexes])
+        family = sum(not math.isnan(p) for p in adjusted)
+        for i, p in zip(indexes, adjusted, strict=True):
+            result[i] = replace(comparisons[i], p_adjusted=p, family=family)
+    return result
+
+
+def baseline_levels(exp: ExperimentRow) -> dict[str, Any]:
+    """The experiment file's ``baseline`` (parameter → level every other level is compared against)."""
+    declared = exp.spec.get("baseline") if isinstance(exp.spec, dict) else None
+    return {str(k): hashable(v) for k, v in declared.items()} if isinstance(declared, dict) else {}
 
 
 def split_parameters(runs: Sequence[RunRow]) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -477,7 +498,8 @@ def _groups(by_run: Mapping[int, tuple[Combo, float]], parameters: Sequence[str]
 
 
 def _compare_all(metric: str, unit: str, groups: Mapping[Combo, list[float]], parameters: Sequence[str],
-                 options: StatsOptions) -> list[Comparison]:
+                 options: StatsOptions, *, baseline: Mapping[str, Any] | None = None) -> list[Comparison]:
+    """Each level of each parameter against its baseline level (declared, else the first), the others fixed."""
     result = []
     for index, parameter in enumerate(parameters):
         by_rest: dict[Combo, dict[Any, list[float]]] = defaultdict(dict)
@@ -485,7 +507,10 @@ def _compare_all(metric: str, unit: str, groups: Mapping[Combo, list[float]], pa
             rest = combo[:index] + combo[index + 1:]
             by_rest[rest][combo[index][1]] = vals
         for rest, levels in by_rest.items():
-            for low, high in combinations(sorted(levels, key=level_key), 2):
+            ordered = sorted(levels, key=level_key)
+            declared = (baseline or {}).get(parameter)
+            base = next((v for v in ordered if hashable(v) == declared), ordered[0])
+            for low, high in ((base, v) for v in ordered if v != base):
                 key = f"{metric}|{parameter}|{low}|{high}|{rest}"
                 result.append(compare_levels(levels[low], levels[high], options=options, seed_key=key, metric=metric,
                                              unit=unit, parameter=parameter, levels=(low, high), at=rest))
@@ -504,13 +529,16 @@ def collect_warnings(exp: ExperimentRow, runs: Sequence[RunRow], summaries: Sequ
             f"only {counts[0]}{'' if counts[0] == counts[-1] else f' to {counts[-1]}'} successful repetitions per "
             f"combination in {len(low)} of {len(summaries)} metric/combination cells (at least "
             f"{options.min_repetitions} recommended): confidence intervals are rough and small effects go unseen")))
-    noisy = [s for s in summaries if not math.isnan(s.cv) and s.cv > options.max_cv]
-    for s in noisy[:10]:
+    noisy: dict[str, list[Summary]] = defaultdict(list)
+    for s in summaries:
+        if not math.isnan(s.cv) and s.cv > options.max_cv:
+            noisy[s.metric].append(s)
+    for metric, cells in noisy.items():  # one line per metric: which cells, how noisy at worst
+        worst = max(cells, key=lambda s: s.cv)
+        where = "; ".join(combo_text(s.combo) or "all runs" for s in cells[:4]) + ("; …" if len(cells) > 4 else "")
         warnings.append(StatWarning("high variation", (
-            f"{s.metric} at {combo_text(s.combo) or 'all runs'} varies a lot: coefficient of variation "
-            f"{s.cv * 100:.0f} % (bound {options.max_cv * 100:g} %)")))
-    if len(noisy) > 10:
-        warnings.append(StatWarning("high variation", f"… and {len(noisy) - 10} more noisy cells"))
+            f"{metric} varies a lot in {len(cells)} of {sum(s.metric == metric for s in summaries)} combinations "
+            f"(coefficient of variation up to {worst.cv * 100:.0f} %, bound {options.max_cv * 100:g} %): {where}")))
     return warnings
 
 

@@ -29,7 +29,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -281,6 +281,7 @@ class ExperimentRow:
     checks: list[dict[str, Any]]
     forced: bool
     enosnet_version: str | None
+    spec: dict[str, Any] = field(default_factory=dict)  # the experiment file as loaded
 
 
 @dataclass(frozen=True)
@@ -574,7 +575,7 @@ class ResultsStore:
         rows = self._conn.execute("SELECT * FROM experiments ORDER BY started, id")
         return [ExperimentRow(r["id"], r["name"], r["file_hash"], r["file_path"], r["seed"], r["run_order"],
                               r["started"], r["ended"], json.loads(r["checks"]), bool(r["forced"]),
-                              r["enosnet_version"]) for r in rows]
+                              r["enosnet_version"], json.loads(r["spec"] or "{}")) for r in rows]
 
     def experiment(self, which: int | str | None = None) -> ExperimentRow:
         """One experiment by id or name (the latest of that name); ``None``: the latest one."""

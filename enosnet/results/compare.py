@@ -1,0 +1,239 @@
+"""Is the candidate better or worse than the baseline, and by how much? Two experiments compared run for run.
+
+Each side is an environment folder, a results database (its latest
+experiment), or ``DB:EXPERIMENT``. Runs are paired by their parameters: for
+every combination both sides measured, and every metric (default: the
+headline one), the two medians, the relative difference of the means with its
+bootstrap CI, Welch's test (Holm-corrected within each metric) and a verdict
+in plain words. Which direction is worse comes from the metric: lower
+throughput, higher latency, retransmits or CPU. A verdict of "worse" is a
+regression, what a CI job gates on (``enosnet compare`` exits 1).
+
+>>> direction("throughput", "bit/s"), direction("rtt_min", "ms"), direction("cpu_cgroup", "CPUs")
+('higher', 'lower', 'lower')
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from enosnet.environment import Environment
+from enosnet.errors import ResultsError, UsageError
+from enosnet.results.stats import (
+    Combo,
+    Comparison,
+    StatsOptions,
+    combo_text,
+    compare_levels,
+    correct_per_metric,
+    run_values,
+)
+from enosnet.results.store import ExperimentRow, ResultsStore
+
+Verdict = Literal["better", "worse", "no practically significant difference", "different"]
+LOWER_IS_BETTER = ("rtt", "latency", "delay", "retrans", "loss", "cpu", "skew", "duration", "time", "jitter")
+HEADLINE = ("throughput", "goodput")
+COMPARED_METADATA = ("kernel", "os", "cpu.model", "cpu.count", "limits.cpus", "limits.memory_mib",
+                     "version.iperf3", "version.s2n-netbench-collector")
+
+
+def direction(metric: str, unit: str) -> Literal["higher", "lower"] | None:
+    """Which way is better for a metric (None: the name does not say)."""
+    name = metric.lower()
+    if any(word in name for word in LOWER_IS_BETTER):
+        return "lower"
+    if any(word in name for word in HEADLINE) or unit.endswith("/s"):
+        return "higher"
+    return None
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: a database and one of its experiments."""
+
+    label: str
+    db: Path
+    experiment: ExperimentRow
+
+
+@dataclass(frozen=True)
+class Row:
+    """One metric at one parameter combination, baseline vs candidate."""
+
+    metric: str
+    unit: str
+    combo: Combo
+    median_baseline: float
+    median_candidate: float
+    comparison: Comparison
+    verdict: Verdict
+
+    @property
+    def sentence(self) -> str:
+        c = self.comparison
+        at = combo_text(self.combo) or "all runs"
+        ci = f"95 % CI {c.ci.low * 100:+.1f} to {c.ci.high * 100:+.1f} %"
+        change = f"{c.rel_diff * 100:+.1f} %"
+        if self.verdict in ("better", "worse"):
+            return f"{self.metric} at {at}: {self.verdict} by {abs(c.rel_diff) * 100:.1f} % ({ci}, Holm p = " \
+                   f"{c.p_adjusted:.3g}, n = {c.n_baseline}/{c.n_other})"
+        return f"{self.metric} at {at}: {self.verdict} ({change}, {ci}, Holm p = {c.p_adjusted:.3g}, " \
+               f"n = {c.n_baseline}/{c.n_other})"
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """Every row, the combinations only one side measured, and what differs between the two testbeds."""
+
+    baseline: Side
+    candidate: Side
+    rows: list[Row]
+    unpaired: list[str]
+    warnings: list[str]
+    threshold: float
+
+    @property
+    def regressions(self) -> list[Row]:
+        return [r for r in self.rows if r.verdict == "worse"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "baseline": {"label": self.baseline.label, "experiment": self.baseline.experiment.name},
+            "candidate": {"label": self.candidate.label, "experiment": self.candidate.experiment.name},
+            "threshold": self.threshold,
+            "rows": [{"metric": r.metric, "unit": r.unit, "combination": dict(r.combo),
+                      "median_baseline": r.median_baseline, "median_candidate": r.median_candidate,
+                      "relative_difference": r.comparison.rel_diff,
+                      "ci": [r.comparison.ci.low, r.comparison.ci.high], "p": r.comparison.p_value,
+                      "p_holm": r.comparison.p_adjusted, "n": [r.comparison.n_baseline, r.comparison.n_other],
+                      "verdict": r.verdict} for r in self.rows],
+            "regressions": [r.sentence for r in self.regressions],
+            "unpaired": self.unpaired,
+            "warnings": self.warnings,
+        }
+
+    def markdown(self) -> str:
+        lines = [f"# {self.candidate.label} against {self.baseline.label}", ""]
+        lines += [f"- **{'regression' if r.verdict == 'worse' else r.verdict}**: {r.sentence}" for r in self.rows]
+        lines += [""] + [f"- warning: {w}" for w in self.warnings]
+        head = "| metric | combination | baseline median | candidate median | difference | 95 % CI | Holm p | verdict |"
+        lines += ["", head, "|" + "---|" * 8]
+        for r in self.rows:
+            c = r.comparison
+            lines.append(f"| {r.metric} | {combo_text(r.combo) or 'all runs'} | {r.median_baseline:.4g} "
+                         f"| {r.median_candidate:.4g} | {c.rel_diff * 100:+.1f} % | {c.ci.low * 100:+.1f} to "
+                         f"{c.ci.high * 100:+.1f} % | {c.p_adjusted:.3g} | {r.verdict} |")
+        return "\n".join(lines) + "\n"
+
+    def html(self) -> str:
+        from html import escape
+
+        body = "".join(f"<tr class={'bad' if r.verdict == 'worse' else 'row'}><td>{escape(r.metric)}</td>"
+                       f"<td>{escape(combo_text(r.combo) or 'all runs')}</td><td>{r.median_baseline:.4g}</td>"
+                       f"<td>{r.median_candidate:.4g}</td><td>{r.comparison.rel_diff * 100:+.1f} %</td>"
+                       f"<td>{r.comparison.ci.low * 100:+.1f} to {r.comparison.ci.high * 100:+.1f} %</td>"
+                       f"<td>{r.comparison.p_adjusted:.3g}</td><td>{escape(r.verdict)}</td></tr>" for r in self.rows)
+        warnings = "".join(f"<li>{escape(w)}</li>" for w in self.warnings)
+        title = escape(f"{self.candidate.label} against {self.baseline.label}")
+        return ("<!doctype html><html><head><meta charset=utf-8><title>" + title + "</title><style>"
+                "body{font-family:sans-serif;margin:2em}td,th{padding:.2em .6em;border-bottom:1px solid #ddd}"
+                ".bad{background:#fdd}</style></head><body><h1>" + title + "</h1><table><tr><th>metric</th>"
+                "<th>combination</th><th>baseline median</th><th>candidate median</th><th>difference</th>"
+                "<th>95 % CI</th><th>Holm p</th><th>verdict</th></tr>" + body + "</table>"
+                + (f"<h2>Warnings</h2><ul>{warnings}</ul>" if warnings else "") + "</body></html>\n")
+
+
+def resolve(spec: str | Path) -> Side:
+    """An environment folder, a database file, or ``DB:EXPERIMENT`` (an environment folder works there too)."""
+    text = str(spec)
+    path, experiment = Path(text), None
+    if not path.exists() and ":" in text:
+        head, _, experiment = text.rpartition(":")
+        path = Path(head)
+    if path.is_dir():
+        path = Environment(path).db_file
+    if not path.is_file():
+        raise UsageError(f"{spec}: no environment folder, results database or DB:EXPERIMENT there")
+    with ResultsStore.open(path, create=False) as store:
+        found = store.experiment(experiment)
+    return Side(str(spec), path, found)
+
+
+def compare(baseline: str | Path | Side, candidate: str | Path | Side, *, metrics: Sequence[str] = (),
+            options: StatsOptions | None = None) -> CompareResult:
+    """Pair the two sides' runs by parameters and compare each metric at each combination both measured."""
+    options = options or StatsOptions()
+    sides = [s if isinstance(s, Side) else resolve(s) for s in (baseline, candidate)]
+    values = [_values(side) for side in sides]
+    common = sorted(set(values[0]) & set(values[1]))
+    chosen = list(metrics) or [m for m, _ in common if m in HEADLINE][:1] or [m for m, _ in common][:1]
+    missing = [m for m in chosen if m not in {name for name, _ in common}]
+    if missing:
+        raise ResultsError(f"metric {missing[0]!r} is not measured on both sides (both have: "
+                           f"{', '.join(sorted({m for m, _ in common})) or 'nothing in common'})")
+    comparisons: list[tuple[str, str, Combo, list[float], list[float], Comparison]] = []
+    unpaired: list[str] = []
+    for metric, unit in common:
+        if metric not in chosen:
+            continue
+        base, cand = values[0][(metric, unit)], values[1][(metric, unit)]
+        unpaired += [f"{metric} at {combo_text(c) or 'all runs'}: only in {sides[i].label}"
+                     for i, only in enumerate((set(base) - set(cand), set(cand) - set(base))) for c in sorted(only)]
+        for combo in sorted(set(base) & set(cand), key=str):
+            c = compare_levels(base[combo], cand[combo], options=options, seed_key=f"compare|{metric}|{combo}",
+                               metric=metric, unit=unit, parameter="side", levels=("baseline", "candidate"),
+                               at=combo)
+            comparisons.append((metric, unit, combo, base[combo], cand[combo], c))
+    corrected = correct_per_metric([c for *_, c in comparisons])
+    rows = [Row(metric, unit, combo, float(np.median(a)), float(np.median(b)), c, _verdict(c))
+            for (metric, unit, combo, a, b, _), c in zip(comparisons, corrected, strict=True)]
+    return CompareResult(sides[0], sides[1], rows, unpaired, _testbed_differences(sides), options.threshold)
+
+
+def _values(side: Side) -> dict[tuple[str, str], dict[Combo, list[float]]]:
+    """(metric, unit) → combination (parameters, sorted) → one value per successful run."""
+    with ResultsStore.open(side.db, create=False) as store:
+        by_run = run_values(store.metrics(experiment=side.experiment.id))
+    out: dict[tuple[str, str], dict[Combo, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for key, runs in by_run.items():
+        for combo, value in runs.values():
+            out[key][tuple(sorted(combo))].append(value)
+    return out
+
+
+def _verdict(c: Comparison) -> Verdict:
+    if not c.practically_significant:
+        return "no practically significant difference"
+    better = direction(c.metric, c.unit)
+    if better is None:
+        return "different"
+    return "better" if (c.rel_diff > 0) == (better == "higher") else "worse"
+
+
+def _testbed_differences(sides: Sequence[Side]) -> list[str]:
+    """What differs between the hosts the two sides ran on (kernel, CPU, instance type, limits, tools)."""
+    seen: list[dict[str, set[str]]] = []
+    for side in sides:
+        with ResultsStore.open(side.db, create=False) as store:
+            keys: dict[str, set[str]] = defaultdict(set)
+            for m in store.host_metadata(experiment=side.experiment.id):
+                if m.key in COMPARED_METADATA:
+                    keys[m.key].add(m.value)
+            for h in store.hosts(experiment=side.experiment.id):
+                keys["instance type"].add(h.instance_type or "—")
+                keys["provider"].add(h.provider or "—")
+        seen.append(keys)
+    return [f"the two sides ran on different testbeds: {key} is {', '.join(sorted(seen[0][key]))} in "
+            f"{sides[0].label} but {', '.join(sorted(seen[1][key]))} in {sides[1].label}"
+            for key in sorted(set(seen[0]) | set(seen[1])) if seen[0].get(key, set()) != seen[1].get(key, set())]
+
+
+def dumps(result: CompareResult) -> str:
+    return json.dumps(result.to_json(), indent=1, default=str)

@@ -1,0 +1,87 @@
+"""`enosnet compare`: known answers on synthetic databases, directions per metric, pairing, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from enosnet.results.compare import compare
+from enosnet.results.store import ExperimentRecord, HostMeta, HostRecord, Metric, ResultsStore, RunRecord, run_key
+from enosnet.results.synthetic import fill_synthetic
+
+ENOSNET = [sys.executable, "-c", "from enosnet.cli import main; main()"]
+
+
+def synthetic(path: Path, **options: object) -> Path:
+    with ResultsStore.open(path) as store:
+        fill_synthetic(store, **options)  # type: ignore[arg-type]
+    return path
+
+
+def enosnet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ENOSNET, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_a_ten_percent_regression_on_one_combination_is_named_and_exits_1(tmp_path: Path) -> None:
+    base = synthetic(tmp_path / "base.db", effect=0.0, seed=1)
+    cand = synthetic(tmp_path / "cand.db", effect=0.10, seed=2)  # reno at 20 ms loses 10 %
+    out = enosnet("compare", str(base), str(cand))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "regression: throughput at cc=reno, delay=20ms: worse by" in " ".join(out.stderr.split())
+    assert out.stdout.count("✗ worse") == 1 and out.stdout.count("  =") == 3
+    result = compare(base, cand)
+    [worse] = result.regressions
+    assert dict(worse.combo) == {"cc": "reno", "delay": "20ms"} and -0.13 < worse.comparison.rel_diff < -0.07
+    assert worse.comparison.ci.high < 0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_without_a_difference_it_exits_0(tmp_path: Path, seed: int) -> None:
+    base = synthetic(tmp_path / "base.db", effect=0.10, seed=seed)
+    cand = synthetic(tmp_path / "cand.db", effect=0.10, seed=seed + 100)
+    out = enosnet("compare", str(base), str(cand), "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    data = json.loads(out.stdout)
+    assert data["regressions"] == [] and len(data["rows"]) == 4
+    assert {r["verdict"] for r in data["rows"]} == {"no practically significant difference"}
+
+
+def two_sided(path: Path, *, throughput: float, rtt: float, kernel: str, delays: tuple[str, ...]) -> Path:
+    with ResultsStore.open(path) as store:
+        exp = store.begin_experiment(ExperimentRecord(name="x", seed=1))
+        store.add_hosts(exp, [HostRecord("client-0", "198.18.0.3", "client", "local")])
+        store.add_metadata(exp, [HostMeta("client-0", "kernel", kernel, "probe")])
+        for position, (delay, rep) in enumerate((d, r) for d in delays for r in range(5)):
+            wobble = 1 + (rep - 2) * 0.002
+            store.record_run(exp, RunRecord(key=run_key({"delay": delay}, rep), params={"delay": delay},
+                                            repetition=rep, position=position,
+                                            metrics=[Metric("client-0", "throughput", throughput * wobble, "bit/s"),
+                                                     Metric("client-0", "rtt_min", rtt * wobble, "ms")]))
+    return path
+
+
+def test_which_way_is_worse_comes_from_the_metric_and_pairing_is_by_parameters(tmp_path: Path) -> None:
+    base = two_sided(tmp_path / "a.db", throughput=1e9, rtt=10.0, kernel="6.1", delays=("0ms", "20ms"))
+    cand = two_sided(tmp_path / "b.db", throughput=1.2e9, rtt=12.0, kernel="6.5", delays=("0ms", "50ms"))
+    result = compare(base, cand, metrics=["throughput", "rtt_min"])
+    verdicts = {(r.metric, dict(r.combo)["delay"]): r.verdict for r in result.rows}
+    assert verdicts == {("throughput", "0ms"): "better", ("rtt_min", "0ms"): "worse"}  # 20 % more of each
+    assert sorted(result.unpaired) == ["rtt_min at delay=20ms: only in " + str(base),
+                                       "rtt_min at delay=50ms: only in " + str(cand),
+                                       "throughput at delay=20ms: only in " + str(base),
+                                       "throughput at delay=50ms: only in " + str(cand)]
+    assert any("kernel is 6.1 in" in w and "but 6.5 in" in w for w in result.warnings), result.warnings
+    md, html = result.markdown(), result.html()
+    assert "**regression**: rtt_min at delay=0ms: worse by 20.0 %" in md and "class=bad" in html
+
+
+def test_a_side_that_is_nothing_is_a_usage_error(tmp_path: Path) -> None:
+    base = synthetic(tmp_path / "base.db", seed=1)
+    out = enosnet("compare", str(base), str(tmp_path / "nothing"))
+    assert out.returncode == 2 and "nothing: no environment folder, results database or DB:EXPERIMENT" in out.stderr
+    out = enosnet("compare", f"{base}:incast", str(base), "--metric", "goodput")
+    assert out.returncode != 0 and "metric 'goodput' is not measured on both sides" in out.stderr
