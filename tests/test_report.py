@@ -117,8 +117,12 @@ def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess[str
 PROBE = """<script>
 window.addEventListener('load', () => {
   const sizes = [...document.images].map(
-    i => [i.alt, i.naturalWidth, i.naturalHeight, i.getBoundingClientRect().width]);
-  const out = document.createElement('pre'); out.id = 'probe'; out.textContent = JSON.stringify(sizes);
+    i => [i.alt, i.naturalWidth, i.naturalHeight, i.getBoundingClientRect().width, i.getBoundingClientRect().top]);
+  const table = document.querySelector('table');
+  const first = {head: table.rows[0].innerText, top: table.getBoundingClientRect().top,
+                 heading: table.previousElementSibling.innerText};
+  const out = document.createElement('pre'); out.id = 'probe';
+  out.textContent = JSON.stringify({sizes: sizes, first: first});
   document.body.appendChild(out);
 });
 </script>"""
@@ -133,10 +137,14 @@ def test_chromium_renders_every_plot(report_dir: Path, tmp_path: Path) -> None:
     dom = _chromium(["--virtual-time-budget=5000", "--dump-dom", page.as_uri()], tmp_path / "profile").stdout
     match = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert match, dom[-2000:]
-    sizes = json.loads(match.group(1).replace("&quot;", '"'))
+    probe = json.loads(match.group(1).replace("&quot;", '"'))
+    sizes, first = probe["sizes"], probe["first"]
     assert len(sizes) == 5
-    for alt, width, height, shown in sizes:
+    for alt, width, height, shown, _ in sizes:
         assert width > 400 and height > 300 and shown > 300, (alt, width, height, shown)
+    # what a reader sees first: the headline metric's table, then its plot
+    assert first["heading"].startswith("throughput per combination") and "median" in first["head"], first
+    assert "throughput" in sizes[0][0] and first["top"] < sizes[0][4] == min(s[4] for s in sizes), (first, sizes)
 
 
 def test_chromium_screenshot_is_not_blank(report_dir: Path, tmp_path: Path) -> None:
