@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,3 +78,13 @@ def test_cgroups_are_gone_after_destroy(local_hosts: Callable[..., LocalDeployme
     dep.provider.destroy()
     assert [g for g in groups if g.exists()] == []
     assert cgroups.leftovers(cgroups.detect(), re.compile(re.escape(Names(PREFIX, dep.env.tag).bridge))) == []
+
+
+def test_a_cpuset_naming_cores_the_machine_lacks_is_refused_before_anything_is_made(tmp_path: Path) -> None:
+    cores = cgroups.format_cpu_list(sorted(os.sched_getaffinity(0)))
+    (tmp_path / "c.yaml").write_text("name: far\nprovider: {kind: local}\nroles: {c: {count: 1, cpuset: 0-511}}\n")
+    out = subprocess.run([sys.executable, "-c", "from enosnet.cli import main; main()", "deploy", "-c", "c.yaml"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert f"roles.c.cpuset: 0-511 names cores this machine does not have (it has {cores})" in out.stderr
+    assert not (tmp_path / ".enosnet").exists()

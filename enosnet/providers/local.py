@@ -44,7 +44,7 @@ from typing import Any
 
 from enosnet.config import LocalProviderConfig, LocalRole
 from enosnet.environment import make_keypair, registered, write_atomic
-from enosnet.errors import PrivilegeError, ProviderError
+from enosnet.errors import ConfigError, PrivilegeError, ProviderError
 from enosnet.model import Host, Network, Networks, Roles
 from enosnet.providers import cgroups
 from enosnet.providers.base import Provider, wait_ssh
@@ -128,6 +128,19 @@ class LocalProvider(Provider):
 
     def check(self) -> None:
         require_root_and_tools()
+        self._check_cpusets(cgroups.detect())
+
+    def _check_cpusets(self, layout: cgroups.Layout) -> None:
+        """Every ``cpuset`` a role asks for is possible here (before anything is made)."""
+        env_dirs = layout.env_dirs("-")
+        cores = layout.all_cpus(env_dirs)
+        for role, spec in self.config.roles.items():
+            cpuset = spec.cpuset if isinstance(spec, LocalRole) else None
+            if cpuset and not ({"cpuset", "unified"} & set(env_dirs)):
+                raise ConfigError(f"roles.{role}.cpuset: this machine has no cpuset cgroup controller")
+            if cpuset and cpuset != "auto" and not set(cgroups.parse_cpu_list(cpuset)) <= set(cores):
+                raise ConfigError(f"roles.{role}.cpuset: {cpuset} names cores this machine does not have "
+                                  f"(it has {cgroups.format_cpu_list(cores)})")
 
     def _acquire(self) -> tuple[Roles, Networks]:
         self._release()  # leftovers of an earlier, different or broken deployment
