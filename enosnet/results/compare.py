@@ -185,7 +185,8 @@ def compare(baseline: str | Path | Side, candidate: str | Path | Side, *, metric
             continue
         base, cand = values[0][(metric, unit)], values[1][(metric, unit)]
         unpaired += [f"{metric} at {combo_text(c) or 'all runs'}: only in {sides[i].label}"
-                     for i, only in enumerate((set(base) - set(cand), set(cand) - set(base))) for c in sorted(only)]
+                     for i, only in enumerate((set(base) - set(cand), set(cand) - set(base)))
+                     for c in sorted(only, key=str)]
         for combo in sorted(set(base) & set(cand), key=str):
             c = compare_levels(base[combo], cand[combo], options=options, seed_key=f"compare|{metric}|{combo}",
                                metric=metric, unit=unit, parameter="side", levels=("baseline", "candidate"),
