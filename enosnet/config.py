@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from enosnet.coordinator.agent.wire import DEFAULT_PORT
 from enosnet.errors import ConfigError
 from enosnet.model import check_address, check_alias, check_user
 from enosnet.yamlfile import line_map, load_model_text, parse_yaml, where
@@ -51,7 +52,7 @@ class Strict(BaseModel):
 class AgentSettings(Strict):
     """The worker agent every host runs (see ``enosnet.coordinator``)."""
 
-    port: int = Field(7700, ge=1, le=65535)
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
 
 
 # ── local provider ──────────────────────────────────────────────────────────

@@ -22,7 +22,7 @@ from typing import Any
 
 from enosnet.config import NetbenchInstall
 from enosnet.coordinator import build_agent_zipapp, default_actions
-from enosnet.coordinator.catalogue import DEFAULT_PORT
+from enosnet.coordinator.agent.wire import DEFAULT_PORT
 from enosnet.environment import Environment
 from enosnet.errors import ConfigError, InstallError
 from enosnet.model import FrozenVars, Roles

@@ -6,6 +6,7 @@ import contextlib
 import os
 import random
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -165,3 +166,13 @@ def test_fuzz_100k_seeded_mutations_never_crash_the_parser() -> None:
             raise AssertionError("a mutated datagram was accepted")
     assert sum(reasons.values()) == 100_000
     assert {"bad_mac", "truncated", "bad_magic"} <= set(reasons)
+
+
+def test_the_agent_port_is_one_value_for_the_library_the_config_and_the_role() -> None:
+    import yaml
+
+    from enosnet.config import AgentSettings
+    from enosnet.coordinator.agent.wire import DEFAULT_PORT
+
+    role = yaml.safe_load((Path(__file__).parents[1] / "roles/enosnet_agent/defaults/main.yml").read_text())
+    assert DEFAULT_PORT == AgentSettings().port == role["enosnet_agent_port"] == 7700

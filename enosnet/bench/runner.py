@@ -41,6 +41,7 @@ from enosnet.bench.metadata import RUN_PROBE, collect, parse_run_probe
 from enosnet.bench.plan import Plan, PlannedRun, make_plan
 from enosnet.bench.spec import Experiment
 from enosnet.coordinator import Coordinator, Timeouts, workers_from_roles
+from enosnet.coordinator.agent.wire import DEFAULT_PORT
 from enosnet.environment import Environment
 from enosnet.errors import BenchError, CheckFailed, EnosnetError, UsageError
 from enosnet.model import Host, Roles
@@ -55,8 +56,6 @@ from enosnet.results.store import (
     Sample,
     Status,
 )
-
-DEFAULT_AGENT_PORT = 7700
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,7 @@ def agent_access(env: Environment) -> AgentAccess:
     """The agents' id, secret and port as deployed for ``env`` (state ``agent`` entry, else the defaults)."""
     state = env.load_state() or {}
     agent: dict[str, Any] = state["agent"] if isinstance(state.get("agent"), dict) else {}
-    config_port = ((state.get("config") or {}).get("agent") or {}).get("port", DEFAULT_AGENT_PORT)
+    config_port = ((state.get("config") or {}).get("agent") or {}).get("port", DEFAULT_PORT)
     return AgentAccess(str(agent.get("env_id") or env.name), env.secret(), int(agent.get("port") or config_port))
 
 

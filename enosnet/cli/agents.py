@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from rich.console import Console
 from rich.table import Table
 
-from enosnet.coordinator.core import DEFAULT_PORT, AgentStatus
+from enosnet.coordinator.agent.wire import DEFAULT_PORT
+from enosnet.coordinator.core import AgentStatus
 from enosnet.coordinator.status import agent_status
 from enosnet.environment import Environment
 from enosnet.model import Host, Roles

@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from enosnet.coordinator.agent.wire import worker_key
+from enosnet.coordinator.agent.wire import DEFAULT_PORT, worker_key
 
-DEFAULT_PORT = 7700
 DEFAULT_WORKDIR = "/var/lib/enosnet-agent"
 CONGESTION = r"[a-z0-9_]{1,16}"
 

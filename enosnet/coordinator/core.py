@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from enosnet.coordinator.agent.wire import (
+    DEFAULT_PORT,
     FROM_AGENT,
     MAX_ARM_AHEAD_S,
     MAX_DATAGRAM,
@@ -34,7 +35,6 @@ from enosnet.coordinator.agent.wire import (
 from enosnet.errors import ConfigError, CoordinatorError, SyncTimeout, WorkerLost
 from enosnet.model import Roles
 
-DEFAULT_PORT = 7700
 FINISHED = ("exited", "stopped", "failed")
 AGENT_RESTARTED = "agent restarted"
 log = logging.getLogger("enosnet.coordinator")

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from enosnet.coordinator.catalogue import DEFAULT_PORT, agent_config
+from enosnet.coordinator.agent.wire import DEFAULT_PORT
+from enosnet.coordinator.catalogue import agent_config
 from enosnet.coordinator.core import Worker, workers_from_roles
 from enosnet.coordinator.zipapp import agent_zipapp_bytes, build_agent_zipapp
 from enosnet.errors import ConfigError, HostsFailed, RemoteError

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from enosnet.coordinator.core import DEFAULT_PORT, AgentStatus, Coordinator, Timeouts, workers_from_roles
+from enosnet.coordinator.agent.wire import DEFAULT_PORT
+from enosnet.coordinator.core import AgentStatus, Coordinator, Timeouts, workers_from_roles
 from enosnet.environment import Environment
 from enosnet.model import Roles
 

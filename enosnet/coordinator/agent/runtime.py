@@ -23,6 +23,7 @@ from typing import IO, Any
 
 from .actions import Action, ActionError, parse_actions
 from .wire import (
+    DEFAULT_PORT,
     MAX_ARM_AHEAD_S,
     MAX_DATAGRAM,
     REQUESTS,
@@ -36,7 +37,6 @@ from .wire import (
 )
 
 VERSION = "1"
-DEFAULT_PORT = 7700
 FINISHED = ("exited", "stopped", "failed")
 ACTIVE = ("armed", "running")
 RUN_ID = re.compile(r"(?!\.+\Z)[A-Za-z0-9_.:-]{1,48}")  # fullmatch; never "." or ".."

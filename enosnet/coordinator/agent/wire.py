@@ -50,6 +50,7 @@ FLAG_ZLIB = 0x01
 COMPRESS_OVER = 400
 MAX_INFLATED = 16384
 MAX_WORKER_ID = 32
+DEFAULT_PORT = 7700  # the agents' UDP port unless a config says otherwise (also the role's enosnet_agent_port)
 MAX_ARM_AHEAD_S = 600  # an ARM may schedule its start at most this far ahead (the agent then holds real-time priority)
 
 
