@@ -345,10 +345,10 @@ class _Bench:
         measured.problems = problems + measured.problems
         for item in executed.records:
             rec = item.record
-            if not rec.ok and rec.action.endswith("-client"):
+            if not rec.ok and item.client:
                 measured.problems.append(f"{item.host}: {rec.action} {rec.state} rc={rec.rc} {rec.error or ''}".strip())
         seen: set[str] = set()
-        for item in sorted(executed.records, key=lambda i: not i.record.action.endswith("-client")):
+        for item in sorted(executed.records, key=lambda i: not i.client):
             if item.host in seen:
                 continue
             seen.add(item.host)

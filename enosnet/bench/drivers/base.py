@@ -24,12 +24,16 @@ from enosnet.yamlfile import line_map, where
 
 @dataclass(frozen=True)
 class Labelled:
-    """A worker record and the folder name its outputs get under ``runs/<run-id>/<host>/``."""
+    """A worker record and the folder name its outputs get under ``runs/<run-id>/<host>/``.
+
+    ``client``: the driver ran it as a client (what the run measures), not as a server.
+    """
 
     label: str
     host: str
     role: str
     record: WorkerRecord
+    client: bool = False
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class Executed:
 
     @property
     def clients(self) -> list[Labelled]:
-        return [r for r in self.records if r.record.action.endswith("-client")]
+        return [r for r in self.records if r.client]
 
 
 @dataclass

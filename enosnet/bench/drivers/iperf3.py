@@ -109,7 +109,7 @@ class Iperf3Driver(Driver):
             stopped = await asyncio.gather(*(coordinator.stop(g) for g in groups), return_exceptions=True)
             servers = [r for group in stopped if isinstance(group, list) for r in group]
         records = [Labelled(f"{SERVER_ACTION}-{_port_of(r, sec)}", r.worker, sec.server_role, r) for r in servers]
-        records += [Labelled(CLIENT_ACTION, r.worker, sec.client_role, r) for r in clients]
+        records += [Labelled(CLIENT_ACTION, r.worker, sec.client_role, r, client=True) for r in clients]
         scheduled = min((r.scheduled_ns - (r.offset_ns or 0) for r in clients if r.scheduled_ns), default=None)
         return Executed(records, scheduled)
 

@@ -158,7 +158,7 @@ class NetbenchDriver(Driver):
         finally:
             server_records = await coordinator.stop(sec.server_role)
         records = [Labelled(SERVER_ACTION, r.worker, sec.server_role, r) for r in server_records]
-        records += [Labelled(CLIENT_ACTION, r.worker, sec.client_role, r) for r in clients]
+        records += [Labelled(CLIENT_ACTION, r.worker, sec.client_role, r, client=True) for r in clients]
         scheduled = min((r.scheduled_ns - (r.offset_ns or 0) for r in clients if r.scheduled_ns), default=None)
         context = {"driver": driver, "scenario": str(self.scenarios[key]["id"]), "key": key}
         for role in (sec.server_role, sec.client_role):
