@@ -219,7 +219,7 @@ def test_the_reason_given_when_nothing_is_concluded() -> None:
     weak = replace(base, p_value=0.06, p_adjusted=0.06)
     assert "not statistically significant (p = 0.060 before correction)" in weak.sentence
     corrected = replace(base, p_value=0.01, p_adjusted=0.2, family=20)
-    assert "once corrected for the 20 comparisons made (Holm)" in corrected.sentence
+    assert "once corrected for the 20 comparisons of m made (Holm)" in corrected.sentence
     assert replace(base, p_adjusted=0.01).practically_significant
 
 

@@ -362,8 +362,8 @@ def _why_not(c: Comparison) -> str:
         return f"below the {c.threshold * 100:g} % threshold"
     if c.p_value >= c.alpha:
         return f"not statistically significant (p = {c.p_value:.3f} before correction): more repetitions would tell"
-    return (f"not significant once corrected for the {c.family} comparisons made (Holm): more repetitions, or "
-            "fewer metrics compared (--metric), would tell")
+    return (f"not significant once corrected for the {c.family} comparisons of {c.metric} made (Holm): more "
+            "repetitions, or fewer levels compared, would tell")
 
 
 def _p(p: float) -> str:
