@@ -10,7 +10,7 @@ The store's API is re-exported here, as it is what other layers write through.
 
 >>> from enosnet.results import ResultsStore
 >>> ResultsStore.open(":memory:").schema_version
-2
+3
 """
 
 from enosnet.results.store import (
