@@ -17,7 +17,7 @@ import os
 import shlex
 import statistics
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from enosnet.bench.events import Event, RunFinished, RunStarted
@@ -35,8 +35,10 @@ from enosnet.results.store import ResultsStore
 MANUAL_PORT = 5301
 
 
-def deploy(base: Path, name: str, roles: dict[str, int]) -> tuple[LocalProvider, Environment, Roles]:
-    counts = ", ".join(f"{k}: {v}" for k, v in roles.items())
+def deploy(base: Path, name: str, roles: Mapping[str, int | Mapping[str, object]]) -> tuple[
+        LocalProvider, Environment, Roles]:
+    """Local hosts (a role: a count, or a local role spec such as ``{"count": 1, "cpus": 0.5}``) with agents."""
+    counts = ", ".join(f"{k}: {json.dumps(v)}" for k, v in roles.items())  # JSON is YAML's flow style
     env = Environment(base / name)
     provider = LocalProvider(parse_config(f"name: {name}\nprovider: {{kind: local}}\nroles: {{{counts}}}\n"), env)
     acquired, _ = provider.init()

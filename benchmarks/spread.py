@@ -21,44 +21,18 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from enosnet.bench.events import Event, RunFinished
-from enosnet.bench.runner import agent_access, run_experiment
-from enosnet.bench.spec import parse_experiment
-from enosnet.config import parse_config
-from enosnet.coordinator import default_actions
-from enosnet.coordinator.install import start_agents_over_ssh
+from bench_overhead import bench_once, deploy  # the same deploy and single-run helpers, one implementation
+
 from enosnet.environment import Environment
 from enosnet.providers.local import LocalProvider
 
-SETUPS = {
-    "shared": "{server: 1, client: 1}",
-    "pinned": "{server: {count: 1, cpuset: auto}, client: {count: 1, cpuset: auto}}",
-    "pinned + limited": "{server: {count: 1, cpuset: auto, cpus: 0.95, memory: 1G}, "
-                        "client: {count: 1, cpuset: auto, cpus: 0.95, memory: 1G}}",
+PINNED = {"count": 1, "cpuset": "auto"}
+LIMITED = {**PINNED, "cpus": 0.95, "memory": "1G"}
+SETUPS: dict[str, dict[str, int | dict[str, object]]] = {
+    "shared": {"server": 1, "client": 1},
+    "pinned": {"server": PINNED, "client": PINNED},
+    "pinned + limited": {"server": LIMITED, "client": LIMITED},
 }
-
-
-def deploy(base: Path, name: str, roles: str) -> tuple[LocalProvider, Environment]:
-    env = Environment(base / name)
-    provider = LocalProvider(parse_config(f"name: {name}\nprovider: {{kind: local}}\nroles: {roles}\n"), env)
-    acquired, _ = provider.init()
-    access = agent_access(env)
-    start_agents_over_ssh(acquired, env_id=access.env_id, secret=access.secret, actions=default_actions(),
-                          port=access.port)
-    return provider, env
-
-
-def one_run(env: Environment, name: str, duration: float) -> RunFinished:
-    spec = parse_experiment(f"name: {name}\nduration: {duration}s\nrepetitions: 1\n"
-                            "iperf3: {server_role: server, client_role: client}\n")
-    finished: list[RunFinished] = []
-
-    def keep(event: Event) -> None:
-        if isinstance(event, RunFinished):
-            finished.append(event)
-
-    run_experiment(env, spec, on_event=keep)
-    return finished[0]
 
 
 def main() -> None:
@@ -72,13 +46,14 @@ def main() -> None:
         made: dict[str, tuple[LocalProvider, Environment]] = {}
         try:
             for i, (label, roles) in enumerate(SETUPS.items()):
-                made[label] = deploy(Path(tmp), f"setup{i}", roles)
+                provider, env, _ = deploy(Path(tmp), f"setup{i}", roles)
+                made[label] = (provider, env)
             values: dict[str, list[float]] = {label: [] for label in names}
             flagged: dict[str, int] = dict.fromkeys(names, 0)
             for r in range(args.rounds):
                 order = names[r % len(names):] + names[:r % len(names)]
                 for label in order:
-                    event = one_run(made[label][1], f"r{r}", args.duration)
+                    [event] = bench_once(made[label][1], f"r{r}", args.duration)
                     if event.status != "ok" or event.headline is None:
                         print(f"round {r + 1} {label}: failed: {event.reason}")
                         continue

@@ -227,10 +227,10 @@ def deploy(config: EnvConfig | YamlSource, *, env: str | Path | Environment | No
     a ``with`` block, also on error. s2n-netbench, when the config asks for it,
     is built before any host is acquired (once per machine; later deploys reuse it).
     """
-    cfg = as_config(config)
-    options = install_options(cfg, base=_config_folder(config), on_build=on_build) if install else None
+    cfg, base = as_config(config), _config_folder(config)
+    options = install_options(cfg, base=base, on_build=on_build) if install else None
     testbed = acquire(cfg, env=env, keep=keep)
-    testbed.base = _config_folder(config)
+    testbed.base = base
     if options is not None and testbed.provider.waits_for_ssh:
         with _released_on_error(testbed.provider, keep=keep):
             testbed.install(options, on_event=on_event)

@@ -20,11 +20,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from enosnet.bench.drivers import make_driver
 from enosnet.bench.plan import make_plan
 from enosnet.bench.spec import Experiment
 from enosnet.model import Roles
+from enosnet.providers.cgroups import parse_cpu_list
+
+if TYPE_CHECKING:
+    from enosnet.testbed import Testbed
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,16 @@ def estimate(spec: Experiment, roles: Roles, *, cpus: Mapping[str, float | None]
             flows = sum(n for h, n in busy.items() if h in roles.select(clients))
             worst = Capacity(demand, cores, len(busy), flows)
     return worst
+
+
+def for_local_testbed(spec: Experiment, testbed: Testbed) -> Capacity | None:
+    """The estimate on a local testbed's hosts, with their ``cpus`` limits and, when all are pinned, their cores."""
+    if testbed.config.kind != "local" or not testbed.roles.all():
+        return None
+    limits = {h["alias"]: h.get("limits", {}) for h in testbed.provider.provider_state.get("hosts", [])}
+    pinned = [set(parse_cpu_list(str(lim["cpuset"]))) for lim in limits.values() if lim.get("cpuset")]
+    cores = len(set().union(*pinned)) if pinned and len(pinned) == len(limits) else None
+    return estimate(spec, testbed.roles, cpus={a: lim.get("cpus") for a, lim in limits.items()}, cores=cores)
 
 
 def advice(capacity: Capacity) -> str | None:

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from enosnet.bench.conditions import STATS_KEY
 from enosnet.results.store import HostMeta, Sample
 
 
@@ -74,10 +75,10 @@ def _means(samples: Iterable[Sample], series: str) -> dict[str, float]:
 
 
 def _emulation(metadata: Sequence[HostMeta], asked_loss: float, limits: Limits) -> list[str]:
-    """Late releases and excess drops from impaird's counters (``emulation.stats``), per host."""
+    """Late releases and excess drops from impaird's counters (``STATS_KEY`` run metadata), per host."""
     flags = []
     for item in sorted(metadata, key=lambda m: m.host):
-        if item.key != "emulation.stats":
+        if item.key != STATS_KEY:
             continue
         stats = _stats(item.value)
         if stats is None:

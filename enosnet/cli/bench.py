@@ -73,21 +73,16 @@ def bench(
 
 def _print_capacity(spec: Experiment, env: Path | None) -> None:
     """On local hosts: whether the machine has the cores the busiest run asks for (nothing when not deployed)."""
-    from enosnet.bench.capacity import advice, estimate
-    from enosnet.providers.cgroups import parse_cpu_list
+    from enosnet.bench.capacity import advice, for_local_testbed
     from enosnet.testbed import attach
 
     try:
         testbed = attach(find_env(env))
     except EnosnetError:
         return
-    if testbed.config.kind != "local" or not testbed.roles.all():
+    capacity = for_local_testbed(spec, testbed)
+    if capacity is None:
         return
-    hosts = testbed.provider.provider_state.get("hosts", [])
-    limits = {h["alias"]: h.get("limits", {}) for h in hosts}
-    pinned = [set(parse_cpu_list(str(lim["cpuset"]))) for lim in limits.values() if lim.get("cpuset")]
-    cores = len(set().union(*pinned)) if pinned and len(pinned) == len(limits) else None
-    capacity = estimate(spec, testbed.roles, cpus={a: lim.get("cpus") for a, lim in limits.items()}, cores=cores)
     console.print(f"capacity: the busiest run keeps about {capacity.demand:g} threads busy; the hosts have "
                   f"{capacity.cores} cores")
     warning = advice(capacity)

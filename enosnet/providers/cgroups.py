@@ -52,6 +52,11 @@ class Limits:
     memory: int | None = None
     cpuset: str | None = None
 
+    @property
+    def quota_us(self) -> int | None:
+        """CPU time per ``CFS_PERIOD_US`` period (at least 1 ms, the kernel's floor)."""
+        return None if self.cpus is None else max(1000, round(self.cpus * CFS_PERIOD_US))
+
     def as_dict(self) -> dict[str, float | int | str]:
         return {k: v for k, v in (("cpus", self.cpus), ("memory", self.memory), ("cpuset", self.cpuset))
                 if v is not None}
@@ -63,8 +68,12 @@ class Layout(abc.ABC):
     version: int
 
     @abc.abstractmethod
+    def parents(self) -> dict[str, Path]:
+        """Per mount name (``cpu``, ``memory``, … or ``unified``), the group environments' groups go under."""
+
     def env_dirs(self, name: str) -> dict[str, Path]:
-        """The environment's group per mount name (``cpu``, ``memory``, … or ``unified``)."""
+        """The environment's group per mount name."""
+        return {mount: parent / name for mount, parent in self.parents().items()}
 
     @abc.abstractmethod
     def prepare(self, env_dirs: Mapping[str, Path]) -> None:
@@ -74,16 +83,21 @@ class Layout(abc.ABC):
     def limit(self, host_dirs: Mapping[str, Path], limits: Limits) -> None:
         """Write ``limits`` into a host's (already created) groups."""
 
-    @abc.abstractmethod
     def roots(self) -> list[Path]:
         """Folders under which environments' groups are found (for ``destroy --all``)."""
+        return sorted(set(self.parents().values()))
 
-    def all_cpus(self, env_dirs: Mapping[str, Path]) -> list[int]:
-        """The cores the environment's hosts may use (its parent's cpuset)."""
+    @property
+    def has_cpuset(self) -> bool:
+        return bool({"cpuset", "unified"} & set(self.parents()))
+
+    def all_cpus(self) -> list[int]:
+        """The cores environments' hosts may use (the cpuset of the group they go under)."""
+        parents = self.parents()
         for name in ("cpuset", "unified"):
-            if name in env_dirs:
+            if name in parents:
                 for file in ("cpuset.cpus.effective", "cpuset.cpus"):
-                    text = _read(env_dirs[name].parent / file)
+                    text = _read(parents[name] / file)
                     if text:
                         return parse_cpu_list(text)
         return sorted(os.sched_getaffinity(0))
@@ -96,8 +110,8 @@ class V1(Layout):
         self.mounts = dict(mounts)  # controller → its hierarchy's mount point
         self.own = dict(own)        # controller → this process's group in it
 
-    def env_dirs(self, name: str) -> dict[str, Path]:
-        return {c: self.mounts[c] / self.own.get(c, "/").lstrip("/") / name for c in self.mounts}
+    def parents(self) -> dict[str, Path]:
+        return {c: self.mounts[c] / self.own.get(c, "/").lstrip("/") for c in self.mounts}
 
     def prepare(self, env_dirs: Mapping[str, Path]) -> None:
         for controller, folder in env_dirs.items():
@@ -113,17 +127,16 @@ class V1(Layout):
                 _write(host_dirs["cpuset"] / file, _read(host_dirs["cpuset"].parent / file))
             if limits.cpuset is not None:
                 _write(host_dirs["cpuset"] / "cpuset.cpus", limits.cpuset)
-        if limits.cpus is not None:
+        if limits.quota_us is not None:
             _write(host_dirs["cpu"] / "cpu.cfs_period_us", str(CFS_PERIOD_US))
-            _write(host_dirs["cpu"] / "cpu.cfs_quota_us", str(max(1000, round(limits.cpus * CFS_PERIOD_US))))
+            _write(host_dirs["cpu"] / "cpu.cfs_quota_us", str(limits.quota_us))
         if limits.memory is not None:
             _write(host_dirs["memory"] / "memory.limit_in_bytes", str(limits.memory))
             if (host_dirs["memory"] / "memory.memsw.limit_in_bytes").exists():  # swap accounted: no escape
                 _write(host_dirs["memory"] / "memory.memsw.limit_in_bytes", str(limits.memory))
 
-    def roots(self) -> list[Path]:
-        return sorted({p for c in self.mounts for p in (self.mounts[c], self.mounts[c] / self.own.get(c, "/")
-                                                           .lstrip("/"))})
+    def roots(self) -> list[Path]:  # each hierarchy's top too: where a process of the root group made them
+        return sorted({*self.mounts.values(), *self.parents().values()})
 
 
 class V2(Layout):
@@ -132,8 +145,8 @@ class V2(Layout):
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def env_dirs(self, name: str) -> dict[str, Path]:
-        return {"unified": self.root / name}
+    def parents(self) -> dict[str, Path]:
+        return {"unified": self.root}
 
     def prepare(self, env_dirs: Mapping[str, Path]) -> None:
         folder = env_dirs["unified"]
@@ -144,17 +157,14 @@ class V2(Layout):
 
     def limit(self, host_dirs: Mapping[str, Path], limits: Limits) -> None:
         folder = host_dirs["unified"]
-        if limits.cpus is not None:
-            _write(folder / "cpu.max", f"{max(1000, round(limits.cpus * CFS_PERIOD_US))} {CFS_PERIOD_US}")
+        if limits.quota_us is not None:
+            _write(folder / "cpu.max", f"{limits.quota_us} {CFS_PERIOD_US}")
         if limits.memory is not None:
             _write(folder / "memory.max", str(limits.memory))
             if (folder / "memory.swap.max").exists():
                 _write(folder / "memory.swap.max", "0")
         if limits.cpuset is not None:
             _write(folder / "cpuset.cpus", limits.cpuset)
-
-    def roots(self) -> list[Path]:
-        return [self.root]
 
 
 def detect(mountinfo: str | None = None, own: str | None = None) -> Layout:

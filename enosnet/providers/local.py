@@ -132,11 +132,10 @@ class LocalProvider(Provider):
 
     def _check_cpusets(self, layout: cgroups.Layout) -> None:
         """Every ``cpuset`` a role asks for is possible here (before anything is made)."""
-        env_dirs = layout.env_dirs("-")
-        cores = layout.all_cpus(env_dirs)
+        cores = layout.all_cpus()
         for role, spec in self.config.roles.items():
             cpuset = spec.cpuset if isinstance(spec, LocalRole) else None
-            if cpuset and not ({"cpuset", "unified"} & set(env_dirs)):
+            if cpuset and not layout.has_cpuset:
                 raise ConfigError(f"roles.{role}.cpuset: this machine has no cpuset cgroup controller")
             if cpuset and cpuset != "auto" and not set(cgroups.parse_cpu_list(cpuset)) <= set(cores):
                 raise ConfigError(f"roles.{role}.cpuset: {cpuset} names cores this machine does not have "
@@ -204,7 +203,7 @@ class LocalProvider(Provider):
         self.save_provider_state(cgroups=folders)  # named before made: destroy removes them after any crash
         spec = {h["alias"]: self._role_spec(h["role"]) for h in hosts}
         auto = [h["alias"] for h in hosts if spec[h["alias"]].cpuset == "auto"]
-        pinned, warning = cgroups.plan_cpusets(auto, layout.all_cpus(env_dirs))
+        pinned, warning = cgroups.plan_cpusets(auto, layout.all_cpus())
         if warning:
             log.warning("%s", warning)
         wanted = [(h["alias"], cgroups.Limits(spec[h["alias"]].cpus, spec[h["alias"]].memory,

@@ -26,20 +26,22 @@ import numpy as np
 
 from enosnet.environment import Environment
 from enosnet.errors import ResultsError, UsageError
+from enosnet.results.render import esc, html_page, html_table, md_esc, md_table
 from enosnet.results.stats import (
+    HEADLINE,
     Combo,
     Comparison,
     StatsOptions,
     combo_text,
     compare_levels,
     correct_per_metric,
+    headline_metric,
     run_values,
 )
 from enosnet.results.store import ExperimentRow, ResultsStore
 
 Verdict = Literal["better", "worse", "no practically significant difference", "different"]
 LOWER_IS_BETTER = ("rtt", "latency", "delay", "retrans", "loss", "cpu", "skew", "duration", "time", "jitter")
-HEADLINE = ("throughput", "goodput")
 COMPARED_METADATA = ("kernel", "os", "cpu.model", "cpu.count", "limits.cpus", "limits.memory_mib",
                      "version.iperf3", "version.s2n-netbench-collector")
 
@@ -119,35 +121,30 @@ class CompareResult:
             "warnings": self.warnings,
         }
 
+    HEAD = ("metric", "combination", "baseline median", "candidate median", "difference", "95 % CI", "Holm p",
+            "verdict")
+
+    def table_rows(self) -> list[list[str]]:
+        return [[r.metric, combo_text(r.combo) or "all runs", f"{r.median_baseline:.4g}", f"{r.median_candidate:.4g}",
+                 f"{r.comparison.rel_diff * 100:+.1f} %",
+                 f"{r.comparison.ci.low * 100:+.1f} to {r.comparison.ci.high * 100:+.1f} %",
+                 f"{r.comparison.p_adjusted:.3g}", r.verdict] for r in self.rows]
+
     def markdown(self) -> str:
         lines = [f"# {self.candidate.label} against {self.baseline.label}", ""]
-        lines += [f"- **{'regression' if r.verdict == 'worse' else r.verdict}**: {r.sentence}" for r in self.rows]
-        lines += [""] + [f"- warning: {w}" for w in self.warnings]
-        head = "| metric | combination | baseline median | candidate median | difference | 95 % CI | Holm p | verdict |"
-        lines += ["", head, "|" + "---|" * 8]
-        for r in self.rows:
-            c = r.comparison
-            lines.append(f"| {r.metric} | {combo_text(r.combo) or 'all runs'} | {r.median_baseline:.4g} "
-                         f"| {r.median_candidate:.4g} | {c.rel_diff * 100:+.1f} % | {c.ci.low * 100:+.1f} to "
-                         f"{c.ci.high * 100:+.1f} % | {c.p_adjusted:.3g} | {r.verdict} |")
-        return "\n".join(lines) + "\n"
+        lines += [f"- **{'regression' if r.verdict == 'worse' else r.verdict}**: {md_esc(r.sentence)}"
+                  for r in self.rows]
+        lines += [""] + [f"- warning: {md_esc(w)}" for w in self.warnings]
+        return "\n".join([*lines, "", *md_table(self.HEAD, self.table_rows())]) + "\n"
 
     def html(self) -> str:
-        from html import escape
-
-        body = "".join(f"<tr class={'bad' if r.verdict == 'worse' else 'row'}><td>{escape(r.metric)}</td>"
-                       f"<td>{escape(combo_text(r.combo) or 'all runs')}</td><td>{r.median_baseline:.4g}</td>"
-                       f"<td>{r.median_candidate:.4g}</td><td>{r.comparison.rel_diff * 100:+.1f} %</td>"
-                       f"<td>{r.comparison.ci.low * 100:+.1f} to {r.comparison.ci.high * 100:+.1f} %</td>"
-                       f"<td>{r.comparison.p_adjusted:.3g}</td><td>{escape(r.verdict)}</td></tr>" for r in self.rows)
-        warnings = "".join(f"<li>{escape(w)}</li>" for w in self.warnings)
-        title = escape(f"{self.candidate.label} against {self.baseline.label}")
-        return ("<!doctype html><html><head><meta charset=utf-8><title>" + title + "</title><style>"
-                "body{font-family:sans-serif;margin:2em}td,th{padding:.2em .6em;border-bottom:1px solid #ddd}"
-                ".bad{background:#fdd}</style></head><body><h1>" + title + "</h1><table><tr><th>metric</th>"
-                "<th>combination</th><th>baseline median</th><th>candidate median</th><th>difference</th>"
-                "<th>95 % CI</th><th>Holm p</th><th>verdict</th></tr>" + body + "</table>"
-                + (f"<h2>Warnings</h2><ul>{warnings}</ul>" if warnings else "") + "</body></html>\n")
+        title = f"{self.candidate.label} against {self.baseline.label}"
+        warnings = "".join(f"<li>{esc(w)}</li>" for w in self.warnings)
+        body = [f"<h1>{esc(title)}</h1>",
+                html_table(self.HEAD, self.table_rows(), row_classes=["bad" if r.verdict == "worse" else ""
+                                                                       for r in self.rows])]
+        body += [f'<div class="warn-box"><h3>Warnings</h3><ul>{warnings}</ul></div>'] if warnings else []
+        return html_page(title, "\n".join(body))
 
 
 def resolve(spec: str | Path) -> Side:
@@ -173,7 +170,7 @@ def compare(baseline: str | Path | Side, candidate: str | Path | Side, *, metric
     sides = [s if isinstance(s, Side) else resolve(s) for s in (baseline, candidate)]
     values = [_values(side) for side in sides]
     common = sorted(set(values[0]) & set(values[1]))
-    chosen = list(metrics) or [m for m, _ in common if m in HEADLINE][:1] or [m for m, _ in common][:1]
+    chosen = list(metrics) or headline_metric([m for m, _ in common])
     missing = [m for m in chosen if m not in {name for name, _ in common}]
     if missing:
         raise ResultsError(f"metric {missing[0]!r} is not measured on both sides (both have: "

@@ -19,10 +19,9 @@ report.html report.md metric-throughput
 from __future__ import annotations
 
 import base64
-import html
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +30,7 @@ from enosnet.environment import Environment, write_atomic
 from enosnet.errors import ResultsError
 from enosnet.results.netbench_report import NetbenchReport, netbench_report
 from enosnet.results.plots import Plot, all_plots, scale
+from enosnet.results.render import esc, html_dl, html_page, html_table, md_esc, md_table
 from enosnet.results.stats import (
     Analysis,
     Comparison,
@@ -40,11 +40,11 @@ from enosnet.results.stats import (
     ci_text,
     combo_text,
     hashable,
+    headline_metric,
     level_key,
 )
 from enosnet.results.store import HostRow, MetadataRow, ResultsStore
 
-HEADLINE = ("throughput", "goodput")
 COLLAPSE = 6
 
 
@@ -74,7 +74,7 @@ def build_report(source: Environment | str | Path, out_dir: str | Path | None = 
         analysis = analyze(store, experiment=experiment, metrics=metrics, options=opts)
         if not analysis.runs:
             raise ResultsError(f"{db}: experiment {analysis.experiment.name!r} has no runs yet")
-        headline = [m for m in metrics if m in analysis.metrics] or _headline(analysis.metrics)
+        headline = [m for m in metrics if m in analysis.metrics] or headline_metric(analysis.metrics)
         plots = all_plots(store, analysis, out / "plots", headline=headline)
         hosts = store.hosts(experiment=analysis.experiment.id)
         metadata = store.host_metadata(experiment=analysis.experiment.id, per_run=True)
@@ -86,11 +86,6 @@ def build_report(source: Environment | str | Path, out_dir: str | Path | None = 
     write_atomic(html_path, page.html())
     write_atomic(md_path, page.markdown())
     return Report(html_path, md_path, plots, analysis, netbench)
-
-
-def _headline(names: Sequence[str]) -> list[str]:
-    """The metric a reader looks at first: throughput (or goodput) when measured, else the first one."""
-    return [m for m in HEADLINE if m in names][:1] or list(names[:1])
 
 
 def _skew_text(skews: Sequence[float]) -> str:
@@ -131,7 +126,7 @@ class Page:
 
     def _metric_order(self, chosen: Sequence[str]) -> list[str]:
         names = self.a.metrics
-        first = [m for m in chosen if m in names] or _headline(names)
+        first = [m for m in chosen if m in names] or headline_metric(names)
         return first + [m for m in names if m not in first]
 
     # ── pieces shared by both renderings ─────────────────────────────────────
@@ -279,14 +274,14 @@ class Page:
     def html(self) -> str:
         e = self.a.experiment
         main = self.headline_plot()
-        body = [f"<h1>{_h(e.name)}: results</h1>"]
+        body = [f"<h1>{esc(e.name)}: results</h1>"]
         if self.headline is not None:
             unit, rows = self.answer_rows()
-            body += [f"<h2>{_h(self.headline)} per combination <small>({_h(unit or 'no unit')})</small></h2>",
-                     _html_table(self.ANSWER_HEAD, rows)]
+            body += [f"<h2>{esc(self.headline)} per combination <small>({esc(unit or 'no unit')})</small></h2>",
+                     html_table(self.ANSWER_HEAD, rows)]
             body += [_html_plot(main)] if main is not None else []
             body += ["<h2>Conclusions</h2>", self._html_findings(only=self.headline)]
-        body += [self._html_warnings(), "<h2>Experiment</h2>", _html_dl(self.overview())]
+        body += [self._html_warnings(), "<h2>Experiment</h2>", html_dl(self.overview())]
         others = [m for m in self.order if m != self.headline]
         if others:
             body.append("<h2>Other metrics</h2>")
@@ -294,29 +289,29 @@ class Page:
             unit, rows = self.summary_rows(metric)
             found = dict(self.findings()).get(metric, [])
             yes = sum(c.practically_significant for c in found)
-            body += [f"<details><summary><b>{_h(metric)}</b> ({_h(unit or 'no unit')}): {yes} of {len(found)} "
+            body += [f"<details><summary><b>{esc(metric)}</b> ({esc(unit or 'no unit')}): {yes} of {len(found)} "
                      "comparisons practically significant</summary>", self._html_findings(only=metric),
-                     _html_table(self.SUMMARY_HEAD, rows), "</details>"]
+                     html_table(self.SUMMARY_HEAD, rows), "</details>"]
         body.append("<h2>Plots</h2>")
         body += [_html_plot(p) for p in self.plots if p is not main] or ["<p>No other plots.</p>"]
         body += self._html_netbench()
         if self.headline is not None:
             unit, rows = self.summary_rows(self.headline)
-            body += [f"<h2>{_h(self.headline)}: descriptive statistics <small>({_h(unit or 'no unit')})</small></h2>",
-                     _html_table(self.SUMMARY_HEAD, rows)]
+            body += [f"<h2>{esc(self.headline)}: descriptive statistics <small>({esc(unit or 'no unit')})</small></h2>",
+                     html_table(self.SUMMARY_HEAD, rows)]
         body += [f"<details><summary>All {len(self.a.comparisons)} comparisons</summary>",
-                 _html_table(self.COMPARE_HEAD, self.comparison_rows()), "</details>",
+                 html_table(self.COMPARE_HEAD, self.comparison_rows()), "</details>",
                  "<h2>Environment checks</h2>",
-                 _html_table(["result", "check", "host", "detail", "at"], self.check_rows())
+                 html_table(["result", "check", "host", "detail", "at"], self.check_rows())
                  if self.a.experiment.checks else "<p>No environment checks were recorded.</p>",
-                 "<h2>Hosts</h2>", _html_table(["host", "address", "role", "provider", "instance type", "AZ"],
+                 "<h2>Hosts</h2>", html_table(["host", "address", "role", "provider", "instance type", "AZ"],
                                                self.host_rows()),
-                 "<h3>Host metadata</h3>", _html_table(*self.metadata_table()),
+                 "<h3>Host metadata</h3>", html_table(*self.metadata_table()),
                  f"<details><summary>All {len(self.a.runs)} runs</summary>",
-                 _html_table(self.RUN_HEAD, self.run_rows()), "</details>",
-                 f"<footer>Generated by enosnet from {_h(e.name)} on {_time(datetime.now(UTC).timestamp())}; "
+                 html_table(self.RUN_HEAD, self.run_rows()), "</details>",
+                 f"<footer>Generated by enosnet from {esc(e.name)} on {_time(datetime.now(UTC).timestamp())}; "
                  "rebuild with <code>enosnet report</code>.</footer>"]
-        return _HTML.format(title=_h(f"{e.name} — enosnet report"), css=_CSS, body="\n".join(body))
+        return html_page(f"{e.name} — enosnet report", "\n".join(body))
 
     def _html_findings(self, *, only: str | None = None) -> str:
         parts = []
@@ -325,28 +320,28 @@ class Page:
                 continue
             yes = [c for c in comparisons if c.practically_significant]
             no = [c for c in comparisons if not c.practically_significant]
-            items = "".join(f'<li class="yes">{_h(c.sentence)}</li>' for c in yes)
-            rest = "".join(f'<li class="no">{_h(c.sentence)}</li>' for c in no)
+            items = "".join(f'<li class="yes">{esc(c.sentence)}</li>' for c in yes)
+            rest = "".join(f'<li class="no">{esc(c.sentence)}</li>' for c in no)
             if len(no) > COLLAPSE:  # a long list of non-findings would bury the findings
                 rest = (f'<li class="no"><details><summary>{len(no)} comparisons without a practically '
                         f"significant difference</summary><ul>{rest}</ul></details></li>")
             parts.append(f"<ul class=findings>{items}{rest}</ul>" if only else
-                         f"<h3>{_h(metric)}</h3><ul class=findings>{items}{rest}</ul>")
+                         f"<h3>{esc(metric)}</h3><ul class=findings>{items}{rest}</ul>")
         return "".join(parts) or "<p>Nothing to compare: no parameter has two levels with successful runs.</p>"
 
     def _html_netbench(self) -> list[str]:
         nb = self.netbench
         if nb is None:
             return []
-        made = (f'<a href="netbench/index.html">s2n-netbench\'s own report</a> ({_h(nb.note)}; '
-                "its charts load their library from the internet)") if nb.index else _h(nb.note)
+        made = (f'<a href="netbench/index.html">s2n-netbench\'s own report</a> ({esc(nb.note)}; '
+                "its charts load their library from the internet)") if nb.index else esc(nb.note)
         return ["<h2>s2n-netbench report</h2>",
                 f"<p>{made}, over {nb.files} files of the successful runs in <code>netbench/input/</code>.</p>"]
 
     def _html_warnings(self) -> str:
         if not self.a.warnings:
             return '<p class="ok-box">No warnings: the data can carry these conclusions.</p>'
-        items = "".join(f"<li><b>{_h(w.kind)}</b>: {_h(w.message)}</li>" for w in self.a.warnings)
+        items = "".join(f"<li><b>{esc(w.kind)}</b>: {esc(w.message)}</li>" for w in self.a.warnings)
         return f'<div class="warn-box"><h3>Warnings</h3><ul>{items}</ul></div>'
 
     # ── Markdown ─────────────────────────────────────────────────────────────
@@ -358,19 +353,19 @@ class Page:
         if self.headline is not None:
             unit, rows = self.answer_rows()
             lines += [f"## {self.headline} per combination ({unit or 'no unit'})", "",
-                      *_md_table(self.ANSWER_HEAD, rows), ""]
+                      *md_table(self.ANSWER_HEAD, rows), ""]
             lines += [f"![{main.title}](plots/{main.path.name})", "", main.caption, ""] if main is not None else []
             lines += ["## Conclusions", "", *self._md_findings(self.headline)]
-        lines += ["## Warnings", ""] + ([f"- **{w.kind}**: {_md(w.message)}" for w in self.a.warnings]
+        lines += ["## Warnings", ""] + ([f"- **{w.kind}**: {md_esc(w.message)}" for w in self.a.warnings]
                                          or ["- none"]) + [""]
-        lines += ["## Experiment", ""] + [f"- **{k}**: {_md(v)}" for k, v in self.overview()] + [""]
+        lines += ["## Experiment", ""] + [f"- **{k}**: {md_esc(v)}" for k, v in self.overview()] + [""]
         others = [m for m in self.order if m != self.headline]
         if others:
             lines += ["## Other metrics", ""]
         for metric in others:
             unit, rows = self.summary_rows(metric)
             lines += [f"### {metric} ({unit or 'no unit'})", "", *self._md_findings(metric),
-                      *_md_table(self.SUMMARY_HEAD, rows), ""]
+                      *md_table(self.SUMMARY_HEAD, rows), ""]
         lines += ["## Plots", ""] + [f"![{p.title}](plots/{p.path.name})\n\n{p.caption}\n" for p in self.plots
                                      if p is not main]
         if self.netbench is not None:
@@ -380,20 +375,20 @@ class Page:
         if self.headline is not None:
             unit, rows = self.summary_rows(self.headline)
             lines += [f"## {self.headline}: descriptive statistics ({unit or 'no unit'})", "",
-                      *_md_table(self.SUMMARY_HEAD, rows), ""]
-        lines += ["## All comparisons", "", *_md_table(self.COMPARE_HEAD, self.comparison_rows()), ""]
-        lines += ["## Environment checks", "", *_md_table(["result", "check", "host", "detail", "at"],
+                      *md_table(self.SUMMARY_HEAD, rows), ""]
+        lines += ["## All comparisons", "", *md_table(self.COMPARE_HEAD, self.comparison_rows()), ""]
+        lines += ["## Environment checks", "", *md_table(["result", "check", "host", "detail", "at"],
                                                           self.check_rows()), ""]
-        lines += ["## Hosts", "", *_md_table(["host", "address", "role", "provider", "instance type", "AZ"],
+        lines += ["## Hosts", "", *md_table(["host", "address", "role", "provider", "instance type", "AZ"],
                                              self.host_rows()), "", "### Host metadata", "",
-                  *_md_table(*self.metadata_table()), ""]
+                  *md_table(*self.metadata_table()), ""]
         return "\n".join(lines)
 
     def _md_findings(self, metric: str) -> list[str]:
         found = dict(self.findings()).get(metric)
         if not found:
             return ["Nothing to compare: no parameter has two levels with successful runs.", ""]
-        return [f"- {'**' if c.practically_significant else ''}{_md(c.sentence)}"
+        return [f"- {'**' if c.practically_significant else ''}{md_esc(c.sentence)}"
                 f"{'**' if c.practically_significant else ''}" for c in found] + [""]
 
 
@@ -407,64 +402,7 @@ def _by_value(by_host: dict[str, str], hosts: Sequence[str]) -> str:
     return "; ".join(f"{value} ({', '.join(names)})" for value, names in groups.items())
 
 
-def _h(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _md(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("*", "\\*")
-
-
-def _html_dl(items: Iterable[tuple[str, str]]) -> str:
-    return "<dl>" + "".join(f"<dt>{_h(k)}</dt><dd>{_h(v)}</dd>" for k, v in items) + "</dl>"
-
-
-def _html_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    if not rows:
-        return "<p>None recorded.</p>"
-    cells = "".join("<tr>" + "".join(f"<td>{_h(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{''.join(f'<th>{_h(h)}</th>' for h in head)}</tr></thead><tbody>{cells}</tbody></table>"
-
-
 def _html_plot(plot: Plot) -> str:
     data = base64.b64encode(plot.path.read_bytes()).decode()
-    return (f'<figure id="plot-{_h(plot.name)}"><img alt="{_h(plot.title)}" src="data:image/png;base64,{data}">'
-            f"<figcaption><b>{_h(plot.title)}.</b> {_h(plot.caption)}</figcaption></figure>")
-
-
-def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    if not rows:
-        return ["None recorded."]
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + [
-        "| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
-
-
-_HTML = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
-<title>{title}</title><style>{css}</style></head>
-<body><main>
-{body}
-</main></body></html>
-"""
-
-_CSS = """
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d1d1f; margin: 0;
-       background: #f6f7f9; }
-main { max-width: 1100px; margin: 0 auto; padding: 24px 32px 48px; background: #fff; }
-h1 { font-size: 26px; margin: 0 0 12px; } h2 { font-size: 20px; margin-top: 32px; border-bottom: 1px solid #ddd; }
-h3 { font-size: 16px; margin: 18px 0 6px; } small { color: #666; font-weight: normal; }
-dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 0; }
-dt { color: #555; } dd { margin: 0; }
-ul.findings { padding-left: 20px; } ul.findings li { margin: 3px 0; }
-ul.findings li.yes { font-weight: 600; } ul.findings li.no { color: #555; }
-.warn-box { background: #fff6e0; border-left: 4px solid #e6a100; padding: 4px 16px; margin: 16px 0; }
-.ok-box { background: #eaf7ec; border-left: 4px solid #2e9b47; padding: 8px 16px; }
-figure { margin: 18px 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { color: #444; font-size: 13px; }
-table { border-collapse: collapse; font-size: 13px; margin: 6px 0 12px; }
-th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
-th { background: #f0f2f5; } tbody tr:nth-child(even) { background: #fafbfc; }
-footer { margin-top: 40px; color: #777; font-size: 12px; }
-"""
+    return (f'<figure id="plot-{esc(plot.name)}"><img alt="{esc(plot.title)}" src="data:image/png;base64,{data}">'
+            f"<figcaption><b>{esc(plot.title)}.</b> {esc(plot.caption)}</figcaption></figure>")

@@ -36,6 +36,7 @@ import numpy.typing as npt
 from enosnet.results.store import ExperimentRow, MetricRow, ResultsStore, RunRow
 
 Combo = tuple[tuple[str, Any], ...]
+HEADLINE = ("throughput", "goodput")  # the metrics a report and a comparison lead with, in this order
 Array = npt.NDArray[np.float64]
 Values = Sequence[float] | npt.NDArray[Any]
 
@@ -476,6 +477,11 @@ def baseline_levels(exp: ExperimentRow) -> dict[str, Any]:
     """The experiment file's ``baseline`` (parameter → level every other level is compared against)."""
     declared = exp.spec.get("baseline") if isinstance(exp.spec, dict) else None
     return {str(k): hashable(v) for k, v in declared.items()} if isinstance(declared, dict) else {}
+
+
+def headline_metric(names: Sequence[str]) -> list[str]:
+    """The metric a reader looks at first: throughput (or goodput) when measured, else the first one."""
+    return [m for m in HEADLINE if m in names][:1] or list(names[:1])
 
 
 def split_parameters(runs: Sequence[RunRow]) -> tuple[tuple[str, ...], dict[str, Any]]:
