@@ -34,3 +34,13 @@ def test_only_the_timed_phase_counts_and_busy_cpus_without_waiting_tasks_are_no_
     contended = [Sample("c", s.series, s.t, 80.0 if s.series == "cpu_pressure" else s.value, s.unit)
                  for s in one_flow]
     assert check(contended, duration_s=2)[0].startswith("the machine's CPUs were saturated (99 % busy")
+
+
+def test_a_quota_is_saturated_when_the_kernel_throttled_the_host_not_when_a_short_window_passed_it() -> None:
+    def host(use: float, throttled: float) -> list[Sample]:
+        return [Sample("c", "cpu_quota_use", t, use, "%") for t in (1.0, 2.0)] + \
+               [Sample("c", "cpu_throttled", t, throttled, "%") for t in (1.0, 2.0)]
+
+    assert check(host(112.0, 0.0), duration_s=2) == []  # seen in CI: a light run, never throttled
+    assert check(host(97.0, 5.0), duration_s=2) == ["c used its CPU quota (97 % of it, throttled in 5 % of periods)"]
+    assert check(host(60.0, 30.0), duration_s=2) == ["c used its CPU quota (60 % of it, throttled in 30 % of periods)"]
