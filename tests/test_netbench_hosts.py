@@ -75,8 +75,10 @@ def test_the_real_drivers_run_and_their_numbers_agree_with_the_scenario_and_the_
         assert received[key] == 20_000_000  # what the scenario sends the client, which completed it
         assert traced[key] <= received[key] * 1.02  # the trace's lines: up to the last whole second
         # the host's interface saw the same bytes, and a little more: headers, and for QUIC its framing and
-        # retransmissions (1.03-1.08 here, now and then just over the 10 % that flags a run)
-        assert 0.9 <= ratio[key] <= (1.25 if driver == "s2n-quic" else 1.1), (driver, ratio[key])
+        # retransmissions. Those are usually 1.03-1.10 here, but when the two cores are busy the client's UDP
+        # socket overflows and the server resends what it dropped: 1.28 and 1.30 were seen. Double counting
+        # (both directions, or a counter read twice) would give 2 or more.
+        assert 0.9 <= ratio[key] <= (1.5 if driver == "s2n-quic" else 1.1), (driver, ratio[key])
         assert throughput[key] > 1e6
     with ResultsStore.open(deployment.env.db_file, create=False) as store:
         runs = store.runs()
