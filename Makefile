@@ -40,7 +40,7 @@ lint: venv
 	$(BIN)/ruff check .
 
 lint-ansible: venv
-	$(BIN)/ansible-lint --profile production roles playbooks
+	$(BIN)/ansible-lint --profile production enosnet/playbooks
 
 typecheck: venv
 	$(BIN)/mypy

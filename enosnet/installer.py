@@ -27,9 +27,9 @@ from enosnet.environment import Environment
 from enosnet.errors import ConfigError, InstallError
 from enosnet.model import FrozenVars, Roles
 from enosnet.netbench_build import HOST_TOOLS, BuildError, Built, build, crates_for
-from enosnet.remote import AnsibleResults, HostEvent, Status, run_playbook
+from enosnet.remote import AnsibleResults, HostEvent, Status, bundled, run_playbook
 
-PLAYBOOK = Path(__file__).resolve().parent.parent / "playbooks" / "deploy.yml"
+PLAYBOOK = bundled("deploy.yml")
 Listener = Callable[[HostEvent], None]
 
 

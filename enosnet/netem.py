@@ -21,15 +21,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from enosnet.environment import Environment
 from enosnet.errors import ConfigError, RemoteError
 from enosnet.model import Host, Roles
-from enosnet.remote import AnsibleResults, HostEvent, actions, run_playbook
+from enosnet.remote import AnsibleResults, HostEvent, actions, bundled, run_playbook
 
-PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
+PLAYBOOKS = bundled()
 TIME = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s)", re.ASCII)
 LOSS = re.compile(r"(\d+(?:\.\d+)?)%", re.ASCII)
 RATE = re.compile(r"\d+(\.\d+)?(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps|tbps)", re.ASCII)

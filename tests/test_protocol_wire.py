@@ -176,3 +176,17 @@ def test_the_agent_port_is_one_value_for_the_library_the_config_and_the_role() -
 
     role = yaml.safe_load((Path(__file__).parents[1] / "roles/enosnet_agent/defaults/main.yml").read_text())
     assert DEFAULT_PORT == AgentSettings().port == role["enosnet_agent_port"] == 7700
+
+
+def test_the_role_renders_the_same_agent_config_fields_and_defaults_as_the_library() -> None:
+    import yaml
+
+    from enosnet.coordinator.catalogue import agent_config
+
+    folder = Path(__file__).parents[1] / "roles/enosnet_agent"
+    rendered = yaml.safe_load((folder / "vars/main.yml").read_text())["enosnet_agent_config"]
+    defaults = yaml.safe_load((folder / "defaults/main.yml").read_text())
+    library = agent_config("w", role="r", secret="s" * 16, env_id="e", actions={})
+    assert set(rendered) == set(library)
+    for key in ("replay_window_s", "sample_interval_s"):
+        assert defaults[f"enosnet_agent_{key}"] == library[key]

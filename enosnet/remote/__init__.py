@@ -4,7 +4,7 @@ Both share one SSH connection setup (``ssh.py``), so connections opened by one
 are reused by the other.
 """
 
-from enosnet.remote.ansible import Actions, AnsibleOptions, actions, run_playbook
+from enosnet.remote.ansible import Actions, AnsibleOptions, actions, bundled, run_playbook
 from enosnet.remote.fanout import Retry, lrun, pull, push, run_command, script, substitute
 from enosnet.remote.results import (
     AnsibleHostResult,
@@ -32,6 +32,7 @@ __all__ = [
     "Status",
     "TaskResult",
     "actions",
+    "bundled",
     "close_connections",
     "lrun",
     "pull",

@@ -19,6 +19,7 @@ Example (needs reachable hosts)::
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import re
@@ -48,6 +49,23 @@ from enosnet.remote.ssh import SshOptions, ansible_ssh_args, ensure_control_dir
 from enosnet.remote.targets import HostsLike, RoleSelector, as_roles, select_hosts
 
 EventCallback = Callable[[HostEvent], None]
+
+
+def bundled(*parts: str) -> Path:
+    """A file or folder shipped in the package's ``playbooks/`` (its playbooks, and ``roles/`` beside them).
+
+    Found with :mod:`importlib.resources`, so it is the same from a checkout, an
+    editable install or a wheel. Ansible reads the files itself, so they must
+    be on a file system (not inside a zip).
+
+    >>> bundled("deploy.yml").name, bundled("roles", "iperf3").is_dir()
+    ('deploy.yml', True)
+    """
+    found = importlib.resources.files("enosnet").joinpath("playbooks", *parts)
+    if not isinstance(found, Path):
+        raise ConfigError(f"enosnet/playbooks/{'/'.join(parts)}: enosnet is installed where Ansible cannot read "
+                          "its playbooks (inside a zip); install it as files (pip install, not a zipapp)")
+    return found
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,9 @@ from enosnet.coordinator.agent.wire import worker_key
 from enosnet.environment import Environment
 from enosnet.errors import ResultsError
 from enosnet.model import Roles
+from enosnet.remote.ansible import bundled
 
-DEFAULT_PLAYBOOK = Path(__file__).resolve().parent.parent.parent / "playbooks" / "backup.yml"
+DEFAULT_PLAYBOOK = bundled("backup.yml")
 MANIFEST = "MANIFEST.sha256"
 INFO = "BACKUP.json"
 BACKUP_DIR = "backup"

@@ -1,0 +1,1 @@
+../../../../netbench_build.py

@@ -1,0 +1,1 @@
+../../../../emulation/impaird.py

@@ -1,1 +1,0 @@
-../../../enosnet/netbench_build.py

@@ -1,1 +1,0 @@
-../../../enosnet/emulation/impaird.py
