@@ -26,11 +26,11 @@ from enosnet.bench.runner import agent_access, run_experiment
 from enosnet.bench.spec import parse_experiment
 from enosnet.config import parse_config
 from enosnet.coordinator import default_actions
-from enosnet.coordinator.install import start_agents_over_ssh
 from enosnet.environment import Environment
 from enosnet.model import Host, Roles
 from enosnet.providers.local import LocalProvider
 from enosnet.results.store import ResultsStore
+from enosnet.testing import start_agents_over_ssh
 
 MANUAL_PORT = 5301
 

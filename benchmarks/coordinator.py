@@ -29,10 +29,11 @@ from typing import Any
 
 from enosnet.config import parse_config
 from enosnet.coordinator import Coordinator, Timeouts, Worker, agent_config, iperf3_actions
-from enosnet.coordinator.install import LocalAgents, ssh, start_agents_over_ssh, stop_agents_over_ssh
 from enosnet.environment import Environment
 from enosnet.errors import CoordinatorError
 from enosnet.model import Host, Roles
+from enosnet.remote.ssh import plain_ssh_argv
+from enosnet.testing import LocalAgents, start_agents_over_ssh, stop_agents_over_ssh
 
 ACTIONS: dict[str, Any] = {
     **iperf3_actions(),
@@ -108,6 +109,11 @@ async def servers_round(coord: Coordinator, workers: list[Worker]) -> tuple[floa
     return t_all, med(beyond), max(beyond)
 
 
+def ssh(host: Host, command: str) -> subprocess.CompletedProcess[str]:
+    """Plain ssh, no shared connection: what a user without enosnet would run."""
+    return subprocess.run(plain_ssh_argv(host, command), capture_output=True, text=True, timeout=60)
+
+
 def ssh_servers_round(hosts: Sequence[Host]) -> float:
     """The peer: parallel ssh, ``iperf3 -s -D`` (returns once listening); ms until every host returned."""
     t0 = time.monotonic()
@@ -116,7 +122,7 @@ def ssh_servers_round(hosts: Sequence[Host]) -> float:
     elapsed = (time.monotonic() - t0) * 1e3
     with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
         list(pool.map(lambda h: ssh(h, "kill $(cat /tmp/bench-iperf3.pid)"), hosts))
-    failed = [r for r in results if not r.ok]
+    failed = [r for r in results if r.returncode != 0]
     if failed:
         raise RuntimeError(f"ssh peer failed on {len(failed)} hosts: {failed[0].stderr}")
     return elapsed

@@ -30,13 +30,13 @@ from enosnet.bench.runner import agent_access, run_experiment
 from enosnet.bench.spec import parse_experiment
 from enosnet.config import parse_config
 from enosnet.coordinator import default_actions
-from enosnet.coordinator.install import start_agents_over_ssh
 from enosnet.environment import Environment
 from enosnet.installer import InstallOptions, install
 from enosnet.model import FrozenVars, Host, Roles
 from enosnet.netbench_build import HOST_TOOLS, build, crates_for, rust_tool
 from enosnet.providers.local import LocalProvider
 from enosnet.results.store import ResultsStore
+from enosnet.testing import start_agents_over_ssh
 
 DRIVERS = ("tcp", "s2n-tls", "s2n-quic")
 MANUAL_PORT = 4533

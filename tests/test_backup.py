@@ -328,7 +328,7 @@ def test_backup_fetches_host_state_with_the_real_playbook(local_hosts: Any) -> N
     """playbooks/backup.yml on real local hosts running the agent: their agent state lands in hosts/<host>/."""
     from enosnet.bench.runner import agent_access
     from enosnet.coordinator import default_actions
-    from enosnet.coordinator.install import start_agents_over_ssh
+    from enosnet.testing import start_agents_over_ssh
 
     deployment = local_hosts({"server": 1, "client": 1}, name="bk")
     access = agent_access(deployment.env)

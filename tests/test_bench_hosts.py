@@ -22,9 +22,9 @@ from enosnet.bench.plan import make_plan
 from enosnet.bench.runner import BenchOptions, agent_access, run_experiment
 from enosnet.bench.spec import ChecksSection, load_experiment, parse_experiment
 from enosnet.coordinator import iperf3_actions
-from enosnet.coordinator.install import start_agents_over_ssh
 from enosnet.errors import CheckFailed
 from enosnet.results.store import ResultsStore
+from enosnet.testing import start_agents_over_ssh
 
 pytestmark = pytest.mark.hosts
 

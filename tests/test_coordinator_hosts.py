@@ -23,11 +23,13 @@ import pytest
 from enosnet.config import parse_config
 from enosnet.coordinator import SyncCoordinator, Timeouts, Worker, iperf3_actions
 from enosnet.coordinator.agent.wire import MessageType, encode, env_hash, worker_key
-from enosnet.coordinator.install import REMOTE_DIR, ssh, start_agents_over_ssh, stop_agents_over_ssh
 from enosnet.environment import Environment
 from enosnet.errors import WorkerLost
 from enosnet.model import Host, Roles
 from enosnet.providers.local import LocalProvider
+from enosnet.remote import HostResult, run_command
+from enosnet.remote.ssh import plain_options
+from enosnet.testing import REMOTE_DIR, start_agents_over_ssh, stop_agents_over_ssh
 
 pytestmark = pytest.mark.hosts
 AGENT_PORT = 7700
@@ -243,6 +245,8 @@ def _watch(host: Host, pattern: str, then: str) -> subprocess.Popen[str]:
 
 
 def _ssh_argv(host: Host) -> list[str]:
-    from enosnet.coordinator.install import ssh_base
+    return [*plain_options(host), "-p", str(host.port), f"{host.user}@{host.address}"]
 
-    return [*ssh_base(host), "-p", str(host.port), f"{host.user}@{host.address}"]
+
+def ssh(host: Host, command: str) -> HostResult:
+    return run_command(command, roles=[host])[host]

@@ -29,8 +29,8 @@ from enosnet.coordinator import (
     iperf3_actions,
 )
 from enosnet.coordinator.agent.wire import HEADER, MAX_ARM_AHEAD_S, MessageType, decode, encode, env_hash, worker_key
-from enosnet.coordinator.install import LocalAgents, _stop_line
 from enosnet.errors import ConfigError, CoordinatorError, SyncTimeout, WorkerLost
+from enosnet.testing import LocalAgents, stop_line
 
 SECRET = "loopback-secret-0123456789abcdef"
 # The lead of scheduled starts: arming costs one datagram per agent, but on a loaded CI machine the agents may
@@ -612,10 +612,10 @@ def test_a_stale_pid_file_never_kills_an_unrelated_process(tmp_path: Path) -> No
     ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--pidfile", str(pidfile)])
     try:
         pidfile.write_text(f"{unrelated.pid}\n")  # a reboot later, the pid belongs to someone else
-        subprocess.run(["sh", "-c", _stop_line(str(pidfile))], check=True, timeout=30)
+        subprocess.run(["sh", "-c", stop_line(str(pidfile))], check=True, timeout=30)
         assert unrelated.poll() is None and not pidfile.exists()
         pidfile.write_text(f"{ours.pid}\n")
-        subprocess.run(["sh", "-c", _stop_line(str(pidfile))], check=True, timeout=30)
+        subprocess.run(["sh", "-c", stop_line(str(pidfile))], check=True, timeout=30)
         assert ours.wait(timeout=10) == -signal.SIGTERM and not pidfile.exists()
     finally:
         for proc in (unrelated, ours):

@@ -18,7 +18,7 @@ import pytest
 from enosnet.bench.drivers.netbench_output import parse_trace, scenario_bytes
 from enosnet.coordinator import SyncCoordinator, Worker, agent_config, netbench_actions
 from enosnet.coordinator.agent.runtime import _group_members
-from enosnet.coordinator.install import LocalAgents
+from enosnet.testing import LocalAgents
 
 
 @pytest.fixture

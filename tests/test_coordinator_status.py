@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from enosnet.cli import app
 from enosnet.coordinator import iperf3_actions
-from enosnet.coordinator.install import start_agents_over_ssh, stop_agents_over_ssh
 from enosnet.coordinator.status import agent_env_id, agent_status
+from enosnet.testing import start_agents_over_ssh, stop_agents_over_ssh
 
 
 @pytest.mark.hosts

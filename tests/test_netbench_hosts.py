@@ -17,10 +17,10 @@ import pytest
 from enosnet.bench.runner import agent_access, run_experiment
 from enosnet.bench.spec import load_experiment
 from enosnet.coordinator import iperf3_actions, netbench_actions
-from enosnet.coordinator.install import start_agents_over_ssh
 from enosnet.errors import ConfigError
 from enosnet.results.report import build_report
 from enosnet.results.store import ResultsStore
+from enosnet.testing import start_agents_over_ssh
 
 pytestmark = pytest.mark.hosts
 SCENARIOS = "/var/lib/enosnet/scenarios"

@@ -1,119 +1,66 @@
-"""Putting agents on hosts without Ansible: over plain ssh/scp, or as local processes.
+"""Agents without Ansible, for tests, benchmarks and loopback experiments.
 
-The Ansible role ``enosnet_agent`` is the normal way; these helpers serve tests,
-experiments on hosts without Ansible, and the loopback benchmark.
+The ``enosnet_agent`` role (``enosnet deploy``) is how agents reach hosts.
+These helpers start the same agent with the same config (``agent_config``,
+the one the role renders too) where a test or benchmark wants agents without a
+deploy: over the SSH fan-out (``start_agents_over_ssh``), or as processes on
+this machine (``LocalAgents``).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shlex
 import signal
 import subprocess
 import sys
-import tarfile
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from enosnet.coordinator.agent.wire import DEFAULT_PORT
 from enosnet.coordinator.catalogue import agent_config
 from enosnet.coordinator.core import Worker, workers_from_roles
-from enosnet.coordinator.zipapp import agent_zipapp_bytes, build_agent_zipapp
-from enosnet.errors import ConfigError, HostsFailed, RemoteError
+from enosnet.coordinator.zipapp import build_agent_zipapp
+from enosnet.errors import ConfigError, RemoteError
 from enosnet.model import Host, Roles
-from enosnet.remote.ssh import plain_options, plain_ssh_argv
+from enosnet.remote import HostResult, Results, push, run_command
 
 REMOTE_DIR = "/var/lib/enosnet-agent"
-
-
-@dataclass(frozen=True)
-class SshResult:
-    """One host's outcome of an ssh step."""
-
-    host: Host
-    rc: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.rc == 0
-
-    def __repr__(self) -> str:
-        return f"SshResult({self.host.name}, rc={self.rc})"
-
-
-def ssh_base(host: Host) -> list[str]:
-    """ssh options for ``host`` from its fields (key, port, ``ansible_ssh_common_args``)."""
-    return plain_options(host)
-
-
-def ssh(host: Host, command: str, *, timeout: float = 60.0, stdin: bytes | None = None) -> SshResult:
-    """Run ``command`` (a shell line) on ``host`` over ssh, feeding it ``stdin``."""
-    return _run(host, plain_ssh_argv(host, command), timeout, stdin)
-
-
-def scp(host: Host, files: Mapping[str, Path], *, timeout: float = 60.0) -> SshResult:
-    """Copy local files to ``host``: remote path → local path (one scp per file)."""
-    for remote, local in files.items():
-        argv = ["scp", "-q", *ssh_base(host), "-P", str(host.port), str(local),
-                f"{host.user}@{_scp_host(host.address)}:{remote}"]
-        result = _run(host, argv, timeout)
-        if not result.ok:
-            return result
-    return SshResult(host, 0, "", "")
-
-
-def _scp_host(address: str) -> str:
-    return f"[{address}]" if ":" in address else address
-
-
-def _run(host: Host, argv: list[str], timeout: float, stdin: bytes | None = None) -> SshResult:
-    try:
-        done = subprocess.run(argv, capture_output=True, timeout=timeout, input=stdin or b"")
-    except subprocess.TimeoutExpired:
-        return SshResult(host, 124, "", f"timed out after {timeout:g} s: {shlex.join(argv[:1])}")
-    return SshResult(host, done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
-
-
-def _fan_out(hosts: Sequence[Host], step: Any) -> dict[Host, SshResult]:
-    with ThreadPoolExecutor(max_workers=min(32, max(1, len(hosts)))) as pool:
-        return dict(zip(hosts, pool.map(step, hosts), strict=True))
 
 
 def start_agents_over_ssh(roles: Roles, *, env_id: str, secret: str, actions: Mapping[str, Any],
                           port: int = DEFAULT_PORT, remote_dir: str = REMOTE_DIR,
                           python: str = "python3") -> list[Worker]:
-    """Copy the agent zipapp and a config to every host of ``roles`` and start it as a supervised daemon.
+    """Copy the agent zipapp and its config to every host of ``roles`` and start it as a supervised daemon.
 
-    One ssh connection per host (the files travel as a tar stream on stdin).
-    Returns the workers to give a ``Coordinator``; raises ``HostsFailed`` with
-    the per-host results when some hosts fail. Re-running restarts the agents
-    (runs they finished stay recorded in their workdir).
+    The files go to ``remote_dir/new`` first; a running agent is stopped
+    before they replace its own (a zipapp is read while it runs). Returns the
+    workers to give a ``Coordinator``; raises ``HostsFailed`` with the per-host
+    results when some hosts fail. Re-running restarts the agents (runs they
+    finished stay recorded in their workdir).
     """
-    pyz = agent_zipapp_bytes()
-
-    def install(host: Host) -> SshResult:
-        config = agent_config(host.name, role=",".join(roles.roles_of(host)), secret=secret, env_id=env_id,
-                              actions=actions, port=int(host.extra.get("enosnet_agent_port", port)),
-                              workdir=f"{remote_dir}/work", bind=agent_bind(host))
-        bundle = _tar({"agent.pyz": (pyz, 0o755), "agent.json": (json.dumps(config, indent=1).encode(), 0o600)})
-        folder, pidfile = shlex.quote(remote_dir), shlex.quote(f"{remote_dir}/agent.pid")
-        command = (f"set -e; mkdir -p {folder}; chmod 700 {folder}; {_stop_line(f'{remote_dir}/agent.pid')}; "
-                   f"tar -x -C {folder}; exec {shlex.quote(python)} {folder}/agent.pyz "
-                   f"--config {folder}/agent.json --daemon --pidfile {pidfile}")
-        return ssh(host, command, stdin=bundle)
-
-    results = _fan_out(hosts := roles.all(), install)
-    if not all(r.ok for r in results.values()):
-        raise HostsFailed(results, _failure_text(f"starting agents on {len(hosts)} hosts", results))
+    hosts = roles.all()
+    with tempfile.TemporaryDirectory(prefix="enosnet-agents-") as tmp:
+        pyz = build_agent_zipapp(Path(tmp) / "agent.pyz")
+        for host in hosts:
+            config = agent_config(host.name, role=",".join(roles.roles_of(host)), secret=secret, env_id=env_id,
+                                  actions=actions, port=int(host.extra.get("enosnet_agent_port", port)),
+                                  workdir=f"{remote_dir}/work", bind=agent_bind(host))
+            (Path(tmp) / host.name).mkdir()
+            (written := Path(tmp) / host.name / "agent.json").write_text(json.dumps(config, indent=1))
+            written.chmod(0o600)
+        new = f"{remote_dir}/new"
+        push([str(pyz), f"{tmp}/{{host}}/agent.json"], new, roles=hosts, strict=True)
+    home, staged, pidfile = (shlex.quote(p) for p in (remote_dir, new, f"{remote_dir}/agent.pid"))
+    run_command(f"set -e; chmod 700 {home}; {stop_line(f'{remote_dir}/agent.pid')}; "
+                f"mv -f {staged}/agent.pyz {staged}/agent.json {home}/; "
+                f"chmod 600 {home}/agent.json; exec {shlex.quote(python)} {home}/agent.pyz "
+                f"--config {home}/agent.json --daemon --pidfile {pidfile}", roles=hosts, strict=True)
     return workers_from_roles(roles, port=port)
 
 
@@ -122,28 +69,18 @@ def agent_bind(host: Host) -> str:
 
     ``enosnet_agent_bind`` when the inventory sets it, else the private address
     (EC2: the public one is NAT'd to it), else the address enosnet reaches the
-    host on. An agent whose address is not on its host (a NAT'd static host)
-    falls back to all interfaces and says so in its log.
+    host on, as the role's default does. An agent whose address is not on its
+    host (a NAT'd static host) falls back to all interfaces and says so in its log.
     """
     return str(host.extra.get("enosnet_agent_bind") or host.extra.get("enosnet_private_address") or host.address)
 
 
-def _tar(files: Mapping[str, tuple[bytes, int]]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, (data, mode) in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), mode, 0
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def stop_agents_over_ssh(hosts: Sequence[Host], *, remote_dir: str = REMOTE_DIR) -> dict[Host, SshResult]:
+def stop_agents_over_ssh(hosts: Sequence[Host], *, remote_dir: str = REMOTE_DIR) -> Results[HostResult]:
     """Stop the supervised agents (their running actions are killed); per-host results."""
-    return _fan_out(hosts, lambda host: ssh(host, _stop_line(f"{remote_dir}/agent.pid")))
+    return run_command(stop_line(f"{remote_dir}/agent.pid"), roles=hosts)
 
 
-def _stop_line(pidfile: str) -> str:
+def stop_line(pidfile: str) -> str:
     """A shell line: SIGTERM the supervisor in ``pidfile`` and wait (5 s) until it is gone.
 
     Only a process started with ``--pidfile <pidfile>`` is signalled: a stale
@@ -155,11 +92,6 @@ def _stop_line(pidfile: str) -> str:
             f"case $p in ''|*[!0-9]*) ;; *) if {ours}; then kill $p 2>/dev/null; "
             f"for i in $(seq 50); do kill -0 $p 2>/dev/null || break; sleep 0.1; done; "
             f"kill -9 $p 2>/dev/null; fi;; esac; rm -f {quoted}; fi; true")
-
-
-def _failure_text(what: str, results: Mapping[Host, SshResult]) -> str:
-    failed = [f"{h.name}: {(r.stderr or r.stdout).strip()[-300:]}" for h, r in results.items() if not r.ok]
-    return f"{what} failed on {len(failed)} of {len(results)} hosts:\n  " + "\n  ".join(failed)
 
 
 class LocalAgents:
