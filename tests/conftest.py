@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -59,6 +60,29 @@ def netbench_bin() -> Path:
 
     crates = crates_for(["tcp", "s2n-tls", "s2n-quic"], tools=("s2n-netbench-scenarios", "s2n-netbench-cli"))
     return build(crates).bin_dir
+
+
+@pytest.fixture
+def driver_checkout(tmp_path: Path, netbench_bin: Path) -> Path:
+    """A protocol developer's own copy of a driver crate: s2n-netbench-driver-tcp's source as cargo downloaded it."""
+    home = Path(os.environ.get("CARGO_HOME", Path.home() / ".cargo"))
+    found = sorted(home.glob("registry/src/*/s2n-netbench-driver-tcp-0.1.0"))
+    assert found, "s2n-netbench-driver-tcp 0.1.0 is not in cargo's registry cache (make netbench downloads it)"
+    checkout = tmp_path / "s2n-netbench-driver-tcp"
+    shutil.copytree(found[0], checkout)
+    return checkout
+
+
+@pytest.fixture
+def patch_client() -> Callable[[Path], None]:
+    """The one-line change a developer makes to a driver checkout: its client says ``patched`` on stderr first."""
+
+    def patch(checkout: Path) -> None:
+        main = checkout / "src" / "bin" / "client.rs"
+        main.write_text(main.read_text().replace("fn main() -> Result<()> {",
+                                                 'fn main() -> Result<()> {\n    eprintln!("patched");', 1))
+
+    return patch
 
 
 @dataclass

@@ -116,3 +116,50 @@ def test_a_baseline_names_a_parameter_and_one_of_its_levels() -> None:
         parse_experiment(base + "baseline: {rate: 1G}\n")
     with pytest.raises(ConfigError, match=r"baseline: delay=5ms is not one of its levels \(0ms, 20ms, 50ms\)"):
         parse_experiment(base + "baseline: {delay: 5ms}\n")
+
+
+BUILDS = ("name: b\ndriver: netbench\nrepetitions: {reps}\nseed: {seed}\nparameters: {{delay: [0ms, 20ms]}}\n"
+          "netbench: {{scenario: s.json, drivers: [tcp]}}\n"
+          "builds:\n  base: {{crates: {{s2n-netbench-driver-tcp: 0.1.0}}}}\n  mine: {{path: ../checkout}}\n")
+
+
+def test_builds_are_a_parameter_whose_levels_run_back_to_back_in_every_repetition() -> None:
+    spec = parse_experiment(BUILDS.format(reps=6, seed=3))
+    assert spec.parameter_names == ["delay", "driver", "build"]
+    runs = make_plan(spec).runs
+    assert len(runs) == 24
+    orders = set()
+    for rep in range(6):
+        block = [r for r in runs if r.repetition == rep]
+        assert sorted((r.params["delay"], r.params["build"]) for r in block) == [
+            ("0ms", "base"), ("0ms", "mine"), ("20ms", "base"), ("20ms", "mine")]  # every combination, once
+        for first, second in (block[0:2], block[2:4]):  # a combination's two builds, one right after the other
+            assert first.params["delay"] == second.params["delay"] and first.position + 1 == second.position
+            orders.add((first.params["build"], second.params["build"]))
+    assert orders == {("base", "mine"), ("mine", "base")}  # which build goes first is random, not fixed
+    assert [r.key for r in make_plan(parse_experiment(BUILDS.format(reps=6, seed=3))).runs] == [r.key for r in runs]
+    section = spec.driver_section({"delay": "0ms", "build": "mine"})
+    assert section["build"] == {"label": "mine", "crates": None, "path": "../checkout", "packages": [], "dir": None}
+    assert spec.driver_section({"delay": "0ms", "build": "base"})["build"]["crates"] == {
+        "s2n-netbench-driver-tcp": "0.1.0"}
+    assert parse_experiment(BUILDS.format(reps=1, seed=1) + "baseline: {build: mine}\n").baseline == {"build": "mine"}
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ("driver: netbench", "only the netbench driver runs builds"),
+    ("parameters: {delay: [0ms, 20ms]}", "do not give `build` in parameters too"),
+    ("mine: {path: ../checkout}", "give exactly one of `crates`"),
+    ("base: {crates: {s2n-netbench-driver-tcp: 0.1.0}}", "`packages` goes with `path`"),
+    ("  mine: {path: ../checkout}\n", "baseline: build=other is not one of its levels"),
+])
+def test_a_wrong_builds_section_is_refused_before_anything_runs(change: str, reason: str) -> None:
+    text = BUILDS.format(reps=1, seed=1)
+    text = text.replace(change, {
+        "driver: netbench": "driver: iperf3",
+        "parameters: {delay: [0ms, 20ms]}": "parameters: {delay: [0ms, 20ms], build: [a, b]}",
+        "mine: {path: ../checkout}": "mine: {path: ../checkout, dir: /opt/bin}",
+        "base: {crates: {s2n-netbench-driver-tcp: 0.1.0}}": "base: {dir: /opt/bin, packages: [x]}",
+        "  mine: {path: ../checkout}\n": "  mine: {path: ../checkout}\nbaseline: {build: other}\n",
+    }[change])
+    with pytest.raises(ConfigError, match=reason.replace("`", ".").replace("(", r"\(")):
+        parse_experiment(text)

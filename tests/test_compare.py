@@ -85,3 +85,46 @@ def test_a_side_that_is_nothing_is_a_usage_error(tmp_path: Path) -> None:
     assert out.returncode == 2 and "nothing: no environment folder, results database or DB:EXPERIMENT" in out.stderr
     out = enosnet("compare", f"{base}:incast", str(base), "--metric", "goodput")
     assert out.returncode != 0 and "metric 'goodput' is not measured on both sides" in out.stderr
+
+
+def two_builds(path: Path, *, slower: float) -> Path:
+    """One experiment with builds base and mine interleaved; mine is ``slower`` (a fraction) at 20 ms."""
+    with ResultsStore.open(path) as store:
+        exp = store.begin_experiment(ExperimentRecord(name="nb", seed=1))
+        store.add_hosts(exp, [HostRecord("client-0", "198.18.0.3", "client", "local")])
+        position = 0
+        for rep in range(6):
+            for delay in ("0ms", "20ms"):
+                for build in ("base", "mine"):
+                    params = {"delay": delay, "build": build}
+                    wobble = 1 + (rep - 2.5) * 0.002
+                    value = 1e9 * wobble * (1 - slower if (build, delay) == ("mine", "20ms") else 1)
+                    store.record_run(exp, RunRecord(key=run_key(params, rep), params=params, repetition=rep,
+                                                    position=position,
+                                                    metrics=[Metric("client-0", "throughput", value, "bit/s")]))
+                    position += 1
+    return path
+
+
+def test_two_builds_of_one_experiment_are_paired_by_their_other_parameters(tmp_path: Path) -> None:
+    db = two_builds(tmp_path / "nb.db", slower=0.10)
+    page, md = tmp_path / "cmp.html", tmp_path / "cmp.md"
+    out = enosnet("compare", str(db), "--builds", "base,mine", "--html", str(page), "--md", str(md))
+    assert out.returncode == 1, out.stdout + out.stderr
+    # the written comparison carries its plot: embedded in the page, beside the Markdown
+    assert page.read_text().count('src="data:image/png;base64,') == 1 and "mine against base" in page.read_text()
+    assert "![throughput, mine against base](cmp-plots/compare-throughput.png)" in md.read_text()
+    assert (tmp_path / "cmp-plots" / "compare-throughput.png").stat().st_size > 5000
+    assert "regression: throughput at delay=20ms: worse by" in " ".join(out.stderr.split())
+    assert out.stdout.startswith("mine against base (2 comparisons")
+    result = compare(db, builds=("base", "mine"))
+    assert [(dict(r.combo), r.verdict) for r in result.rows] == [
+        ({"delay": "0ms"}, "no practically significant difference"), ({"delay": "20ms"}, "worse")]
+    assert result.warnings == []  # one experiment: the same testbed on both sides
+    same = two_builds(tmp_path / "same.db", slower=0.0)
+    assert enosnet("compare", str(same), "--builds", "base,mine").returncode == 0
+    for args, said in ((("--builds", "base,other"), "has no build 'other' (its builds: base, mine)"),
+                       (("--builds", "base"), "give two different build labels"),
+                       ((str(same), "--builds", "base,mine"), "give a candidate, or two builds")):
+        bad = enosnet("compare", str(db), *args)
+        assert bad.returncode == 2 and said in " ".join(bad.stderr.split()), bad.stderr

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -51,28 +50,18 @@ def sh(deployment: Any, command: str) -> str:
 @pytest.mark.hosts
 @pytest.mark.timeout(900)
 def test_path_way_builds_a_local_checkout_on_the_controller_and_pushes_it(
-        local_hosts: Callable[..., Any], tmp_path: Path) -> None:
+        local_hosts: Callable[..., Any], tmp_path: Path, driver_checkout: Path,
+        patch_client: Callable[[Path], None]) -> None:
     deployment = local_hosts({"server": 1}, name="nbpath")
-    checkout = tmp_path / "s2n-netbench-driver-tcp"  # a protocol developer's own copy of a driver crate
-    shutil.copytree(registry_source("s2n-netbench-driver-tcp-0.1.0"), checkout)
+    checkout = driver_checkout  # a protocol developer's own copy of a driver crate
     variables = {"netbench_source": "path", "netbench_path": str(checkout), "netbench_bin_dir": "/opt/netbench/bin"}
     assert changed(run(deployment, tmp_path, variables)) > 0
     assert "--server-id" in sh(deployment, "/opt/netbench/bin/s2n-netbench-driver-server-tcp --help")
     assert changed(run(deployment, tmp_path, variables)) == 0  # rebuilt (incremental, same binary): nothing to push
 
-    main = checkout / "src" / "bin" / "client.rs"  # the developer changes the driver: the hosts get the change
-    main.write_text(main.read_text().replace("fn main() -> Result<()> {",
-                                             'fn main() -> Result<()> {\n    eprintln!("patched");', 1))
+    patch_client(checkout)  # the developer changes the driver: the hosts get the change
     assert changed(run(deployment, tmp_path, variables)) > 0
     assert "patched" in sh(deployment, "/opt/netbench/bin/s2n-netbench-driver-client-tcp 2>&1; true")
-
-
-def registry_source(name: str) -> Path:
-    """A crate's source as cargo downloaded it (with the Cargo.lock it ships)."""
-    home = Path(os.environ.get("CARGO_HOME", Path.home() / ".cargo"))
-    found = sorted(home.glob(f"registry/src/*/{name}"))
-    assert found, f"{name} is not in cargo's registry cache (make netbench downloads it)"
-    return found[0]
 
 
 @pytest.mark.hosts

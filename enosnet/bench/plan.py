@@ -68,15 +68,35 @@ def make_plan(spec: Experiment, *, only: Sequence[str] = ()) -> Plan:
     several values for one K are alternatives, different Ks must all match.
     """
     seed = spec.effective_seed
-    runs = [(combo, rep) for rep in range(spec.repetitions) for combo in spec.combinations()]
     if spec.order == "shuffled":
-        random.Random(seed).shuffle(runs)
+        rng = random.Random(seed)
+        runs = [(combo, rep) for rep in range(spec.repetitions) for combo in _block(spec.combinations(), rng)]
+    else:
+        runs = [(combo, rep) for rep in range(spec.repetitions) for combo in spec.combinations()]
     planned = [PlannedRun(run_key(combo, rep), combo, rep, position) for position, (combo, rep) in enumerate(runs)]
     filters = parse_only(only, spec)
     kept = [r for r in planned if _matches(r.params, filters)]
     if filters and not kept:
         raise UsageError(f"--only {' '.join(only)}: no run matches")
     return Plan(spec, kept, seed, spec.order, filters)
+
+
+def _block(combinations: Sequence[Mapping[str, Any]], rng: random.Random) -> list[Mapping[str, Any]]:
+    """One repetition's runs in a random order: every combination once, and each combination's builds back to back.
+
+    Each repetition is a block holding every combination once, so slow drift
+    of the testbed over the experiment falls on every combination alike. The
+    builds of one combination run one right after the other, in a random order,
+    so that what a build comparison pairs was measured minutes, not hours, apart.
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for combo in combinations:
+        groups.setdefault(run_key({k: v for k, v in combo.items() if k != "build"}, 0), []).append(combo)
+    order = list(groups.values())
+    rng.shuffle(order)
+    for group in order:
+        rng.shuffle(group)
+    return [combo for group in order for combo in group]
 
 
 def parse_only(only: Sequence[str], spec: Experiment) -> dict[str, tuple[str, ...]]:

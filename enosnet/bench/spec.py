@@ -41,6 +41,7 @@ from enosnet.yamlfile import line_map, load_model_text, where
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 ParamName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")]
+BuildLabel = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
 Scalar = str | int | float | bool
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "us": 1e-6}
@@ -102,8 +103,44 @@ class NetbenchScenarioArgs(Strict):
     program: str = "s2n-netbench-scenarios"
 
 
+class BuildSpec(Strict):
+    """One build of the tool under test, from exactly one source.
+
+    ``crates``: crate → exact version, built on the controller (cached per
+    machine); ``path``: a local checkout (a driver crate, or a workspace and its
+    ``packages``) built on the controller; ``dir``: a folder of prebuilt
+    binaries. Relative paths are relative to the experiment file.
+    """
+
+    crates: dict[str, str] | None = None
+    path: str | None = None
+    packages: list[str] = Field(default_factory=list)
+    dir: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BuildSpec:
+        given = [name for name in ("crates", "path", "dir") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `crates` (crate: version), `path` (a checkout) or `dir` "
+                             f"(prebuilt binaries){'; got ' + ' and '.join(given) if given else ''}")
+        if self.packages and self.path is None:
+            raise ValueError("`packages` goes with `path` (the workspace's packages to build)")
+        return self
+
+
+class LabelledBuild(BuildSpec):
+    """A build as one run's driver section carries it: its label in ``builds:`` and its source."""
+
+    label: BuildLabel
+
+
 class NetbenchSection(Strict):
-    """s2n-netbench: a scenario and the drivers to compare (see NETBENCH.md)."""
+    """s2n-netbench: a scenario and the drivers to compare (see NETBENCH.md).
+
+    ``bin_dir`` is where the hosts' drivers are (the agents' catalogue says the
+    same); a build of ``builds:`` goes there beside them, each binary named
+    ``<binary>+<label>``. ``build`` is set per run from ``builds:``.
+    """
 
     scenario: str | None = None
     generate: NetbenchScenarioArgs | None = None
@@ -112,6 +149,8 @@ class NetbenchSection(Strict):
     client_role: str = "client"
     port: int = Field(4433, ge=1, le=65535)
     scenario_dir: str = "/var/lib/enosnet/scenarios"
+    bin_dir: str = "/usr/local/bin"
+    build: LabelledBuild | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> NetbenchSection:
@@ -147,6 +186,8 @@ class Experiment(Strict):
     timeout: Seconds | None = None
     # the level each other level of a parameter is compared against in the report (default: its first)
     baseline: dict[str, Any] = Field(default_factory=dict)
+    # builds of the tool under test compared side by side: an axis `build` of the plan, labels as levels
+    builds: dict[BuildLabel, BuildSpec] = Field(default_factory=dict)
     source_hash: str = Field("", exclude=True)
     source_path: str | None = Field(None, exclude=True)
 
@@ -174,8 +215,16 @@ class Experiment(Strict):
                 if unknown:
                     raise ValueError(f"{section}: {{{unknown[0]}}} names no parameter "
                                      f"(parameters: {', '.join(sorted(names)) or 'none'})")
+        if self.builds and self.driver != "netbench":
+            raise ValueError("builds: only the netbench driver runs builds side by side (driver is "
+                             f"{self.driver})")
+        if self.builds and "build" in self.parameters:
+            raise ValueError("builds: the labels of `builds` are the levels of parameter build; "
+                             "do not give `build` in parameters too")
         levels = {n: [v[i] for v in values] for names_, values in _axes(self.parameters)
                   for i, n in enumerate(names_)}
+        if self.builds:
+            levels["build"] = list(self.builds)
         for name, level in self.baseline.items():
             if name not in levels:
                 raise ValueError(f"baseline: {name} is no parameter (parameters: {', '.join(sorted(names)) or 'none'})")
@@ -193,7 +242,7 @@ class Experiment(Strict):
     @property
     def parameter_names(self) -> list[str]:
         names = [name for axis in _axes(self.parameters) for name in axis[0]]
-        return names + (["driver"] if self._driver_axis else [])
+        return names + (["driver"] if self._driver_axis else []) + (["build"] if self.builds else [])
 
     @property
     def _driver_axis(self) -> bool:
@@ -225,6 +274,8 @@ class Experiment(Strict):
             combos.append(combo)
         if self._driver_axis and self.netbench is not None:
             combos = [{**combo, "driver": name} for combo in combos for name in self.netbench.drivers]
+        if self.builds:
+            combos = [{**combo, "build": label} for combo in combos for label in self.builds]
         return combos
 
     def driver_section(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -233,7 +284,11 @@ class Experiment(Strict):
         data = (section or Iperf3Section()).model_dump()
         if self.driver == "netbench" and self.netbench is not None:
             data["driver"] = params.get("driver", self.netbench.drivers[0])
-        return dict(substitute(data, {**params, "duration": self.duration_s}))
+        out = dict(substitute(data, {**params, "duration": self.duration_s}))
+        label = params.get("build")
+        if label in self.builds:  # after substituting: a build's paths are not templates
+            out["build"] = {"label": label, **self.builds[label].model_dump()}
+        return out
 
     def netem_section(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
         """The netem section with this run's parameters substituted (``None``: no netem)."""

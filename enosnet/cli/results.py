@@ -90,7 +90,10 @@ def report(
 def compare(
     baseline: Annotated[str, typer.Argument(help="Environment folder, results database, or DB:EXPERIMENT.",
                                             show_default=False)],
-    candidate: Annotated[str, typer.Argument(help="The same for the side under test.", show_default=False)],
+    candidate: Annotated[str | None, typer.Argument(help="The same for the side under test (not with --builds).",
+                                                    show_default=False)] = None,
+    builds: Annotated[str | None, typer.Option("--builds", help="Two builds of BASELINE's experiment, e.g. "
+                                                                 "base,mine (its builds: labels).")] = None,
     metric: Annotated[list[str] | None, typer.Option("--metric", "-m", help="Metric to compare (repeatable; "
                                                                             "default: the headline one).")] = None,
     threshold: Annotated[str, typer.Option(help="Smallest relative difference that matters, e.g. 5% or 0.05.")] = "5%",
@@ -104,16 +107,17 @@ def compare(
     from enosnet.results.compare import dumps
     from enosnet.results.stats import StatsOptions
 
-    result = compare_sides(baseline, candidate, metrics=metric or (),
+    result = compare_sides(baseline, candidate, builds=builds, metrics=metric or (),
                            options=StatsOptions(threshold=parse_threshold(threshold), seed=seed))
     if md is not None:
-        md.write_text(result.markdown())
+        result.write_markdown(md)
     if html is not None:
-        html.write_text(result.html())
+        result.write_html(html)
     if as_json:
         print(dumps(result))
     else:
-        console.print(f"[bold]{escape(candidate)}[/bold] against [bold]{escape(baseline)}[/bold] "
+        sides = result.candidate.label, result.baseline.label
+        console.print(f"[bold]{escape(sides[0])}[/bold] against [bold]{escape(sides[1])}[/bold] "
                       f"({len(result.rows)} comparisons, threshold {result.threshold * 100:g} %):")
         for row in result.rows:
             mark = {"worse": "[red]✗ worse[/red]", "better": "[green]✓ better[/green]"}.get(row.verdict, "  =")

@@ -76,7 +76,8 @@ def netbench_actions(*, bin_dir: str = "/usr/local/bin",
                      scenario_dir: str = "/var/lib/enosnet/scenarios") -> dict[str, Any]:
     """``netbench-server`` / ``netbench-client``: an s2n-netbench driver, run by the agent itself.
 
-    The driver is chosen by file name inside ``bin_dir``, the scenario by file
+    The driver is chosen by file name inside ``bin_dir`` (``<binary>+<label>``
+    for a build of an experiment's ``builds:``), the scenario by file
     name inside ``scenario_dir``; drivers take everything from the environment
     (they get no arguments under netbench's own collector either). Servers get
     ``PORT``, ``SERVER_ID`` (the host's index in its role), ``SCENARIO`` and
@@ -94,7 +95,8 @@ def netbench_actions(*, bin_dir: str = "/usr/local/bin",
     }
 
     def driver(side: str) -> dict[str, Any]:
-        return {"type": "file", "dir": bin_dir, "pattern": rf"s2n-netbench-driver-{side}-[a-z0-9-]+"}
+        # a build of an experiment's `builds:` sits beside the others as <binary>+<label>
+        return {"type": "file", "dir": bin_dir, "pattern": rf"s2n-netbench-driver-{side}-[a-z0-9-]+(\+[a-z0-9_-]+)?"}
 
     return {
         "netbench-server": {

@@ -16,17 +16,18 @@ regression, what a CI job gates on (``enosnet compare`` exits 1).
 from __future__ import annotations
 
 import json
+import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from enosnet.environment import Environment
 from enosnet.errors import ResultsError, UsageError
-from enosnet.results.render import esc, html_page, html_table, md_esc, md_table
+from enosnet.results.render import esc, html_figure, html_page, html_table, md_esc, md_table
 from enosnet.results.stats import (
     HEADLINE,
     Combo,
@@ -39,6 +40,9 @@ from enosnet.results.stats import (
     run_values,
 )
 from enosnet.results.store import ExperimentRow, ResultsStore
+
+if TYPE_CHECKING:
+    from enosnet.results.plots import Plot
 
 Verdict = Literal["better", "worse", "no practically significant difference", "different"]
 LOWER_IS_BETTER = ("rtt", "latency", "delay", "retrans", "loss", "cpu", "skew", "duration", "time", "jitter")
@@ -58,11 +62,12 @@ def direction(metric: str, unit: str) -> Literal["higher", "lower"] | None:
 
 @dataclass(frozen=True)
 class Side:
-    """One side of a comparison: a database and one of its experiments."""
+    """One side of a comparison: a database and one of its experiments (with ``build``: that build's runs)."""
 
     label: str
     db: Path
     experiment: ExperimentRow
+    build: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,8 @@ class Row:
     median_candidate: float
     comparison: Comparison
     verdict: Verdict
+    baseline_values: tuple[float, ...] = ()
+    candidate_values: tuple[float, ...] = ()
 
     @property
     def sentence(self) -> str:
@@ -130,25 +137,54 @@ class CompareResult:
                  f"{r.comparison.ci.low * 100:+.1f} to {r.comparison.ci.high * 100:+.1f} %",
                  f"{r.comparison.p_adjusted:.3g}", r.verdict] for r in self.rows]
 
-    def markdown(self) -> str:
+    def markdown(self, plots: Sequence[tuple[str, Plot]] = ()) -> str:
+        """The comparison in Markdown; ``plots``: (link to the PNG, plot) to show after the table."""
         lines = [f"# {self.candidate.label} against {self.baseline.label}", ""]
         lines += [f"- **{'regression' if r.verdict == 'worse' else r.verdict}**: {md_esc(r.sentence)}"
                   for r in self.rows]
         lines += [""] + [f"- warning: {md_esc(w)}" for w in self.warnings]
-        return "\n".join([*lines, "", *md_table(self.HEAD, self.table_rows())]) + "\n"
+        figures = [f"![{p.title}]({link})\n\n{p.caption}\n" for link, p in plots]
+        return "\n".join([*lines, "", *md_table(self.HEAD, self.table_rows()), "", *figures]) + "\n"
 
-    def html(self) -> str:
+    def html(self, plots: Sequence[Plot] = ()) -> str:
+        """The comparison as a self-contained page; ``plots`` are embedded after the table."""
         title = f"{self.candidate.label} against {self.baseline.label}"
         warnings = "".join(f"<li>{esc(w)}</li>" for w in self.warnings)
         body = [f"<h1>{esc(title)}</h1>",
                 html_table(self.HEAD, self.table_rows(), row_classes=["bad" if r.verdict == "worse" else ""
                                                                        for r in self.rows])]
+        body += [html_figure(p.name, p.title, p.caption, p.path.read_bytes()) for p in plots]
         body += [f'<div class="warn-box"><h3>Warnings</h3><ul>{warnings}</ul></div>'] if warnings else []
         return html_page(title, "\n".join(body))
 
+    def plots(self, out_dir: Path) -> list[Plot]:
+        """One PNG per metric in ``out_dir``: both sides' runs per combination (draws with matplotlib)."""
+        from enosnet.results.plots import comparison_plot
 
-def resolve(spec: str | Path) -> Side:
-    """An environment folder, a database file, or ``DB:EXPERIMENT`` (an environment folder works there too)."""
+        by_metric: dict[tuple[str, str], list[Row]] = defaultdict(list)
+        for row in self.rows:
+            by_metric[(row.metric, row.unit)].append(row)
+        labels = (self.baseline.label, self.candidate.label)
+        drawn = [comparison_plot(metric, unit, [(r.combo, r.baseline_values, r.candidate_values) for r in rows],
+                                 labels, out_dir) for (metric, unit), rows in by_metric.items()]
+        return [p for p in drawn if p is not None]
+
+    def write_html(self, path: Path) -> None:
+        """The page with its plots embedded: one file that stands alone."""
+        with tempfile.TemporaryDirectory(prefix="enosnet-compare-") as tmp:
+            path.write_text(self.html(self.plots(Path(tmp))))
+
+    def write_markdown(self, path: Path) -> None:
+        """The Markdown, its plots in ``<name>-plots/`` beside it (linked relatively)."""
+        folder = path.parent / f"{path.stem}-plots"
+        path.write_text(self.markdown([(f"{folder.name}/{p.path.name}", p) for p in self.plots(folder)]))
+
+
+def resolve(spec: str | Path, *, build: str | None = None) -> Side:
+    """An environment folder, a database file, or ``DB:EXPERIMENT`` (an environment folder works there too).
+
+    With ``build``, the side is that build's runs of the experiment (its ``builds:`` label).
+    """
     text = str(spec)
     path, experiment = Path(text), None
     if not path.exists() and ":" in text:
@@ -160,14 +196,40 @@ def resolve(spec: str | Path) -> Side:
         raise UsageError(f"{spec}: no environment folder, results database or DB:EXPERIMENT there")
     with ResultsStore.open(path, create=False) as store:
         found = store.experiment(experiment)
-    return Side(str(spec), path, found)
+        if build is None:
+            return Side(str(spec), path, found)
+        labels = sorted({str(r.params["build"]) for r in store.runs(experiment=found.id) if "build" in r.params})
+    if build not in labels:
+        raise UsageError(f"{spec}: experiment {found.name} has no build {build!r} "
+                         f"(its builds: {', '.join(labels) or 'none, it has no builds: section'})")
+    return Side(build, path, found, build)
 
 
-def compare(baseline: str | Path | Side, candidate: str | Path | Side, *, metrics: Sequence[str] = (),
+def resolve_builds(spec: str | Path, builds: str | Sequence[str]) -> tuple[Side, Side]:
+    """``base,mine`` (or ``("base", "mine")``): two builds of one experiment, the first the baseline."""
+    labels = [b.strip() for b in (builds.split(",") if isinstance(builds, str) else builds)]
+    if len(labels) != 2 or not all(labels) or labels[0] == labels[1]:
+        raise UsageError(f"--builds {','.join(labels)!r}: give two different build labels, e.g. --builds base,mine")
+    return resolve(spec, build=labels[0]), resolve(spec, build=labels[1])
+
+
+def compare(baseline: str | Path | Side, candidate: str | Path | Side | None = None, *,
+            builds: str | Sequence[str] | None = None, metrics: Sequence[str] = (),
             options: StatsOptions | None = None) -> CompareResult:
-    """Pair the two sides' runs by parameters and compare each metric at each combination both measured."""
+    """Pair the two sides' runs by parameters and compare each metric at each combination both measured.
+
+    With ``builds`` (two labels of its ``builds:``), the sides are those two
+    builds of ``baseline``'s experiment, paired by their other parameters.
+    """
     options = options or StatsOptions()
-    sides = [s if isinstance(s, Side) else resolve(s) for s in (baseline, candidate)]
+    if (candidate is None) == (builds is None):
+        raise UsageError("give a candidate, or two builds of the baseline's experiment (--builds A,B)")
+    if builds is not None:
+        where = f"{baseline.db}:{baseline.experiment.name}" if isinstance(baseline, Side) else baseline
+        sides = list(resolve_builds(where, builds))
+    else:
+        assert candidate is not None
+        sides = [s if isinstance(s, Side) else resolve(s) for s in (baseline, candidate)]
     values = [_values(side) for side in sides]
     common = sorted(set(values[0]) & set(values[1]))
     chosen = list(metrics) or headline_metric([m for m, _ in common])
@@ -190,7 +252,7 @@ def compare(baseline: str | Path | Side, candidate: str | Path | Side, *, metric
                                at=combo)
             comparisons.append((metric, unit, combo, base[combo], cand[combo], c))
     corrected = correct_per_metric([c for *_, c in comparisons])
-    rows = [Row(metric, unit, combo, float(np.median(a)), float(np.median(b)), c, _verdict(c))
+    rows = [Row(metric, unit, combo, float(np.median(a)), float(np.median(b)), c, _verdict(c), tuple(a), tuple(b))
             for (metric, unit, combo, a, b, _), c in zip(comparisons, corrected, strict=True)]
     return CompareResult(sides[0], sides[1], rows, unpaired, _testbed_differences(sides), options.threshold)
 
@@ -202,6 +264,10 @@ def _values(side: Side) -> dict[tuple[str, str], dict[Combo, list[float]]]:
     out: dict[tuple[str, str], dict[Combo, list[float]]] = defaultdict(lambda: defaultdict(list))
     for key, runs in by_run.items():
         for combo, value in runs.values():
+            if side.build is not None:  # that build's runs, paired by their other parameters
+                if dict(combo).get("build") != side.build:
+                    continue
+                combo = tuple(item for item in combo if item[0] != "build")
             out[key][tuple(sorted(combo))].append(value)
     return out
 

@@ -113,6 +113,34 @@ def metric_boxplot(analysis: Analysis, metric: str, out_dir: Path) -> Plot | Non
     return _save(fig, out_dir, f"metric-{_safe(metric)}", f"{metric} per combination", caption)
 
 
+def comparison_plot(metric: str, unit: str, cells: Sequence[tuple[Combo, Sequence[float], Sequence[float]]],
+                    labels: tuple[str, str], out_dir: Path) -> Plot | None:
+    """Baseline and candidate side by side per combination: a box each, every run a point."""
+    if not cells:
+        return None
+    factor, label = scale([v for _, a, b in cells for v in (*a, *b)], unit)
+    fig = _figure(min(12.0, max(6.0, 1.6 * len(cells) + 2)), 4.8)
+    ax = fig.add_subplot()
+    jitter = np.random.default_rng(0)
+    for side, offset in ((0, -0.2), (1, 0.2)):
+        data = [np.asarray(cell[1 + side], dtype=float) / factor for cell in cells]
+        where = [i + 1 + offset for i in range(len(cells))]
+        ax.boxplot(data, positions=where, widths=0.32, showfliers=False,
+                   medianprops={"color": "black", "linewidth": 2})
+        for x, values in zip(where, data, strict=True):
+            ax.scatter(x + jitter.uniform(-0.06, 0.06, len(values)), values, s=20, alpha=0.8, color=COLORS[side],
+                       zorder=3, label=labels[side] if x == where[0] else None)
+    ax.set_xticks(range(1, len(cells) + 1), ["\n".join(f"{k}={v}" for k, v in combo) or "all runs"
+                                             for combo, _, _ in cells])
+    ax.set_ylabel(_axis_label(metric, label))
+    ax.set_title(f"{metric}: {labels[1]} against {labels[0]} (each point is one run)")
+    ax.legend(loc="best")
+    ax.grid(axis="y", alpha=0.3)
+    caption = (f"{metric} of every successful run of both sides, per combination they share; boxes show the "
+               "quartiles, the black line the median.")
+    return _save(fig, out_dir, f"compare-{_safe(metric)}", f"{metric}, {labels[1]} against {labels[0]}", caption)
+
+
 def _cell_values(analysis: Analysis, metric: str) -> dict[Combo, list[float]]:
     """Per-run values of a metric by combination, recomputed from the summaries' source (kept on the analysis)."""
     return {combo: list(values) for (name, combo), values in analysis.values.items() if name == metric}

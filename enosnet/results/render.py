@@ -10,6 +10,7 @@ attachment. No matplotlib here: ``enosnet compare`` renders without it.
 
 from __future__ import annotations
 
+import base64
 import html
 from collections.abc import Iterable, Sequence
 
@@ -43,6 +44,13 @@ def md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
         return ["None recorded."]
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + [
         "| " + " | ".join(md_esc(c) for c in row) + " |" for row in rows]
+
+
+def html_figure(name: str, title: str, caption: str, png: bytes) -> str:
+    """A plot embedded in the page (a ``data:`` PNG) with its title and caption."""
+    data = base64.b64encode(png).decode()
+    return (f'<figure id="plot-{esc(name)}"><img alt="{esc(title)}" src="data:image/png;base64,{data}">'
+            f"<figcaption><b>{esc(title)}.</b> {esc(caption)}</figcaption></figure>")
 
 
 def html_page(title: str, body: str) -> str:

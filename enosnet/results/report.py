@@ -18,7 +18,6 @@ report.html report.md metric-throughput
 
 from __future__ import annotations
 
-import base64
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ from enosnet.environment import Environment, write_atomic
 from enosnet.errors import ResultsError
 from enosnet.results.netbench_report import NetbenchReport, netbench_report
 from enosnet.results.plots import Plot, all_plots, scale
-from enosnet.results.render import esc, html_dl, html_page, html_table, md_esc, md_table
+from enosnet.results.render import esc, html_dl, html_figure, html_page, html_table, md_esc, md_table
 from enosnet.results.stats import (
     Analysis,
     Comparison,
@@ -403,6 +402,4 @@ def _by_value(by_host: dict[str, str], hosts: Sequence[str]) -> str:
 
 
 def _html_plot(plot: Plot) -> str:
-    data = base64.b64encode(plot.path.read_bytes()).decode()
-    return (f'<figure id="plot-{esc(plot.name)}"><img alt="{esc(plot.title)}" src="data:image/png;base64,{data}">'
-            f"<figcaption><b>{esc(plot.title)}.</b> {esc(plot.caption)}</figcaption></figure>")
+    return html_figure(plot.name, plot.title, plot.caption, plot.path.read_bytes())

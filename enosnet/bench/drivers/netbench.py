@@ -33,11 +33,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from enosnet.bench.builds import InstalledBuild, install_build, installed_name
 from enosnet.bench.drivers.base import Driver, Executed, Labelled, Measured
 from enosnet.bench.drivers.netbench_output import Trace, parse_trace, scenario_bytes, trace_samples
 from enosnet.bench.hostio import Shell, fan_out
 from enosnet.bench.instrument import interface_bytes
-from enosnet.bench.spec import NetbenchScenarioArgs, NetbenchSection
+from enosnet.bench.spec import LabelledBuild, NetbenchScenarioArgs, NetbenchSection
 from enosnet.coordinator import Coordinator, WorkerRecord
 from enosnet.errors import BenchError, ConfigError
 from enosnet.model import Host, Roles
@@ -57,6 +58,7 @@ class NetbenchDriver(Driver):
     def __init__(self, roles: Roles, *, source: str | None = None) -> None:
         super().__init__(roles, source=source)
         self.scenarios: dict[str, dict[str, Any]] = {}
+        self.builds: dict[str, InstalledBuild] = {}
 
     def section(self, data: Mapping[str, Any]) -> tuple[NetbenchSection, str]:
         """The validated section and the run's netbench driver (``tcp``, ``s2n-quic``, …)."""
@@ -106,6 +108,23 @@ class NetbenchDriver(Driver):
             self._push(shell, sec.scenario_dir, name, text)
             stem = Path(sec.scenario).stem if sec.scenario else sec.generate.name if sec.generate else "scenario"
             self.scenarios[key] = {"name": name, "id": stem, "data": scenario}
+        self._install_builds(shell, sections)
+
+    def _install_builds(self, shell: Shell, sections: Sequence[Mapping[str, Any]]) -> None:
+        """Each build the runs name, on the hosts that run it, with the drivers it is run with."""
+        wanted: dict[str, tuple[LabelledBuild, str, set[str], set[Host]]] = {}
+        for section in sections:
+            sec, driver = self.section(section)
+            if sec.build is None:
+                continue
+            build, bin_dir, drivers, hosts = wanted.setdefault(sec.build.label, (sec.build, sec.bin_dir, set(), set()))
+            drivers.add(driver)
+            hosts.update([*self.roles.select(sec.server_role), *self.roles.select(sec.client_role)])
+        base = Path(self.source).parent if self.source else Path.cwd()
+        for label, (build, bin_dir, drivers, hosts) in wanted.items():
+            binaries = [f"s2n-netbench-driver-{side}-{d}" for d in sorted(drivers) for side in ("server", "client")]
+            self.builds[label] = install_build(shell, sorted(hosts, key=lambda h: h.name), build,
+                                               binaries=binaries, bin_dir=bin_dir, base=base)
 
     @staticmethod
     def _scenario_key(sec: NetbenchSection) -> str:
@@ -145,22 +164,28 @@ class NetbenchDriver(Driver):
         key = self._scenario_key(sec)
         scenario = self.scenarios[key]["name"]
         servers = self.roles.select(sec.server_role)
+        label = sec.build.label if sec.build else None
+
+        def binary(side: str) -> str:
+            name = f"s2n-netbench-driver-{side}-{driver}"
+            return installed_name(name, label) if label else name
+
         await coordinator.start(sec.server_role, SERVER_ACTION,
                                 {"scenario": scenario, "port": sec.port, "transport": transport(driver),
-                                 "driver": f"s2n-netbench-driver-server-{driver}"})
+                                 "driver": binary("server")})
         server_records: list[WorkerRecord] = []
         try:
             await coordinator.wait_ready(sec.server_role)
             addresses = [f"{_bracket(h.address)}:{sec.port}" for h in servers]
             clients = await coordinator.run(sec.client_role, CLIENT_ACTION,
-                                            {"scenario": scenario, "driver": f"s2n-netbench-driver-client-{driver}",
+                                            {"scenario": scenario, "driver": binary("client"),
                                              "servers": addresses}, deadline_s=timeout_s)
         finally:
             server_records = await coordinator.stop(sec.server_role)
         records = [Labelled(SERVER_ACTION, r.worker, sec.server_role, r) for r in server_records]
         records += [Labelled(CLIENT_ACTION, r.worker, sec.client_role, r, client=True) for r in clients]
         scheduled = min((r.scheduled_ns - (r.offset_ns or 0) for r in clients if r.scheduled_ns), default=None)
-        context = {"driver": driver, "scenario": str(self.scenarios[key]["id"]), "key": key}
+        context = {"driver": driver, "scenario": str(self.scenarios[key]["id"]), "key": key, "build": label or ""}
         for role in (sec.server_role, sec.client_role):
             context.update({f"index:{h.name}": str(i) for i, h in enumerate(self.roles.select(role))})
         return Executed(records, scheduled, context)
@@ -171,9 +196,13 @@ class NetbenchDriver(Driver):
         scenario = self.scenarios.get(executed.context.get("key", ""), {}).get("data") or {}
         tree = folder / "netbench" / scenario_id / driver
         received: list[float] = []
+        build = self.builds.get(executed.context.get("build", ""))
         for item in executed.records:
             client = item.record.action == CLIENT_ACTION
             pulled = folder / item.host / item.label
+            if build is not None:
+                side = "client" if client else "server"
+                out.metadata += _build_metadata(build, item.host, f"s2n-netbench-driver-{side}-{driver}")
             try:
                 trace = parse_trace((pulled / "stderr").read_text(errors="replace").splitlines())
             except OSError as exc:
@@ -195,6 +224,16 @@ class NetbenchDriver(Driver):
         if received and len(received) == len(executed.clients) and not out.problems:
             out.headline = ("throughput", sum(received), "bit/s")
         return out
+
+
+def _build_metadata(build: InstalledBuild, host: str, binary: str) -> list[HostMeta]:
+    """What build a host ran in a run: its label, source and version, and the sha256 of the binary it ran."""
+    name = installed_name(binary, build.label)
+    return [HostMeta(host, "build", build.label, "controller"),
+            HostMeta(host, "build.source", build.source, "controller"),
+            HostMeta(host, "build.version", build.version, "controller"),
+            HostMeta(host, "build.binary", name, "controller"),
+            HostMeta(host, "build.sha256", build.sha256[name], "host")]
 
 
 @dataclass

@@ -1,0 +1,151 @@
+"""Builds of the tool under test, side by side on the hosts: built on the controller, pushed under their label.
+
+An experiment's ``builds:`` names builds (``crates`` at versions, a ``path``
+checkout, or a ``dir`` of prebuilt binaries). Before the first run each is
+built once on the controller (``netbench_build``: cached per machine; a
+checkout is rebuilt incrementally) and its drivers are copied to every host
+as ``<bin_dir>/<binary>+<label>``, never over another build's files. What a
+run ran is then known exactly: its build's label, source and version, and the
+sha256 of each binary as the host holds it.
+
+>>> installed_name("s2n-netbench-driver-client-tcp", "mine")
+'s2n-netbench-driver-client-tcp+mine'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import subprocess
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from enosnet.bench.hostio import Shell, fan_out
+from enosnet.bench.spec import LabelledBuild
+from enosnet.errors import BenchError, ConfigError
+from enosnet.model import Host
+from enosnet.netbench_build import BuildError, build
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class InstalledBuild:
+    """A build as it is on the hosts: where it came from, and each installed binary's sha256."""
+
+    label: str
+    source: str
+    version: str
+    sha256: dict[str, str]  # installed file name (with +label) → digest, the same on every host
+
+
+def installed_name(binary: str, label: str) -> str:
+    """The file name a build's binary gets on the hosts."""
+    return f"{binary}+{label}"
+
+
+def install_build(shell: Shell, hosts: Sequence[Host], spec: LabelledBuild, *, binaries: Sequence[str],
+                  bin_dir: str, base: Path, on_output: Progress | None = None) -> InstalledBuild:
+    """Build ``spec`` on the controller (or take its prebuilt ``dir``) and put ``binaries`` on every host.
+
+    A host that already holds a binary with the same sha256 gets nothing; each
+    copy is checked by its sha256 on the host. Raises ``ConfigError`` when the
+    build lacks a binary the experiment runs, ``BenchError`` when a copy fails.
+    """
+    folder, source, version = _controller_binaries(spec, base=base, on_output=on_output)
+    missing = [b for b in binaries if not (folder / b).is_file()]
+    if missing:
+        raise ConfigError(f"builds.{spec.label}: {folder} has no {', '.join(missing)} (the experiment's drivers "
+                          "need a server and a client binary each)")
+    digests = {installed_name(b, spec.label): _sha256(folder / b) for b in binaries}
+    local = {installed_name(b, spec.label): folder / b for b in binaries}
+
+    def put(host: Host) -> str | None:
+        have = _host_digests(shell, host, bin_dir, list(digests))
+        for name, path in local.items():
+            if have.get(name) == digests[name]:
+                continue
+            target = shlex.quote(f"{bin_dir}/{name}")
+            staged = shlex.quote(f"{bin_dir}/.{name}.new")
+            out = shell.run(host, f"mkdir -p {shlex.quote(bin_dir)} && cat > {staged} && chmod 755 {staged} && "
+                                  f"mv -f {staged} {target}", stdin=path.read_bytes(), timeout=120)
+            if not out.ok:
+                return f"{host.name}: copying {name} failed: {out.stderr.strip()[-200:]}"
+        have = _host_digests(shell, host, bin_dir, list(digests))
+        wrong = [name for name in digests if have.get(name) != digests[name]]
+        return f"{host.name}: {', '.join(wrong)} differ from the build after the copy" if wrong else None
+
+    failed = [why for why in fan_out(list(hosts), put).values() if why]
+    if failed:
+        raise BenchError(f"installing build {spec.label}: " + "; ".join(failed))
+    return InstalledBuild(spec.label, source, version, digests)
+
+
+def _controller_binaries(spec: LabelledBuild, *, base: Path,
+                         on_output: Progress | None) -> tuple[Path, str, str]:
+    """The folder holding the build's binaries, its source in words, and its version."""
+    where = f"builds.{spec.label}"
+    try:
+        if spec.crates:
+            built = build(dict(spec.crates), on_output=on_output)
+            crates = " ".join(f"{crate} {version}" for crate, version in sorted(spec.crates.items()))
+            return built.bin_dir, f"crates {crates}", ", ".join(sorted(set(spec.crates.values())))
+        if spec.path:
+            checkout = (base / spec.path).resolve()
+            if not checkout.is_dir():
+                raise ConfigError(f"{where}.path: {checkout} is no folder")
+            built = build(path=checkout, packages=spec.packages, on_output=on_output)
+            return built.bin_dir, f"path {checkout} ({git_state(checkout)})", _cargo_version(checkout)
+    except BuildError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    assert spec.dir is not None
+    prebuilt = (base / spec.dir).resolve()
+    if not prebuilt.is_dir():
+        raise ConfigError(f"{where}.dir: {prebuilt} is no folder")
+    return prebuilt, f"dir {prebuilt}", "prebuilt"
+
+
+def git_state(folder: Path) -> str:
+    """``git <commit>`` with ``, dirty`` when the work tree differs from it; or why there is none."""
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return "not a git checkout"
+        dirty = git("status", "--porcelain").stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "git unavailable"
+    return f"git {head.stdout.strip()}{', dirty' if dirty else ''}"
+
+
+def _cargo_version(folder: Path) -> str:
+    """The package version in the checkout's Cargo.toml (a workspace root has none: ``workspace``)."""
+    try:
+        manifest = tomllib.loads((folder / "Cargo.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return "unknown"
+    version = (manifest.get("package") or {}).get("version")
+    return str(version) if isinstance(version, str) else "workspace"
+
+
+def _host_digests(shell: Shell, host: Host, bin_dir: str, names: Sequence[str]) -> dict[str, str]:
+    """Installed file name → sha256 of those of ``names`` the host has in ``bin_dir``."""
+    paths = " ".join(shlex.quote(f"{bin_dir}/{n}") for n in names)
+    out = shell.run(host, f"sha256sum {paths} 2>/dev/null; true", timeout=60)
+    found = {}
+    for line in out.text.splitlines():
+        digest, _, path = line.partition("  ")
+        found[path.rsplit("/", 1)[-1]] = digest
+    return found
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
