@@ -144,8 +144,8 @@ def test_agent_config_is_flat_json_the_agent_accepts(tmp_path: Path) -> None:
     cfg = agent_config("client-0", role="client", secret="0123456789abcdef0123", env_id="e",
                        actions=default_actions(), workdir=str(tmp_path))
     parsed = Config(json.loads(json.dumps(cfg)))
-    assert (parsed.worker_id, parsed.port, sorted(parsed.actions)[:2]) == ("client-0", 7700,
-                                                                            ["iperf3-client", "iperf3-server"])
+    assert (parsed.worker_id, parsed.port) == ("client-0", 7700)
+    assert {"iperf3-client", "iperf3-server", "iperf3-client-build", "netbench-client"} <= set(parsed.actions)
     assert all(not isinstance(v, dict) for k, v in cfg.items() if k != "actions")
     with pytest.raises(ConfigProblem, match="secret"):
         Config({**cfg, "secret": "short"})

@@ -1,13 +1,14 @@
-"""Two real builds of a netbench driver side by side on local hosts: a crate, and the same crate changed by a line.
+"""Two real builds side by side on local hosts, interleaved, each run recording exactly what it ran.
 
-The crate is s2n-netbench-driver-tcp 0.1.0 from crates.io (cached per
-machine); the other build is its source in a git checkout with a one-line
-change not yet committed, built on the controller. Both are pushed beside each
-other, the plan interleaves them, and every run records exactly what it ran.
+netbench: s2n-netbench-driver-tcp 0.1.0 from crates.io (cached per machine),
+and its source in a git checkout with a one-line change not yet committed,
+built on the controller. iperf3: the stock binary and a wrapper that pins it
+to one core.
 """
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from enosnet.bench.builds import git_state, install_build
 from enosnet.bench.hostio import Shell
 from enosnet.bench.runner import agent_access, run_experiment
 from enosnet.bench.spec import LabelledBuild, load_experiment
-from enosnet.coordinator import netbench_actions
+from enosnet.coordinator import iperf3_actions, netbench_actions
 from enosnet.errors import ConfigError
 from enosnet.results.compare import compare
 from enosnet.results.store import ResultsStore
@@ -120,3 +121,53 @@ def test_two_builds_run_interleaved_and_each_run_records_what_it_ran(
     paired = compare(deployment.env.db_file, builds="base,mine")
     assert [(dict(r.combo), r.comparison.n_baseline, r.comparison.n_other) for r in paired.rows] == [
         ({"driver": "tcp"}, 2, 2)]
+
+
+IPERF3 = """name: iperf3-builds
+driver: iperf3
+duration: 1s
+repetitions: 2
+seed: 2
+iperf3: {{server_role: server, client_role: client}}
+builds:
+  stock: {{binary: /usr/bin/iperf3}}
+  pinned: {{binary: {wrapper}}}
+"""
+
+
+@pytest.mark.hosts
+@pytest.mark.timeout(600)
+def test_two_iperf3_binaries_run_side_by_side(local_hosts: Callable[..., Any], tmp_path: Path) -> None:
+    wrapper = tmp_path / "iperf3-pinned"  # the stock iperf3 held to one core: another program, another sha256
+    wrapper.write_text('#!/bin/sh\nexec taskset -c 0 /usr/bin/iperf3 "$@"\n')
+    wrapper.chmod(0o755)
+    deployment = local_hosts({"server": 1, "client": 1}, name="ipbuilds")
+    access = agent_access(deployment.env)
+    start_agents_over_ssh(deployment.roles, env_id=access.env_id, secret=access.secret, port=access.port,
+                          actions=iperf3_actions())
+    path = tmp_path / "x.yaml"
+    path.write_text(IPERF3.format(wrapper=wrapper))
+    result = run_experiment(deployment.env, load_experiment(path))
+    assert (result.done, result.failed) == (4, 0)
+    digests = {"stock": sha256(Path("/usr/bin/iperf3")), "pinned": sha256(wrapper)}
+    with ResultsStore.open(deployment.env.db_file, create=False) as store:
+        runs = store.runs()
+        meta = [m for m in store.host_metadata(per_run=True) if m.key.startswith("build")]
+        throughput = {m.run_id: m.value for m in store.metrics(name="throughput")}
+    for run in runs:
+        label = str(run.params["build"])
+        for host in ("server-0", "client-0"):
+            mine = {m.key: m.value for m in meta if m.run_id == run.id and m.host == host}
+            assert (mine["build"], mine["build.binary"], mine["build.sha256"]) == (label, f"iperf3+{label}",
+                                                                                  digests[label])
+            assert mine["build.source"] == f"binary {Path('/usr/bin/iperf3') if label == 'stock' else wrapper}"
+            assert mine["build.version"].startswith("iperf 3.")
+        assert throughput[run.id] > 1e8
+    assert all(sorted(str(r.params["build"]) for r in runs if r.repetition == rep) == ["pinned", "stock"]
+               for rep in (0, 1))
+    paired = compare(deployment.env.db_file, builds="stock,pinned")
+    assert [(r.comparison.n_baseline, r.comparison.n_other) for r in paired.rows] == [(2, 2)]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,10 +1,11 @@
 """Builds of the tool under test, side by side on the hosts: built on the controller, pushed under their label.
 
-An experiment's ``builds:`` names builds (``crates`` at versions, a ``path``
-checkout, or a ``dir`` of prebuilt binaries). Before the first run each is
-built once on the controller (``netbench_build``: cached per machine; a
-checkout is rebuilt incrementally) and its drivers are copied to every host
-as ``<bin_dir>/<binary>+<label>``, never over another build's files. What a
+An experiment's ``builds:`` names builds (netbench: ``crates`` at versions or
+a ``path`` checkout; iperf3: a ``binary``; either: a ``dir`` of prebuilt
+binaries). Before the first run each is built once on the controller
+(``netbench_build``: cached per machine; a checkout is rebuilt incrementally)
+and the binaries the runs need are copied to every host as
+``<bin_dir>/<binary>+<label>``, never over another build's files. What a
 run ran is then known exactly: its build's label, source and version, and the
 sha256 of each binary as the host holds it.
 
@@ -18,8 +19,8 @@ import hashlib
 import shlex
 import subprocess
 import tomllib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from enosnet.bench.hostio import Shell, fan_out
@@ -27,6 +28,7 @@ from enosnet.bench.spec import LabelledBuild
 from enosnet.errors import BenchError, ConfigError
 from enosnet.model import Host
 from enosnet.netbench_build import BuildError, build
+from enosnet.results.store import HostMeta
 
 Progress = Callable[[str], None]
 
@@ -39,6 +41,27 @@ class InstalledBuild:
     source: str
     version: str
     sha256: dict[str, str]  # installed file name (with +label) → digest, the same on every host
+
+
+@dataclass
+class Needs:
+    """What the runs of one build need: its binaries on its hosts, in ``bin_dir``."""
+
+    spec: LabelledBuild
+    bin_dir: str
+    binaries: set[str] = field(default_factory=set)
+    hosts: set[Host] = field(default_factory=set)
+
+    def add(self, binaries: Iterable[str], hosts: Iterable[Host]) -> None:
+        self.binaries.update(binaries)
+        self.hosts.update(hosts)
+
+
+def install_builds(shell: Shell, needs: Mapping[str, Needs], *, experiment: str | None) -> dict[str, InstalledBuild]:
+    """Every build the runs name, on the hosts that run it (paths relative to the ``experiment`` file)."""
+    base = Path(experiment).parent if experiment else Path.cwd()
+    return {label: install_build(shell, sorted(n.hosts, key=lambda h: h.name), n.spec, binaries=sorted(n.binaries),
+                                 bin_dir=n.bin_dir, base=base) for label, n in needs.items()}
 
 
 def installed_name(binary: str, label: str) -> str:
@@ -54,13 +77,9 @@ def install_build(shell: Shell, hosts: Sequence[Host], spec: LabelledBuild, *, b
     copy is checked by its sha256 on the host. Raises ``ConfigError`` when the
     build lacks a binary the experiment runs, ``BenchError`` when a copy fails.
     """
-    folder, source, version = _controller_binaries(spec, base=base, on_output=on_output)
-    missing = [b for b in binaries if not (folder / b).is_file()]
-    if missing:
-        raise ConfigError(f"builds.{spec.label}: {folder} has no {', '.join(missing)} (the experiment's drivers "
-                          "need a server and a client binary each)")
-    digests = {installed_name(b, spec.label): _sha256(folder / b) for b in binaries}
-    local = {installed_name(b, spec.label): folder / b for b in binaries}
+    files, source, version = _controller_binaries(spec, binaries, base=base, on_output=on_output)
+    digests = {installed_name(b, spec.label): _sha256(path) for b, path in files.items()}
+    local = {installed_name(b, spec.label): path for b, path in files.items()}
 
     def put(host: Host) -> str | None:
         have = _host_digests(shell, host, bin_dir, list(digests))
@@ -83,28 +102,61 @@ def install_build(shell: Shell, hosts: Sequence[Host], spec: LabelledBuild, *, b
     return InstalledBuild(spec.label, source, version, digests)
 
 
-def _controller_binaries(spec: LabelledBuild, *, base: Path,
-                         on_output: Progress | None) -> tuple[Path, str, str]:
-    """The folder holding the build's binaries, its source in words, and its version."""
+def _controller_binaries(spec: LabelledBuild, binaries: Sequence[str], *, base: Path,
+                         on_output: Progress | None) -> tuple[dict[str, Path], str, str]:
+    """Each of ``binaries`` as a file on the controller, the build's source in words, and its version."""
     where = f"builds.{spec.label}"
+    if spec.binary:
+        program = (base / spec.binary).resolve()
+        if not program.is_file() or len(binaries) != 1:
+            raise ConfigError(f"{where}.binary: {program} is no file" if len(binaries) == 1 else
+                              f"{where}.binary: one executable cannot stand for {', '.join(binaries)}")
+        return {binaries[0]: program}, f"binary {program}", _program_version(program)
     try:
         if spec.crates:
             built = build(dict(spec.crates), on_output=on_output)
             crates = " ".join(f"{crate} {version}" for crate, version in sorted(spec.crates.items()))
-            return built.bin_dir, f"crates {crates}", ", ".join(sorted(set(spec.crates.values())))
-        if spec.path:
+            folder, source = built.bin_dir, f"crates {crates}"
+            version = ", ".join(sorted(set(spec.crates.values())))
+        elif spec.path:
             checkout = (base / spec.path).resolve()
             if not checkout.is_dir():
                 raise ConfigError(f"{where}.path: {checkout} is no folder")
             built = build(path=checkout, packages=spec.packages, on_output=on_output)
-            return built.bin_dir, f"path {checkout} ({git_state(checkout)})", _cargo_version(checkout)
+            folder, source = built.bin_dir, f"path {checkout} ({git_state(checkout)})"
+            version = _cargo_version(checkout)
+        else:
+            assert spec.dir is not None
+            folder = (base / spec.dir).resolve()
+            if not folder.is_dir():
+                raise ConfigError(f"{where}.dir: {folder} is no folder")
+            source, version = f"dir {folder}", "prebuilt"
     except BuildError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    assert spec.dir is not None
-    prebuilt = (base / spec.dir).resolve()
-    if not prebuilt.is_dir():
-        raise ConfigError(f"{where}.dir: {prebuilt} is no folder")
-    return prebuilt, f"dir {prebuilt}", "prebuilt"
+    missing = [b for b in binaries if not (folder / b).is_file()]
+    if missing:
+        raise ConfigError(f"{where}: {folder} has no {', '.join(missing)} (what the experiment's runs start)")
+    return {b: folder / b for b in binaries}, source, version
+
+
+def _program_version(program: Path) -> str:
+    """The first line ``program --version`` prints here (``iperf 3.12 (cJSON 1.7.15)``), else ``unknown``."""
+    try:
+        done = subprocess.run([str(program), "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    first = (done.stdout or done.stderr).strip().splitlines()
+    return first[0].strip()[:120] if done.returncode == 0 and first else "unknown"
+
+
+def build_metadata(build: InstalledBuild, host: str, binary: str) -> list[HostMeta]:
+    """What build a host ran in a run: its label, source and version, and the sha256 of the binary it ran."""
+    name = installed_name(binary, build.label)
+    return [HostMeta(host, "build", build.label, "controller"),
+            HostMeta(host, "build.source", build.source, "controller"),
+            HostMeta(host, "build.version", build.version, "controller"),
+            HostMeta(host, "build.binary", name, "controller"),
+            HostMeta(host, "build.sha256", build.sha256[name], "host")]
 
 
 def git_state(folder: Path) -> str:

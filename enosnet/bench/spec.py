@@ -81,6 +81,45 @@ class NetemSection(Strict):
     symmetric: bool = True
 
 
+SOURCES = ("crates", "path", "binary", "dir")
+BUILD_SOURCES = {"netbench": ("crates", "path", "dir"), "iperf3": ("binary", "dir")}  # what each driver can run
+
+
+class BuildSpec(Strict):
+    """One build of the tool under test, from exactly one source.
+
+    For netbench: ``crates`` (crate → exact version, built on the controller,
+    cached per machine) or ``path`` (a local checkout: a driver crate, or a
+    workspace and its ``packages``, built on the controller). For iperf3:
+    ``binary`` (an iperf3 executable on the controller). For both: ``dir`` (a
+    folder of prebuilt binaries). Relative paths are relative to the
+    experiment file.
+    """
+
+    crates: dict[str, str] | None = None
+    path: str | None = None
+    packages: list[str] = Field(default_factory=list)
+    dir: str | None = None
+    binary: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BuildSpec:
+        given = [name for name in SOURCES if getattr(self, name)]
+        if len(given) != 1:
+            got = f"; got {' and '.join(given)}" if given else ""
+            raise ValueError("give exactly one of `crates` (crate: version), `path` (a checkout), `binary` (an "
+                             f"executable) or `dir` (prebuilt binaries){got}")
+        if self.packages and self.path is None:
+            raise ValueError("`packages` goes with `path` (the workspace's packages to build)")
+        return self
+
+
+class LabelledBuild(BuildSpec):
+    """A build as one run's driver section carries it: its label in ``builds:`` and its source."""
+
+    label: BuildLabel
+
+
 class Iperf3Section(Strict):
     """iperf3: one server per server host (one port per client sharing it), clients started together."""
 
@@ -93,6 +132,9 @@ class Iperf3Section(Strict):
     bitrate: str | None = None
     length: str | None = None
     port: int = Field(5201, ge=1, le=65000)
+    # where a build of `builds:` goes on the hosts (as iperf3+<label>), as the agents' catalogue says
+    bin_dir: str = "/usr/local/bin"
+    build: LabelledBuild | None = None
 
 
 class NetbenchScenarioArgs(Strict):
@@ -101,37 +143,6 @@ class NetbenchScenarioArgs(Strict):
     name: str = "request_response"
     options: dict[str, Scalar] = Field(default_factory=dict)
     program: str = "s2n-netbench-scenarios"
-
-
-class BuildSpec(Strict):
-    """One build of the tool under test, from exactly one source.
-
-    ``crates``: crate → exact version, built on the controller (cached per
-    machine); ``path``: a local checkout (a driver crate, or a workspace and its
-    ``packages``) built on the controller; ``dir``: a folder of prebuilt
-    binaries. Relative paths are relative to the experiment file.
-    """
-
-    crates: dict[str, str] | None = None
-    path: str | None = None
-    packages: list[str] = Field(default_factory=list)
-    dir: str | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> BuildSpec:
-        given = [name for name in ("crates", "path", "dir") if getattr(self, name)]
-        if len(given) != 1:
-            raise ValueError("give exactly one of `crates` (crate: version), `path` (a checkout) or `dir` "
-                             f"(prebuilt binaries){'; got ' + ' and '.join(given) if given else ''}")
-        if self.packages and self.path is None:
-            raise ValueError("`packages` goes with `path` (the workspace's packages to build)")
-        return self
-
-
-class LabelledBuild(BuildSpec):
-    """A build as one run's driver section carries it: its label in ``builds:`` and its source."""
-
-    label: BuildLabel
 
 
 class NetbenchSection(Strict):
@@ -215,9 +226,11 @@ class Experiment(Strict):
                 if unknown:
                     raise ValueError(f"{section}: {{{unknown[0]}}} names no parameter "
                                      f"(parameters: {', '.join(sorted(names)) or 'none'})")
-        if self.builds and self.driver != "netbench":
-            raise ValueError("builds: only the netbench driver runs builds side by side (driver is "
-                             f"{self.driver})")
+        for label, build in self.builds.items():
+            source = next(name for name in SOURCES if getattr(build, name))
+            if source not in BUILD_SOURCES[self.driver]:
+                raise ValueError(f"builds.{label}: a {source} build cannot run with driver {self.driver} (it takes "
+                                 f"{' or '.join(BUILD_SOURCES[self.driver])})")
         if self.builds and "build" in self.parameters:
             raise ValueError("builds: the labels of `builds` are the levels of parameter build; "
                              "do not give `build` in parameters too")
@@ -284,6 +297,7 @@ class Experiment(Strict):
         data = (section or Iperf3Section()).model_dump()
         if self.driver == "netbench" and self.netbench is not None:
             data["driver"] = params.get("driver", self.netbench.drivers[0])
+        data.pop("build", None)
         out = dict(substitute(data, {**params, "duration": self.duration_s}))
         label = params.get("build")
         if label in self.builds:  # after substituting: a build's paths are not templates

@@ -41,20 +41,30 @@ def agent_config(worker_id: str, *, role: str, secret: str, env_id: str, actions
     }
 
 
-def iperf3_actions(*, binary: str = "iperf3") -> dict[str, Any]:
-    """``iperf3-server`` (a service until stopped) and ``iperf3-client`` (a job, JSON output)."""
+def iperf3_actions(*, binary: str = "iperf3", bin_dir: str = "/usr/local/bin") -> dict[str, Any]:
+    """``iperf3-server`` (a service until stopped) and ``iperf3-client`` (a job, JSON output).
+
+    ``iperf3-server-build`` and ``iperf3-client-build`` are the same with the
+    program a build of an experiment's ``builds:`` (``<bin_dir>/iperf3+<label>``).
+    """
+    plain = _iperf3(binary, {})
+    build = _iperf3("{binary}", {"binary": {"type": "file", "dir": bin_dir, "pattern": r"iperf3\+[a-z0-9_-]+"}})
+    return {**plain, **{f"{name}-build": action for name, action in build.items()}}
+
+
+def _iperf3(program: str, extra: Mapping[str, Any]) -> dict[str, Any]:
     port = {"type": "int", "min": 1, "max": 65535, "default": 5201}
     return {
         "iperf3-server": {
             "kind": "service",
-            "argv": [binary, "-s", "-p", "{port}", ["-B", "{bind}"], ["-1", "{one_off}"]],
+            "argv": [program, "-s", "-p", "{port}", ["-B", "{bind}"], ["-1", "{one_off}"]],
             "params": {"port": port, "bind": {"type": "host", "default": None},
-                       "one_off": {"type": "bool", "default": False}},
+                       "one_off": {"type": "bool", "default": False}, **extra},
             "listen": "tcp:{port}",
         },
         "iperf3-client": {
             "kind": "job",
-            "argv": [binary, "-c", "{host}", "-p", "{port}", "-t", "{duration}", "-J",
+            "argv": [program, "-c", "{host}", "-p", "{port}", "-t", "{duration}", "-J",
                      "-P", "{parallel}", ["-C", "{congestion}"], ["-R", "{reverse}"], ["-u", "{udp}"],
                      ["-b", "{bitrate}"], ["-l", "{length}"]],
             "params": {
@@ -67,6 +77,7 @@ def iperf3_actions(*, binary: str = "iperf3") -> dict[str, Any]:
                 "udp": {"type": "bool", "default": False},
                 "bitrate": {"type": "string", "pattern": r"[0-9]{1,12}[KMG]?", "default": None},
                 "length": {"type": "string", "pattern": r"[0-9]{1,8}[KM]?", "default": None},
+                **extra,
             },
         },
     }

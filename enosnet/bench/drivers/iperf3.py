@@ -18,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from enosnet.bench.builds import InstalledBuild, Needs, build_metadata, install_builds, installed_name
 from enosnet.bench.drivers.base import Driver, Executed, Labelled, Measured
+from enosnet.bench.hostio import Shell
 from enosnet.bench.spec import Iperf3Section
 from enosnet.coordinator import Coordinator, Worker, WorkerRecord
 from enosnet.errors import ConfigError
@@ -52,6 +54,20 @@ class Iperf3Driver(Driver):
 
     name = "iperf3"
     actions = (SERVER_ACTION, CLIENT_ACTION)
+
+    def __init__(self, roles: Roles, *, source: str | None = None) -> None:
+        super().__init__(roles, source=source)
+        self.builds: dict[str, InstalledBuild] = {}
+
+    def prepare(self, shell: Shell, sections: Sequence[Mapping[str, Any]]) -> None:
+        """The builds of ``builds:`` on the hosts that run them, as ``<bin_dir>/iperf3+<label>``."""
+        needs: dict[str, Needs] = {}
+        for section in sections:
+            sec = self.section(section)
+            if sec.build is not None:
+                needs.setdefault(sec.build.label, Needs(sec.build, sec.bin_dir)).add(
+                    ["iperf3"], [*self.roles.select(sec.server_role), *self.roles.select(sec.client_role)])
+        self.builds = install_builds(shell, needs, experiment=self.source)
 
     def section(self, data: Mapping[str, Any]) -> Iperf3Section:
         try:
@@ -97,13 +113,16 @@ class Iperf3Driver(Driver):
         slots = sorted(self._slots(sec))
         targets = {c.name: (s.address, port) for c, s, port in self._layout(sec)}
         groups = [port_role(sec.server_role, slot) for slot in slots]
-        await asyncio.gather(*(coordinator.start(g, SERVER_ACTION, {"port": sec.port + slot})
+        # a build of `builds:` runs through the same actions with its own program
+        program = {"binary": installed_name("iperf3", sec.build.label)} if sec.build else {}
+        server_action, client_action = (f"{a}-build" if sec.build else a for a in (SERVER_ACTION, CLIENT_ACTION))
+        await asyncio.gather(*(coordinator.start(g, server_action, {"port": sec.port + slot, **program})
                                for g, slot in zip(groups, slots, strict=True)))
         servers: list[WorkerRecord] = []
         try:
             await asyncio.gather(*(coordinator.wait_ready(g) for g in groups))
-            clients = await coordinator.run(sec.client_role, CLIENT_ACTION,
-                                            lambda w: self._client_params(w, sec, targets, duration_s),
+            clients = await coordinator.run(sec.client_role, client_action,
+                                            lambda w: {**self._client_params(w, sec, targets, duration_s), **program},
                                             deadline_s=timeout_s)
         finally:
             stopped = await asyncio.gather(*(coordinator.stop(g) for g in groups), return_exceptions=True)
@@ -111,7 +130,7 @@ class Iperf3Driver(Driver):
         records = [Labelled(f"{SERVER_ACTION}-{_port_of(r, sec)}", r.worker, sec.server_role, r) for r in servers]
         records += [Labelled(CLIENT_ACTION, r.worker, sec.client_role, r, client=True) for r in clients]
         scheduled = min((r.scheduled_ns - (r.offset_ns or 0) for r in clients if r.scheduled_ns), default=None)
-        return Executed(records, scheduled)
+        return Executed(records, scheduled, {"build": sec.build.label if sec.build else ""})
 
     @staticmethod
     def _client_params(worker: Worker, sec: Iperf3Section, targets: Mapping[str, tuple[str, int]],
@@ -123,6 +142,10 @@ class Iperf3Driver(Driver):
 
     def parse(self, executed: Executed, folder: Path, *, started_ns: int | None) -> Measured:
         out = Measured()
+        build = self.builds.get(executed.context.get("build", ""))
+        if build is not None:
+            for host in sorted({item.host for item in executed.records}):
+                out.metadata += build_metadata(build, host, "iperf3")
         for item in executed.clients:
             path = folder / item.host / item.label / "stdout"
             try:

@@ -33,12 +33,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from enosnet.bench.builds import InstalledBuild, install_build, installed_name
+from enosnet.bench.builds import InstalledBuild, Needs, build_metadata, install_builds, installed_name
 from enosnet.bench.drivers.base import Driver, Executed, Labelled, Measured
 from enosnet.bench.drivers.netbench_output import Trace, parse_trace, scenario_bytes, trace_samples
 from enosnet.bench.hostio import Shell, fan_out
 from enosnet.bench.instrument import interface_bytes
-from enosnet.bench.spec import LabelledBuild, NetbenchScenarioArgs, NetbenchSection
+from enosnet.bench.spec import NetbenchScenarioArgs, NetbenchSection
 from enosnet.coordinator import Coordinator, WorkerRecord
 from enosnet.errors import BenchError, ConfigError
 from enosnet.model import Host, Roles
@@ -112,19 +112,14 @@ class NetbenchDriver(Driver):
 
     def _install_builds(self, shell: Shell, sections: Sequence[Mapping[str, Any]]) -> None:
         """Each build the runs name, on the hosts that run it, with the drivers it is run with."""
-        wanted: dict[str, tuple[LabelledBuild, str, set[str], set[Host]]] = {}
+        needs: dict[str, Needs] = {}
         for section in sections:
             sec, driver = self.section(section)
-            if sec.build is None:
-                continue
-            build, bin_dir, drivers, hosts = wanted.setdefault(sec.build.label, (sec.build, sec.bin_dir, set(), set()))
-            drivers.add(driver)
-            hosts.update([*self.roles.select(sec.server_role), *self.roles.select(sec.client_role)])
-        base = Path(self.source).parent if self.source else Path.cwd()
-        for label, (build, bin_dir, drivers, hosts) in wanted.items():
-            binaries = [f"s2n-netbench-driver-{side}-{d}" for d in sorted(drivers) for side in ("server", "client")]
-            self.builds[label] = install_build(shell, sorted(hosts, key=lambda h: h.name), build,
-                                               binaries=binaries, bin_dir=bin_dir, base=base)
+            if sec.build is not None:
+                needs.setdefault(sec.build.label, Needs(sec.build, sec.bin_dir)).add(
+                    [f"s2n-netbench-driver-{side}-{driver}" for side in ("server", "client")],
+                    [*self.roles.select(sec.server_role), *self.roles.select(sec.client_role)])
+        self.builds = install_builds(shell, needs, experiment=self.source)
 
     @staticmethod
     def _scenario_key(sec: NetbenchSection) -> str:
@@ -202,7 +197,7 @@ class NetbenchDriver(Driver):
             pulled = folder / item.host / item.label
             if build is not None:
                 side = "client" if client else "server"
-                out.metadata += _build_metadata(build, item.host, f"s2n-netbench-driver-{side}-{driver}")
+                out.metadata += build_metadata(build, item.host, f"s2n-netbench-driver-{side}-{driver}")
             try:
                 trace = parse_trace((pulled / "stderr").read_text(errors="replace").splitlines())
             except OSError as exc:
@@ -224,16 +219,6 @@ class NetbenchDriver(Driver):
         if received and len(received) == len(executed.clients) and not out.problems:
             out.headline = ("throughput", sum(received), "bit/s")
         return out
-
-
-def _build_metadata(build: InstalledBuild, host: str, binary: str) -> list[HostMeta]:
-    """What build a host ran in a run: its label, source and version, and the sha256 of the binary it ran."""
-    name = installed_name(binary, build.label)
-    return [HostMeta(host, "build", build.label, "controller"),
-            HostMeta(host, "build.source", build.source, "controller"),
-            HostMeta(host, "build.version", build.version, "controller"),
-            HostMeta(host, "build.binary", name, "controller"),
-            HostMeta(host, "build.sha256", build.sha256[name], "host")]
 
 
 @dataclass
