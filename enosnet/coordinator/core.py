@@ -19,13 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from enosnet.coordinator.agent.wire import (
+    ACTIVE,
     DEFAULT_PORT,
+    FINISHED,
     FROM_AGENT,
     MAX_ARM_AHEAD_S,
     MAX_DATAGRAM,
     Message,
     MessageType,
     ReplayGuard,
+    RunState,
     WireError,
     decode,
     encode,
@@ -35,7 +38,6 @@ from enosnet.coordinator.agent.wire import (
 from enosnet.errors import ConfigError, CoordinatorError, SyncTimeout, WorkerLost
 from enosnet.model import Roles
 
-FINISHED = ("exited", "stopped", "failed")
 AGENT_RESTARTED = "agent restarted"
 log = logging.getLogger("enosnet.coordinator")
 Params = Mapping[str, Any] | Callable[["Worker"], Mapping[str, Any]]
@@ -106,7 +108,7 @@ class WorkerRecord:
 
     @property
     def ok(self) -> bool:
-        return self.state == "exited" and self.rc == 0
+        return self.state == RunState.EXITED and self.rc == 0
 
     @property
     def stdout(self) -> str | None:
@@ -618,7 +620,7 @@ class Coordinator:
             await self._cancel(accepted, run_id)
             text = "; ".join(f"{w}: {why}" for w, why in sorted(refused.items()))
             raise CoordinatorError(f"agents refused {action}: {text}")
-        done = sorted(w for w, m in replies.items() if m.payload["state"] != "ready")
+        done = sorted(w for w, m in replies.items() if m.payload["state"] != RunState.READY)
         if done:
             raise CoordinatorError(f"run {run_id} already exists on {', '.join(done)}: nothing started again; "
                                    "use a new run id (or collect() its results)")
@@ -824,7 +826,7 @@ class Coordinator:
     def _adopt_services(self, runs: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Services found running on re-attach become the active run of their role, so stop(role) works."""
         for worker_id, run in runs:
-            if run.get("kind") == "service" and run.get("state") in ("armed", "running"):
+            if run.get("kind") == "service" and run.get("state") in ACTIVE:
                 for worker in self.workers:
                     if worker.id == worker_id:
                         self._active.setdefault(worker.role, str(run.get("run")))

@@ -23,12 +23,16 @@ from typing import IO, Any
 
 from .actions import Action, ActionError, parse_actions
 from .wire import (
+    ACTIVE,
     DEFAULT_PORT,
+    FINISHED,
+    IDLE,
     MAX_ARM_AHEAD_S,
     MAX_DATAGRAM,
     REQUESTS,
     MessageType,
     ReplayGuard,
+    RunState,
     WireError,
     decode,
     encode,
@@ -37,8 +41,6 @@ from .wire import (
 )
 
 VERSION = "1"
-FINISHED = ("exited", "stopped", "failed")
-ACTIVE = ("armed", "running")
 RUN_ID = re.compile(r"(?!\.+\Z)[A-Za-z0-9_.:-]{1,48}")  # fullmatch; never "." or ".."
 WAKE_EARLY_NS = 2_000_000
 SPIN_NS = 200_000
@@ -262,7 +264,7 @@ class Agent:
     def close(self) -> None:
         """Stop every active run (process groups killed) and close the socket."""
         for run in list(self.runs.values()):
-            if run.state in ACTIVE or run.state == "ready":
+            if run.state in ACTIVE or run.state == RunState.READY:
                 self._shutdown_run(run)
         self._persist()
         self.sock.close()
@@ -281,12 +283,12 @@ class Agent:
         for item in data.get("runs", []):
             run = Run(**item)
             self.runs[run.run] = run
-            if run.state in ("ready", "armed"):
+            if run.state in (RunState.READY, RunState.ARMED):
                 _kill_orphan(run)  # its gate closed with the old agent, so it never ran; make sure it is gone
-                self._finish(run, "failed", error="agent restarted before the scheduled start")
-            elif run.state == "running":
+                self._finish(run, RunState.FAILED, error="agent restarted before the scheduled start")
+            elif run.state == RunState.RUNNING:
                 _kill_orphan(run)
-                self._finish(run, "failed", error="agent restarted during the run")
+                self._finish(run, RunState.FAILED, error="agent restarted during the run")
             elif run.state in FINISHED and not run.reported:
                 self._queue_done(run)
         self._persist()
@@ -408,7 +410,7 @@ class Agent:
         if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline <= 7 * 86400:
             raise ActionError("deadline_s must be a number of seconds in (0, 604800]")
         folder = os.path.join(self.cfg.workdir, "runs", run_id)
-        run = Run(run=run_id, action=action.name, params=params, state="ready", timed=bool(payload.get("timed")),
+        run = Run(run=run_id, action=action.name, params=params, state=RunState.READY, timed=bool(payload.get("timed")),
                   created=time.time_ns(), dir=folder, deadline_s=float(deadline), reported=False,
                   stop_requested=False)
         self._make_gated(run)
@@ -422,7 +424,7 @@ class Agent:
         run = self.runs.get(run_id)
         if run is None:
             raise ActionError(f"no run {run_id} (PREPARE it first)")
-        if run.state != "ready":
+        if run.state != RunState.READY:
             return self._run_reply(run)
         at = payload.get("at", 0)
         if isinstance(at, bool) or not isinstance(at, int):
@@ -435,7 +437,7 @@ class Agent:
             run.late_ns = time.time_ns() - at if at else None
             self._open_gate(run)
         else:
-            run.state = "armed"
+            run.state = RunState.ARMED
             _realtime(True)
             run.target_mono = time.monotonic_ns() + (at - time.time_ns())
             self._timer(f"start:{run.run}", run.target_mono - WAKE_EARLY_NS, lambda: self._start_on_time(run))
@@ -444,7 +446,7 @@ class Agent:
 
     def _stop_request(self, payload: dict[str, Any]) -> dict[str, Any]:
         if payload.get("all") is True:
-            targets = [r for r in self.runs.values() if r.state in ACTIVE or r.state == "ready"]
+            targets = [r for r in self.runs.values() if r.state in ACTIVE or r.state == RunState.READY]
         else:
             run = self.runs.get(_run_id(payload))
             targets = [run] if run is not None else []
@@ -477,7 +479,7 @@ class Agent:
     def state(self) -> str:
         """``idle`` or the state of the latest run not yet reported."""
         pending = [r for r in self.runs.values() if not (r.state in FINISHED and r.reported)]
-        return pending[-1].state if pending else "idle"
+        return pending[-1].state if pending else IDLE
 
     def timed_phase(self) -> bool:
         return any(r.timed and r.state in ACTIVE for r in self.runs.values())
@@ -511,7 +513,7 @@ class Agent:
 
     def _start_on_time(self, run: Run) -> None:
         """At the scheduled instant open the gate: one write, then give the CPU up for the program to exec."""
-        if run.state != "armed":
+        if run.state != RunState.ARMED:
             return
         remaining = run.target_mono - time.monotonic_ns()
         if remaining > SPIN_NS:
@@ -523,18 +525,18 @@ class Agent:
     def _open_gate(self, run: Run) -> None:
         """Start the run: one line through its gate; the shell execs the program (normal priority)."""
         if run.gate is None:  # a run recovered from a previous agent instance has no gate left
-            self._finish(run, "failed", error="its process is gone (agent restarted after PREPARE)")
+            self._finish(run, RunState.FAILED, error="its process is gone (agent restarted after PREPARE)")
             return
         run.start_wall, run.start_mono = time.time_ns(), time.monotonic_ns()
         try:
             os.write(run.gate, b"\n")
         except OSError as exc:  # the gated process was killed from outside: reap() reports how it ended
             log.warning("run %s: its process left before the start: %s", run.run, exc)
-        if not any(r.state == "armed" and r is not run for r in self.runs.values()):
+        if not any(r.state == RunState.ARMED and r is not run for r in self.runs.values()):
             _realtime(False)
         os.close(run.gate)
         run.gate = None
-        run.state = "running"
+        run.state = RunState.RUNNING
         self._watch_exec(run)
         self._started(run)
 
@@ -545,7 +547,7 @@ class Agent:
         that is the shell itself) exec_ns stays unknown rather than keep the
         agent waking during the measurement.
         """
-        if run.state != "running" or run.pid is None or run.start_mono is None:
+        if run.state != RunState.RUNNING or run.pid is None or run.start_mono is None:
             return
         exe = _exe(run.pid)
         elapsed = time.monotonic_ns() - run.start_mono
@@ -582,12 +584,12 @@ class Agent:
 
     def _terminate(self, run: Run, *, reason: str) -> None:
         """SIGTERM to the run's process group now, SIGKILL after the action's grace."""
-        if run.state in ("ready", "armed"):
+        if run.state in (RunState.READY, RunState.ARMED):
             self.timers.pop(f"start:{run.run}", None)
             self._close_gate(run)
-            self._finish(run, "stopped", error=None if reason == "stop" else reason)
+            self._finish(run, RunState.STOPPED, error=None if reason == "stop" else reason)
             return
-        if run.state != "running" or run.pid is None:
+        if run.state != RunState.RUNNING or run.pid is None:
             return
         if reason == "deadline":
             run.error = "deadline exceeded: process group killed"
@@ -611,7 +613,7 @@ class Agent:
     def reap(self) -> None:
         """Notice runs whose leading process exited; they finish once their whole group is gone."""
         for run in list(self.runs.values()):
-            if run.proc is None or run.state != "running":
+            if run.proc is None or run.state != RunState.RUNNING:
                 continue
             rc = run.proc.poll()
             if rc is None:
@@ -626,7 +628,7 @@ class Agent:
         now = time.monotonic()
         members = _group_members(run.pid or 0)
         if not members or now > kill_at + 2.0:
-            state = "stopped" if run.stop_requested else "failed" if run.error else "exited"
+            state = RunState.STOPPED if run.stop_requested else RunState.FAILED if run.error else RunState.EXITED
             self._finish(run, state, rc=run.rc, error=run.error)
             return
         if now >= kill_at:
@@ -637,7 +639,7 @@ class Agent:
                     functools.partial(self._drain_group, run, kill_at, signalled=True))
 
     def _finish(self, run: Run, state: str, *, rc: int | None = None, error: str | None = None) -> None:
-        if run.state == "running" and run.dir and os.path.isdir(run.dir):
+        if run.state == RunState.RUNNING and run.dir and os.path.isdir(run.dir):
             # the counters as the run ends, so its samples cover the whole run (not up to the last tick)
             with open(os.path.join(run.dir, "samples.jsonl"), "a") as handle:
                 handle.write(json.dumps(_system_sample()) + "\n")
@@ -657,12 +659,12 @@ class Agent:
         self._queue_done(run)
         self._persist()
         self._sample()
-        if not any(r.state == "armed" for r in self.runs.values()):
+        if not any(r.state == RunState.ARMED for r in self.runs.values()):
             _realtime(False)
 
     def _shutdown_run(self, run: Run) -> None:
         """The agent is exiting: kill the group now (short grace) and record it stopped."""
-        if run.state == "running" and run.pid:
+        if run.state == RunState.RUNNING and run.pid:
             _signal_group(run.pid, signal.SIGTERM)
             deadline = time.monotonic() + min(2.0, self.cfg.actions[run.action].stop_grace_s)
             while _group_alive(run.pid) and time.monotonic() < deadline:
@@ -671,16 +673,16 @@ class Agent:
                 time.sleep(0.01)
             _signal_group(run.pid, signal.SIGKILL)
             rc = run.proc.wait() if run.proc is not None else None
-            self._finish(run, "stopped", rc=rc, error="agent shut down")
+            self._finish(run, RunState.STOPPED, rc=rc, error="agent shut down")
         else:
             self._close_gate(run)
-            self._finish(run, "stopped", error="agent shut down")
+            self._finish(run, RunState.STOPPED, error="agent shut down")
 
     # ── readiness ──────────────────────────────────────────────────────────
 
     def _watch_ready(self, run: Run, action: Action, since: float) -> None:
         listen = action.listen_port(run.params)
-        if run.state != "running":
+        if run.state != RunState.RUNNING:
             return
         if listen is None or _listening(*listen):
             self._queue_event(f"{run.run}:ready", {"kind": "ready", "run": run.run, "pid": run.pid})
@@ -743,7 +745,7 @@ class Agent:
     # ── samples (local only: no traffic while measuring) ────────────────────
 
     def _sample(self) -> None:
-        running = [r for r in self.runs.values() if r.state == "running" and r.dir]
+        running = [r for r in self.runs.values() if r.state == RunState.RUNNING and r.dir]
         if not running:
             self.timers.pop("sample", None)
             return

@@ -67,6 +67,25 @@ class MessageType(enum.IntEnum):
     EVENT = 17     # agent-initiated: a run is ready or done; retransmitted until ACKed
 
 
+class RunState(str, enum.Enum):  # noqa: UP042  (the agent runs on Python 3.8: no StrEnum)
+    """A run's state: the same words in the agent, its state file, its replies and the coordinator."""
+
+    READY = "ready"      # prepared: its parameters are checked, it waits for an ARM
+    ARMED = "armed"      # its start instant is set
+    RUNNING = "running"  # its process runs
+    EXITED = "exited"    # its process ended by itself (``rc`` says how)
+    STOPPED = "stopped"  # stopped by a STOP, a disarm or the agent's shutdown
+    FAILED = "failed"    # it could not start, or was lost
+
+    def __str__(self) -> str:  # the word itself on every Python (3.11 changed what str() of a mixin gives)
+        return str(self.value)
+
+
+FINISHED = (RunState.EXITED, RunState.STOPPED, RunState.FAILED)
+ACTIVE = (RunState.ARMED, RunState.RUNNING)
+IDLE = "idle"  # a worker's status when it has no run left to report
+
+
 REQUESTS = frozenset({MessageType.HELLO, MessageType.PREPARE, MessageType.ARM, MessageType.STOP,
                       MessageType.STATUS, MessageType.ACK})
 FROM_AGENT = frozenset({MessageType.RESP, MessageType.EVENT})
