@@ -30,9 +30,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from enosnet.errors import EnosnetError, EnvironmentBusy, EnvironmentNotFound, ProviderError
+
+if TYPE_CHECKING:
+    from enosnet.state import EnvState
 
 BASE = Path(".enosnet")
 CURRENT = "current"
@@ -161,6 +164,15 @@ class Environment:
         if not isinstance(data, dict):
             raise EnvironmentNotFound(f"{self.state_file}: unreadable state: not a JSON object")
         return data
+
+    def state(self) -> EnvState:
+        """The state, typed (an environment without one reads as nothing acquired)."""
+        from enosnet.state import EnvState  # with the model and the wire constants: not every command needs them
+
+        try:
+            return EnvState.from_json(self.load_state() or {})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EnvironmentNotFound(f"{self.state_file}: unreadable state: {exc}") from None
 
     def save_state(self, state: dict[str, Any]) -> None:
         """Write the state atomically and durably (a crash leaves old or new, never half)."""

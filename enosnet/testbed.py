@@ -247,13 +247,13 @@ def attach(env: str | Path | Environment | None = None) -> Testbed:
     from enosnet.providers import make_provider
 
     environment = env if isinstance(env, Environment) else Environment.find(env)
-    state = environment.load_state() or {}
-    if not state.get("config"):
+    state = environment.state()
+    if state.config is None:
         raise EnosnetError(f"{environment.root}: nothing deployed here (no config in its state)")
-    cfg = EnvConfig.model_validate(state["config"])
+    cfg = EnvConfig.model_validate(state.config)
     provider = make_provider(cfg, environment)
     # a deploy that failed part way (kept) has a config and no hosts yet: still attachable, to destroy it
-    roles, networks = provider.hosts() if state.get("acquired") else (Roles(), Networks())
+    roles, networks = provider.hosts() if state.acquired else (Roles(), Networks())
     return Testbed(environment, cfg, roles, networks, provider, keep=True)
 
 

@@ -40,7 +40,7 @@ NOW = datetime(2026, 11, 22, 3, 0, 0, tzinfo=UTC)
 def env(tmp_path: Path) -> Environment:
     environment = Environment(tmp_path / "incast").create()
     environment.config_file.write_text("name: incast\nprovider: {kind: local}\nroles: {server: 1, client: 4}\n")
-    environment.save_state({"provider": "local", "hosts": ["s", "c"]})
+    environment.save_state({"kind": "local", "provider": {"hosts": ["s", "c"]}})
     environment.inventory_file.write_text("all: {hosts: {server-0: {ansible_host: 198.18.0.2}}}\n")
     (environment.root / "incast.yaml").write_text("name: incast\ndriver: iperf3\n")
     environment.ensure_keypair()
@@ -172,7 +172,7 @@ def test_playbook_collector_runs_ansible(env: Environment, tmp_path: Path) -> No
     """The default collector through the remote layer's run_playbook, on a local-connection host (no network)."""
     here = Host("127.0.0.1", alias="here", extra={"ansible_connection": "local",
                                                   "ansible_python_interpreter": sys.executable})
-    env.update_state(roles=Roles({"server": [here]}).to_dict())
+    env.update_state(roles=Roles({"server": [here]}).to_dict(), acquired=True)  # as a deploy leaves it
     source = tmp_path / "agent.state"
     source.write_text("state: ready\n")
     playbook = tmp_path / "backup.yml"
@@ -348,7 +348,7 @@ def test_backup_fetches_host_state_with_the_real_playbook(local_hosts: Any) -> N
 
 def test_a_backup_holding_an_agent_key_is_not_uploaded(env: Environment, aws: object) -> None:
     roles = Roles({"client": [Host("198.18.0.3", alias="client-0")]})
-    env.save_state({"provider": "local", "roles": roles.to_dict()})
+    env.save_state({"kind": "local", "roles": roles.to_dict(), "acquired": True})
     key = worker_key(env.secret(), "client-0")  # what the agent's config on client-0 holds
     (env.runs_dir / "20261122T020000Z-bench" / "client-0" / "leak.txt").write_text(f"key={key}\n")
     made = make_backup(env, now=NOW)

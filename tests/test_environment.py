@@ -86,3 +86,14 @@ def test_an_environment_folder_that_cannot_be_made_is_named_without_a_traceback(
     with pytest.raises(EnosnetError, match=r"file/lab: cannot create the environment folder \(Not a directory\)"), \
             Environment(tmp_path / "file" / "lab").lock("deploy"):
         pass
+
+
+def test_a_state_of_the_wrong_shape_is_named_not_a_traceback(tmp_path: Path) -> None:
+    env = Environment(tmp_path / "e").create()
+    env.save_state({"kind": "local", "roles": ["server-0"]})
+    with pytest.raises(EnvironmentNotFound, match=r"state.json: unreadable state: roles is list, not an object"):
+        env.state()
+    env.save_state({"kind": "local", "acquired": True, "released": True,
+                    "roles": {"server": [{"address": "198.18.0.2"}]}, "agent": {"env_id": "e", "port": 7800}})
+    state = env.state()
+    assert state.deployed is None and state.roles.all() and state.agent_port == 7800  # released: no hosts to use

@@ -41,7 +41,6 @@ from enosnet.bench.metadata import RUN_PROBE, collect, parse_run_probe
 from enosnet.bench.plan import Plan, PlannedRun, make_plan
 from enosnet.bench.spec import Experiment
 from enosnet.coordinator import Coordinator, Timeouts, workers_from_roles
-from enosnet.coordinator.agent.wire import DEFAULT_PORT
 from enosnet.environment import Environment
 from enosnet.errors import BenchError, CheckFailed, EnosnetError, UsageError
 from enosnet.model import Host, Roles
@@ -94,17 +93,16 @@ class AgentAccess:
 
 def agent_access(env: Environment) -> AgentAccess:
     """The agents' id, secret and port as deployed for ``env`` (state ``agent`` entry, else the defaults)."""
-    state = env.load_state() or {}
-    agent: dict[str, Any] = state["agent"] if isinstance(state.get("agent"), dict) else {}
-    config_port = ((state.get("config") or {}).get("agent") or {}).get("port", DEFAULT_PORT)
-    return AgentAccess(str(agent.get("env_id") or env.name), env.secret(), int(agent.get("port") or config_port))
+    state = env.state()
+    env_id = state.agent.env_id if state.agent is not None and state.agent.env_id else env.name
+    return AgentAccess(env_id, env.secret(), state.agent_port)
 
 
 def environment_roles(env: Environment) -> Roles:
-    state = env.load_state() or {}
-    if not state.get("roles") or state.get("released"):
+    deployed = env.state().deployed
+    if deployed is None:
         raise BenchError(f"{env.root}: no hosts acquired; run `enosnet deploy` first")
-    return Roles.from_dict(state["roles"])
+    return deployed
 
 
 def run_experiment(env: Environment, spec: Experiment, *, options: BenchOptions | None = None,

@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from rich.console import Console
 from rich.table import Table
 
-from enosnet.coordinator.agent.wire import DEFAULT_PORT
 from enosnet.coordinator.core import AgentStatus
 from enosnet.coordinator.status import agent_status
 from enosnet.environment import Environment
@@ -22,9 +21,7 @@ def agents_of(environment: Environment, rows: Iterable[HostStatus]) -> list[Agen
         if row.reachable:
             for role in row.roles:
                 by_role.setdefault(role, []).append(row.host)
-    state = environment.load_state() or {}
-    port = int(((state.get("config") or {}).get("agent") or {}).get("port") or DEFAULT_PORT)
-    return agent_status(environment, Roles(by_role), port=port)
+    return agent_status(environment, Roles(by_role), port=environment.state().agent_port)
 
 
 def print_agents(console: Console, agents: list[AgentStatus]) -> None:

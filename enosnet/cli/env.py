@@ -144,8 +144,7 @@ def destroy(
         console.print(f"removed {len(removed)} local namespaces and bridges")
         return
     environment = find_env(env)
-    state = environment.load_state() or {}
-    if not state.get("config"):
+    if environment.state().config is None:
         console.print(f"nothing to release in {environment.root}")
         return
     from enosnet.testbed import attach

@@ -26,10 +26,10 @@ def register(app: typer.Typer) -> None:
 
 
 def _roles(environment: Environment) -> Roles:
-    state = environment.load_state() or {}
-    if not state.get("roles"):
+    deployed = environment.state().deployed
+    if deployed is None:
         raise EnvironmentNotFound(f"{environment.root}: no hosts acquired; run `enosnet deploy` first")
-    return Roles.from_dict(state["roles"])
+    return deployed
 
 
 @netem_app.command("apply")

@@ -180,10 +180,10 @@ def _hosts(env: Path | None, hosts_file: Path | None, identity: Path | None) -> 
     if identity is not None:
         raise UsageError("--identity only applies to hosts from --hosts-file (an environment has its own key)")
     environment = find_env(env)
-    state = environment.load_state() or {}
-    if not state.get("acquired") or not state.get("roles"):
+    deployed = environment.state().deployed
+    if deployed is None:
         raise EnvironmentNotFound(f"{environment.root}: no hosts acquired (run `enosnet deploy` first)")
-    return Roles.from_dict(state["roles"]), environment
+    return deployed, environment
 
 
 @contextmanager

@@ -62,11 +62,9 @@ class Provider(abc.ABC):
         """Acquire the hosts the config asks for, reusing what exists; idempotent."""
         self.check()
         self.env.create()
-        state = self.env.load_state() or {}
-        if not force and state.get("roles") and state.get("acquired") and not state.get("released"):
-            roles, networks = Roles.from_dict(state["roles"]), Networks.from_list(state.get("networks", []))
-            if self._still_there(roles):
-                return roles, networks
+        state = self.env.state()
+        if not force and state.deployed is not None and self._still_there(state.deployed):
+            return state.deployed, state.networks
         self.env.update_state(kind=self.kind, name=self.config.name, released=False, acquired=False,
                               config=self.config.model_dump(mode="json"))
         write_atomic(self.env.config_file, yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
@@ -77,21 +75,21 @@ class Provider(abc.ABC):
 
     def destroy(self) -> None:
         """Release everything the state names; safe to call any number of times."""
-        state = self.env.load_state() or {}
-        if state.get("roles"):
+        roles = self.env.state().roles
+        if roles.all():
             from enosnet.remote.ssh import close_connections  # the controller's side of the hosts
 
-            close_connections(Roles.from_dict(state["roles"]).all())
+            close_connections(roles.all())
         self._release()
         self.env.update_state(released=True, acquired=False, roles={}, networks=[])
         self.env.inventory_file.unlink(missing_ok=True)
 
     def hosts(self) -> tuple[Roles, Networks]:
         """The hosts acquired earlier, from the state (nothing is contacted)."""
-        state = self.env.load_state() or {}
-        if not state.get("acquired"):
+        state = self.env.state()
+        if not state.acquired:
             raise EnvironmentNotFound(f"{self.env.root}: no hosts acquired (deploy first)")
-        return Roles.from_dict(state["roles"]), Networks.from_list(state.get("networks", []))
+        return state.roles, state.networks
 
     def status(self) -> list[HostStatus]:
         """Each host with whether its SSH port answers with an SSH banner."""
@@ -125,8 +123,7 @@ class Provider(abc.ABC):
 
     @property
     def provider_state(self) -> dict[str, Any]:
-        state = self.env.load_state() or {}
-        return dict(state.get("provider") or {})
+        return dict(self.env.state().provider)
 
     def save_provider_state(self, **changes: Any) -> None:
         provider = self.provider_state

@@ -449,9 +449,8 @@ class Ec2Provider(Provider):
                                      "address, and the AMI's SSH user")
 
     def _still_there(self, roles: Roles) -> bool:
-        state = self.env.load_state() or {}
         ids = [h["id"] for h in self.provider_state.get("hosts", [])]
-        if state.get("config") != self.config.model_dump(mode="json") or len(ids) != len(roles.all()):
+        if self.env.state().config != self.config.model_dump(mode="json") or len(ids) != len(roles.all()):
             return False
         described = res.instance_states(self.aws, ids)
         return len(described) == len(ids) and all(d["State"]["Name"] == "running" for d in described.values())

@@ -257,7 +257,7 @@ class LocalProvider(Provider):
 
     def _still_there(self, roles: Roles) -> bool:
         hosts = self.provider_state.get("hosts", [])
-        saved = (self.env.load_state() or {}).get("config")
+        saved = self.env.state().config
         if saved != self.config.model_dump(mode="json") or len(hosts) != len(roles.all()):
             return False
         return all((NETNS_DIR / h["netns"]).exists() and _alive(h.get("pid")) for h in hosts)

@@ -44,7 +44,6 @@ from pathlib import Path
 from enosnet.coordinator.agent.wire import worker_key
 from enosnet.environment import Environment
 from enosnet.errors import ResultsError
-from enosnet.model import Roles
 from enosnet.remote.ansible import bundled
 
 DEFAULT_PLAYBOOK = bundled("backup.yml")
@@ -331,8 +330,7 @@ def agent_keys(env: Environment) -> list[bytes]:
     if not env.secret_file.exists():
         return []
     secret = env.secret()
-    roles = (env.load_state() or {}).get("roles")
-    hosts = Roles.from_dict(roles).all() if roles else []
+    hosts = env.state().roles.all()
     return [secret.encode(), *(worker_key(secret, host.name).encode() for host in hosts)]
 
 
@@ -434,14 +432,13 @@ def playbook_collector(env: Environment, playbook: Path) -> HostCollector:
     def collect(dest: Path) -> HostCollection:
         if not playbook.is_file():
             return HostCollection(False, f"no playbook {playbook}")
-        state = env.load_state() or {}
-        if not state.get("roles") or state.get("released"):
+        deployed = env.state().deployed
+        if deployed is None:
             return HostCollection(False, "no hosts deployed")
-        from enosnet.model import Roles
         from enosnet.remote.ansible import run_playbook
         from enosnet.remote.results import failure_summary
 
-        results = run_playbook(playbook, roles=Roles.from_dict(state["roles"]), env=env,
+        results = run_playbook(playbook, roles=deployed, env=env,
                                extra_vars={"backup_dir": str(dest)}, strict=False)
         fetched = sorted(p.name for p in dest.iterdir() if p.is_dir())
         note = f"{len(fetched)} hosts ({', '.join(fetched)})"
