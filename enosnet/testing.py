@@ -1,10 +1,11 @@
-"""Agents without Ansible, for tests, benchmarks and loopback experiments.
+"""Agents without Ansible, and a local AWS endpoint: for tests, benchmarks and loopback experiments.
 
 The ``enosnet_agent`` role (``enosnet deploy``) is how agents reach hosts.
 These helpers start the same agent with the same config (``agent_config``,
 the one the role renders too) where a test or benchmark wants agents without a
 deploy: over the SSH fan-out (``start_agents_over_ssh``), or as processes on
-this machine (``LocalAgents``).
+this machine (``LocalAgents``). ``local_aws`` runs moto's server (a test
+dependency) on loopback and points boto3 at it.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +179,70 @@ def local_agents(configs: Sequence[dict[str, Any]], *, folder: Path, per_process
         yield agents
     finally:
         agents.close()
+
+
+# ── a local AWS endpoint ────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class MotoServer:
+    """moto's server at ``url``; ``reset`` empties every backend."""
+
+    url: str
+
+    def reset(self) -> None:
+        request = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
+        urllib.request.urlopen(request, timeout=10).read()
+
+
+AWS_VARS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+@contextmanager
+def local_aws() -> Iterator[MotoServer]:
+    """moto's server on 127.0.0.1 (a free port) while the block runs, with boto3 pointed at it.
+
+    Sets ``AWS_ENDPOINT_URL`` and test credentials in this process's
+    environment and restores them after; moto checks instance types, AMIs and
+    key pairs in RunInstances as AWS does.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    strict = {"MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION": "true", "MOTO_ENABLE_AMI_VALIDATION": "true",
+              "MOTO_ENABLE_KEYPAIR_VALIDATION": "true"}
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **strict})
+    url = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in [*AWS_VARS, "AWS_ENDPOINT_URL", "AWS_PROFILE"]}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RemoteError("moto server did not start (is moto[server] installed?)") from None
+                time.sleep(0.1)
+        os.environ.update(AWS_VARS, AWS_ENDPOINT_URL=url)
+        os.environ.pop("AWS_PROFILE", None)
+        yield MotoServer(url)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -11,11 +11,7 @@ import json
 import os
 import secrets
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +22,7 @@ from enosnet.config import parse_config
 from enosnet.environment import Environment
 from enosnet.model import Networks, Roles
 from enosnet.providers.local import LocalProvider
+from enosnet.testing import MotoServer, local_aws
 
 PREFIX = "t" + secrets.token_hex(2)
 os.environ["ENOSNET_LOCAL_PREFIX"] = PREFIX
@@ -127,67 +124,11 @@ def local_hosts(tmp_path: Path) -> Iterator[Callable[..., LocalDeployment]]:
 # ── a local AWS endpoint ────────────────────────────────────────────────────
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass(frozen=True)
-class MotoServer:
-    url: str
-
-    def reset(self) -> None:
-        request = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
-        urllib.request.urlopen(request, timeout=10).read()
-
-
-AWS_VARS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
-
-
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
     """moto's server on 127.0.0.1 with a free port, as a subprocess; boto3 reaches it via AWS_ENDPOINT_URL."""
-    port = _free_port()
-    # moto checks instance types, AMIs and key pairs in RunInstances only when asked to, as AWS always does
-    strict = {"MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION": "true", "MOTO_ENABLE_AMI_VALIDATION": "true",
-              "MOTO_ENABLE_KEYPAIR_VALIDATION": "true"}
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **strict})
-    url = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in [*AWS_VARS, "AWS_ENDPOINT_URL", "AWS_PROFILE"]}
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
-        os.environ.update(AWS_VARS, AWS_ENDPOINT_URL=url)
-        os.environ.pop("AWS_PROFILE", None)
-        yield MotoServer(url)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with local_aws() as server:
+        yield server
 
 
 @pytest.fixture

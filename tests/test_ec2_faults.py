@@ -38,9 +38,9 @@ UNREADABLE_PLACEMENT = "placement groups could not be listed"  # moto does not i
 def destroy_from_state(env_dir: Path) -> None:
     """What `enosnet destroy --env DIR` does, in this process (faster than a new interpreter)."""
     environment = Environment(env_dir)
-    state = environment.load_state() or {}
-    if state.get("config"):
-        make_provider(EnvConfig.model_validate(state["config"]), environment).destroy()
+    config = environment.state().config
+    if config is not None:
+        make_provider(EnvConfig.model_validate(config), environment).destroy()
 
 
 def write(tmp_path: Path, text: str, name: str = "c.yaml") -> str:
@@ -66,7 +66,26 @@ def test_deploy_killed_after_each_aws_call_then_destroy_leaves_nothing(ec2: Any,
         assert leftovers(ec2) == {}, f"leak after a SIGKILL right after AWS call {calls}"
         if finished:
             break
-    assert calls > 12  # look-ups, key, group, rules, 2 launches, 2 tag calls, waits: every one was a kill point
+    assert calls > 10  # look-ups, key, group, rules, 2 launches (tagged at creation), waits: each a kill point
+
+
+def test_a_deploy_killed_right_after_a_launch_adopts_that_launch_when_run_again(ec2: Any, tmp_path: Path) -> None:
+    """The launch's slots were in the state before the request: the next deploy knows which instance is which."""
+    config = write(tmp_path, ONE_EACH)
+    env_dir = tmp_path / "again"
+    killed = enosnet("deploy", "-c", config, "--env", str(env_dir), cwd=tmp_path,
+                     extra_env={KILL_AFTER_CALL_VAR: "9"})  # right after the first launch
+    assert killed.returncode == -signal.SIGKILL
+    [first] = leftovers(ec2)["instances"]
+    again = enosnet("deploy", "-c", config, "--env", str(env_dir), cwd=tmp_path)
+    try:
+        assert again.returncode == 0, again.stderr
+        hosts = {h["alias"]: h["id"] for h in Environment(env_dir).state().provider["hosts"]}
+        assert len(hosts) == 2 and first in hosts.values()  # adopted in its slot, not launched twice
+        assert sorted(leftovers(ec2)["instances"]) == sorted(hosts.values())
+    finally:
+        destroy_from_state(env_dir)
+    assert leftovers(ec2) == {}
 
 
 def test_destroy_all_without_state_finds_everything_by_tag(ec2: Any, tmp_path: Path) -> None:
@@ -74,7 +93,7 @@ def test_destroy_all_without_state_finds_everything_by_tag(ec2: Any, tmp_path: P
     done = enosnet("deploy", "-c", config, "--env", str(tmp_path / "complete"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     killed = enosnet("deploy", "-c", config, "--env", str(tmp_path / "killed"), cwd=tmp_path,
-                     extra_env={KILL_AFTER_CALL_VAR: "10"})  # right after the first launch
+                     extra_env={KILL_AFTER_CALL_VAR: "9"})  # right after the first launch
     assert killed.returncode == -signal.SIGKILL
     assert len(leftovers(ec2)["instances"]) == 3
     for folder in ("complete", "killed"):

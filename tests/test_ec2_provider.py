@@ -124,9 +124,16 @@ def test_full_lifecycle_two_roles_in_two_zones(ec2: Any, tmp_path: Path) -> None
         assert len(ids) == 3 and sorted(roles) == ["client", "server"]
         described = {i["InstanceId"]: i for r in ec2.describe_instances(InstanceIds=ids)["Reservations"]
                      for i in r["Instances"]}
-        by_alias = {tags(i)["Name"]: i for i in described.values()}
-        assert sorted(by_alias) == ["quic-client-0", "quic-server-0", "quic-server-1"]
-        server, client = by_alias["quic-server-0"], by_alias["quic-client-0"]
+        by_alias = {h["alias"]: described[h["id"]] for h in state["hosts"]}
+        assert sorted(by_alias) == ["client-0", "server-0", "server-1"]
+        server, client = by_alias["server-0"], by_alias["client-0"]
+        # one Name per role, given at launch: a tag per host would cost a request per host
+        assert {alias: tags(i)["Name"] for alias, i in by_alias.items()} == {
+            "client-0": "quic-client", "server-0": "quic-server", "server-1": "quic-server"}
+        launches = state["launches"]
+        for alias, inst in by_alias.items():  # the launch each came from names its slot by launch index
+            launch = launches[tags(inst)["enosnet:launch"]]
+            assert f"{launch['role']}-{launch['slots'][inst['AmiLaunchIndex']]}" == alias
         assert server["Placement"]["AvailabilityZone"] == f"{REGION}a"
         assert client["Placement"]["AvailabilityZone"] == f"{REGION}b"
         assert server["InstanceType"] == "c5n.large" and client.get("InstanceLifecycle") == "spot"
@@ -166,6 +173,32 @@ def test_full_lifecycle_two_roles_in_two_zones(ec2: Any, tmp_path: Path) -> None
     assert leftovers(ec2) == {}
     assert provider.provider_state == {}
     provider.destroy()  # idempotent
+
+
+def fleet(count: int) -> str:
+    return (f"name: fleet\nprovider: {{kind: ec2, region: {REGION}, allow_cidr: 203.0.113.7/32, wait_ssh: false, "
+            f"running_timeout: 60, destroy_timeout: 60}}\n"
+            f"roles: {{client: {{count: {count}, instance_type: t3.micro, az: {REGION}a}}}}\n")
+
+
+def test_the_aws_calls_of_a_deploy_and_a_destroy_do_not_grow_with_the_fleet(ec2: Any, tmp_path: Path) -> None:
+    """One launch per role and paginated describes: 100 instances cost the calls of 10 (counted at the endpoint)."""
+    counted: dict[int, tuple[int, int]] = {}
+    for count in (10, 100):
+        provider = deploy(tmp_path, fleet(count), name=f"fleet{count}")
+        try:
+            roles, _ = provider.init()
+            assert len(roles.all()) == count
+            deployed = sum(provider.aws.calls.values())
+            assert provider.aws.calls["ec2.RunInstances"] == 1
+        finally:
+            provider.destroy()
+        counted[count] = (deployed, sum(provider.aws.calls.values()) - deployed)
+        assert sum(provider.aws.attempts.values()) >= sum(provider.aws.calls.values())
+    (deploy10, destroy10), (deploy100, destroy100) = counted[10], counted[100]
+    assert deploy100 <= deploy10 + 2 and destroy100 <= destroy10 + 2, counted
+    assert deploy100 / 100 < 0.5, counted  # calls per host
+    assert leftovers(ec2) == {}
 
 
 def test_second_deploy_reuses_the_instances(ec2: Any, tmp_path: Path) -> None:

@@ -75,8 +75,6 @@ def stub_until_launch(stub: Stubber, provider: Ec2Provider) -> None:
     stub.add_response("describe_instances", reservations())
     stub.add_response("run_instances", {"Instances": [instance("i-s0", "us-west-2a", "pending", 0),
                                                       instance("i-s1", "us-west-2a", "pending", 1)]})
-    stub.add_response("create_tags", {})
-    stub.add_response("create_tags", {})
 
 
 def stub_release(stub: Stubber, provider: Ec2Provider, ids: list[str]) -> None:
@@ -109,7 +107,6 @@ def test_placement_groups_are_created_used_and_deleted(tmp_path: Path) -> None:
                                             "MetadataOptions", "TagSpecifications")},
                        "Placement": {"AvailabilityZone": "us-west-2b",
                                      "GroupName": f"enosnet-{provider.env_id}-spread-us-west-2b"}})
-    stub.add_response("create_tags", {})
     running = [instance("i-s0", "us-west-2a"), instance("i-s1", "us-west-2a"), instance("i-c0", "us-west-2b")]
     stub.add_response("describe_instances", reservations(*running))
     stub.add_response("describe_instances", reservations(*running))

@@ -321,7 +321,7 @@ class Ec2Provider(Provider):
         existing = _Existing()
         for reservation in self.aws.pages("describe_instances", "Reservations", Filters=filters):
             for inst in reservation["Instances"]:
-                slot = _slot_of(res.tag_dict(inst))
+                slot = _slot_of(inst, self.provider_state.get("launches", {}))
                 spec = wanted.get(slot[0]) if slot else None
                 if slot and spec and _matches(inst, spec, slot[1]) and slot not in existing.by_slot:
                     existing.by_slot[slot] = inst
@@ -331,17 +331,24 @@ class Ec2Provider(Provider):
 
     def _launch(self, launch: Launch, slots: tuple[int, ...], group: str, key: str,
                 tags: dict[str, str]) -> dict[tuple[str, int], str]:
-        """Start the hosts of ``slots``; their ids are in the state before anything else happens."""
+        """Start the hosts of ``slots`` in one request; their ids are in the state before anything else happens.
+
+        The launch's slots go into the state *before* the request, under a
+        token every instance is tagged with at creation: an instance's slot is
+        the launch's slot at its launch index. So a fleet costs one request per
+        role and zone, not a tagging request per host, and a deploy interrupted
+        mid-request still knows which instance is which.
+        """
+        token = f"{launch.role}-{secrets.token_hex(4)}"
+        launches = {**self.provider_state.get("launches", {}), token: {"role": launch.role, "slots": list(slots)}}
+        self.save_provider_state(launches=launches)
         params = self._run_params(launch, len(slots), group, key,
-                                  {**tags, res.TAG_ROLE: launch.role, "Name": f"{self.config.name}-{launch.role}"})
+                                  {**tags, res.TAG_ROLE: launch.role, res.TAG_LAUNCH: token,
+                                   "Name": f"{self.config.name}-{launch.role}"})
         answer = self.aws.call("run_instances", **params)
         instances = sorted(answer["Instances"], key=lambda i: int(i.get("AmiLaunchIndex", 0)))
         ids = [i["InstanceId"] for i in instances]
         self.save_provider_state(instances=sorted({*self.provider_state.get("instances", []), *ids}))
-        for slot, instance_id in zip(slots, ids, strict=True):
-            self.aws.call("create_tags", Resources=[instance_id], Tags=[
-                {"Key": res.TAG_SLOT, "Value": f"{launch.role}-{slot}"},
-                {"Key": "Name", "Value": f"{self.config.name}-{launch.role}-{slot}"}])
         return {(launch.role, slot): instance_id for slot, instance_id in zip(slots, ids, strict=True)}
 
     def _run_params(self, launch: Launch, count: int, group: str, key: str, tags: dict[str, str]) -> dict[str, Any]:
@@ -568,9 +575,15 @@ def _group_by_zone(zones: list[str | None]) -> dict[str | None, tuple[int, ...]]
     return {zone: tuple(slots) for zone, slots in groups.items()}
 
 
-def _slot_of(tags: dict[str, str]) -> tuple[str, int] | None:
-    role, _, index = tags.get(res.TAG_SLOT, "").rpartition("-")
-    return (role, int(index)) if role and index.isdigit() else None
+def _slot_of(instance: dict[str, Any], launches: dict[str, Any]) -> tuple[str, int] | None:
+    """(role, slot) of an instance: its launch's slot at its launch index (or its own slot tag, if older)."""
+    tags = res.tag_dict(instance)
+    launch = launches.get(tags.get(res.TAG_LAUNCH, ""))
+    index = int(instance.get("AmiLaunchIndex", -1))
+    if isinstance(launch, dict) and 0 <= index < len(launch.get("slots", [])):
+        return str(launch["role"]), int(launch["slots"][index])
+    role, _, slot = tags.get(res.TAG_SLOT, "").rpartition("-")
+    return (role, int(slot)) if role and slot.isdigit() else None
 
 
 def _matches(instance: dict[str, Any], spec: Ec2RoleSpec, index: int) -> bool:

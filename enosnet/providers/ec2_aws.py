@@ -12,9 +12,11 @@ True
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import signal
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -107,6 +109,10 @@ def translated(action: str) -> Iterator[None]:
 class Aws:
     """boto3 clients for one region, and the single place AWS requests are made.
 
+    ``calls`` counts the requests made, by ``service.Operation`` (a page of a
+    paginated describe is one); ``attempts`` counts them with boto3's retries
+    (a throttled request is attempted again): what a fleet costs in API calls.
+
     >>> aws = Aws("us-west-2")
     >>> aws.region
     'us-west-2'
@@ -125,6 +131,8 @@ class Aws:
                                                                           "total_max_attempts": max_attempts}
         self._config = Config(retries=retries, connect_timeout=10, read_timeout=60)
         self._clients: dict[str, BaseClient] = {}
+        self.calls: Counter[str] = Counter()
+        self.attempts: Counter[str] = Counter()
 
     def client(self, service: str) -> BaseClient:
         """The botocore client for ``service`` (made once; tests may wrap it in a Stubber)."""
@@ -133,6 +141,8 @@ class Aws:
                 made: BaseClient = self.session.client(service, config=self._config)  # type: ignore[call-overload]
             if os.environ.get(KILL_AFTER_CALL_VAR):
                 made.meta.events.register("after-call", _kill_after_nth_call)
+            made.meta.events.register("before-call", functools.partial(_count, self.calls))
+            made.meta.events.register("before-send", functools.partial(_count, self.attempts))
             self._clients[service] = made
         return self._clients[service]
 
@@ -160,6 +170,12 @@ class Aws:
     def endpoint_is_local(self) -> bool:
         """Whether the EC2 endpoint is on this machine (an emulator such as moto): its addresses are not real."""
         return endpoint_is_local(self.endpoint)
+
+
+def _count(counter: Counter[str], event_name: str = "", **_: Any) -> None:
+    """Count one request (``before-call``) or one attempt of it (``before-send``) as ``service.Operation``."""
+    parts = event_name.split(".")
+    counter[".".join(parts[1:3]) if len(parts) >= 3 else event_name] += 1
 
 
 def endpoint_is_local(url: str) -> bool:

@@ -25,7 +25,8 @@ from enosnet.providers.ec2_aws import Aws
 TAG_ENV = "enosnet:env"
 TAG_OWNER = "enosnet:owner"
 TAG_ROLE = "enosnet:role"
-TAG_SLOT = "enosnet:slot"
+TAG_SLOT = "enosnet:slot"  # one host's slot (``server-0``): what deploys before launches were tagged wrote
+TAG_LAUNCH = "enosnet:launch"  # the launch an instance came from: its slots are in the state, by launch index
 TAG_EXPIRES = "enosnet:expires"
 LIVE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
 POLL_INTERVAL = 2.0
