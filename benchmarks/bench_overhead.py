@@ -20,12 +20,12 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from enosnet.bench.drivers import default_actions
 from enosnet.bench.events import Event, RunFinished, RunStarted
 from enosnet.bench.hostio import Shell
 from enosnet.bench.runner import agent_access, run_experiment
 from enosnet.bench.spec import parse_experiment
 from enosnet.config import parse_config
-from enosnet.coordinator import default_actions
 from enosnet.environment import Environment
 from enosnet.model import Host, Roles
 from enosnet.providers.local import LocalProvider

@@ -24,12 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from enosnet.bench.drivers import default_actions
 from enosnet.bench.events import Event, RunFinished, RunStarted
 from enosnet.bench.hostio import Shell
 from enosnet.bench.runner import agent_access, run_experiment
 from enosnet.bench.spec import parse_experiment
 from enosnet.config import parse_config
-from enosnet.coordinator import default_actions
 from enosnet.environment import Environment
 from enosnet.installer import InstallOptions, install
 from enosnet.model import FrozenVars, Host, Roles
@@ -49,7 +49,7 @@ def deploy(base: Path, name: str, roles: dict[str, int], bin_dir: Path) -> tuple
     acquired, _ = provider.init()
     access = agent_access(env)
     start_agents_over_ssh(acquired, env_id=access.env_id, secret=access.secret,
-                          actions=default_actions(bin_dir=str(bin_dir)), port=access.port)
+                          actions=default_actions(netbench={"bin_dir": str(bin_dir)}), port=access.port)
     return provider, env, acquired
 
 

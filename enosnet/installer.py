@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from enosnet.bench.drivers import default_actions
 from enosnet.config import NetbenchInstall
-from enosnet.coordinator import build_agent_zipapp, default_actions
+from enosnet.coordinator import build_agent_zipapp
 from enosnet.coordinator.agent.wire import DEFAULT_PORT
 from enosnet.environment import Environment
 from enosnet.errors import ConfigError, InstallError

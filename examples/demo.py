@@ -43,8 +43,9 @@ def sh(*args: str) -> None:
 
 def ensure_agents(env_dir: Path) -> None:
     """Agents answer on every host, else start them over SSH (what the deploy step does with Ansible)."""
+    from enosnet.bench.drivers import default_actions
     from enosnet.bench.runner import agent_access, environment_roles
-    from enosnet.coordinator import SyncCoordinator, Timeouts, default_actions, workers_from_roles
+    from enosnet.coordinator import SyncCoordinator, Timeouts, workers_from_roles
     from enosnet.environment import Environment
     from enosnet.errors import CoordinatorError
     from enosnet.testing import start_agents_over_ssh

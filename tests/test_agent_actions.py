@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from enosnet.coordinator import agent_config, build_agent_zipapp, default_actions, netbench_actions
+from enosnet.bench.drivers import default_actions
+from enosnet.coordinator import agent_config, build_agent_zipapp, netbench_actions
 from enosnet.coordinator.agent.actions import ActionError, parse_action, parse_actions
 from enosnet.coordinator.agent.runtime import Config, ConfigProblem
 from enosnet.coordinator.zipapp import agent_zipapp_bytes
@@ -111,7 +112,7 @@ def test_default_catalogue_parses_and_renders_iperf3_and_netbench(tmp_path: Path
     for name in ("s2n-netbench-driver-client-tcp", "s2n-netbench-driver-server-tcp"):
         (bins / name).write_text("")
     (scenarios / "incast.json").write_text("{}")
-    actions = parse_actions(default_actions(bin_dir=str(bins), scenario_dir=str(scenarios)))
+    actions = parse_actions(default_actions(netbench={"bin_dir": str(bins), "scenario_dir": str(scenarios)}))
     client = actions["iperf3-client"]
     argv, _ = client.render(client.check({"host": "198.18.0.2", "duration": 3, "parallel": 4, "congestion": "bbr"}),
                             builtins={})

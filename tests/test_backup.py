@@ -326,8 +326,8 @@ def test_s3_url_is_validated() -> None:
 @pytest.mark.hosts
 def test_backup_fetches_host_state_with_the_real_playbook(local_hosts: Any) -> None:
     """playbooks/backup.yml on real local hosts running the agent: their agent state lands in hosts/<host>/."""
+    from enosnet.bench.drivers import default_actions
     from enosnet.bench.runner import agent_access
-    from enosnet.coordinator import default_actions
     from enosnet.testing import start_agents_over_ssh
 
     deployment = local_hosts({"server": 1, "client": 1}, name="bk")

@@ -66,7 +66,7 @@ def test_substitution_keeps_types_of_whole_placeholders() -> None:
     ("name: x\nduration: 3q\n", "exp.yaml:2 duration", "not a duration"),
     ("name: x\nparameters:\n  zip: {a: [1, 2], b: [3]}\n", "exp.yaml:2 parameters", "same length"),
     ("name: x\niperf3: {congestion: '{cx}'}\n", "exp.yaml:1", "{cx} names no parameter"),
-    ("name: x\ndriver: netperf\n", "exp.yaml:2 driver", "'iperf3' or 'netbench'"),
+    ("name: x\ndriver: netperf\n", "exp.yaml:2 driver", "unknown driver 'netperf' (drivers: iperf3, netbench"),
     ("name: x\nrepetitions: 0\n", "exp.yaml:2 repetitions", "greater than or equal to 1"),
     ("name: x\nbogus: 1\n", "exp.yaml:2 bogus", "unknown field"),
     ("name: x\ndriver: netbench\n", "exp.yaml:1", "needs a `netbench:` section"),

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from enosnet.bench.drivers import default_actions
 from enosnet.bench.runner import agent_access, run_experiment
 from enosnet.bench.spec import parse_experiment
-from enosnet.coordinator import default_actions
 from enosnet.results.report import build_report
 from enosnet.results.store import ResultsStore
 from enosnet.testing import start_agents_over_ssh

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from enosnet.errors import ConfigError
 from enosnet.yamlfile import line_map, load_model_text, where
@@ -82,7 +82,6 @@ class NetemSection(Strict):
 
 
 SOURCES = ("crates", "path", "binary", "dir")
-BUILD_SOURCES = {"netbench": ("crates", "path", "dir"), "iperf3": ("binary", "dir")}  # what each driver can run
 
 
 class BuildSpec(Strict):
@@ -184,7 +183,7 @@ class Experiment(Strict):
     """A whole experiment file."""
 
     name: Name
-    driver: Literal["iperf3", "netbench"] = "iperf3"
+    driver: str = "iperf3"  # a registered driver (enosnet.bench.drivers)
     duration: Seconds = 10.0
     repetitions: int = Field(1, ge=1, le=100_000)
     order: Literal["shuffled", "as-written"] = "shuffled"
@@ -199,8 +198,32 @@ class Experiment(Strict):
     baseline: dict[str, Any] = Field(default_factory=dict)
     # builds of the tool under test compared side by side: an axis `build` of the plan, labels as levels
     builds: dict[BuildLabel, BuildSpec] = Field(default_factory=dict)
+    # the sections of drivers other than enosnet's own, by driver name (``mytool:`` in the file)
+    sections: dict[str, dict[str, Any]] = Field(default_factory=dict)
     source_hash: str = Field("", exclude=True)
     source_path: str | None = Field(None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _driver_sections(cls, data: Any) -> Any:
+        """A registered driver's section (``mytool:``) goes to ``sections``; any other unknown key stays unknown."""
+        from enosnet.bench.drivers import driver_names
+
+        if not isinstance(data, dict):
+            return data
+        found = {k: data[k] for k in driver_names() if k in data and k not in cls.model_fields}
+        if not found:
+            return data
+        return {**{k: v for k, v in data.items() if k not in found}, "sections": {**data.get("sections", {}), **found}}
+
+    @field_validator("driver")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from enosnet.bench.drivers import driver_names
+
+        if value not in driver_names():
+            raise ValueError(f"unknown driver {value!r} (drivers: {', '.join(driver_names())})")
+        return value
 
     @field_validator("duration")
     @classmethod
@@ -226,11 +249,24 @@ class Experiment(Strict):
                 if unknown:
                     raise ValueError(f"{section}: {{{unknown[0]}}} names no parameter "
                                      f"(parameters: {', '.join(sorted(names)) or 'none'})")
+        from enosnet.bench.drivers import driver_class
+
+        runs = driver_class(self.driver).build_sources
         for label, build in self.builds.items():
             source = next(name for name in SOURCES if getattr(build, name))
-            if source not in BUILD_SOURCES[self.driver]:
+            if source not in runs:
                 raise ValueError(f"builds.{label}: a {source} build cannot run with driver {self.driver} (it takes "
-                                 f"{' or '.join(BUILD_SOURCES[self.driver])})")
+                                 f"{' or '.join(runs) or 'no builds'})")
+        for name, given in self.sections.items():
+            try:
+                driver_class(name).section_model.model_validate(given)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise ValueError(f"{'.'.join(map(str, (name, *first['loc'])))}: {first['msg']}") from None
+            unknown = sorted(set(_placeholders(given)) - names - {"duration"})
+            if unknown:
+                raise ValueError(f"{name}: {{{unknown[0]}}} names no parameter "
+                                 f"(parameters: {', '.join(sorted(names)) or 'none'})")
         if self.builds and "build" in self.parameters:
             raise ValueError("builds: the labels of `builds` are the levels of parameter build; "
                              "do not give `build` in parameters too")
@@ -293,8 +329,12 @@ class Experiment(Strict):
 
     def driver_section(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The driver's section with this run's parameters substituted."""
-        section = self.iperf3 if self.driver == "iperf3" else self.netbench
-        data = (section or Iperf3Section()).model_dump()
+        from enosnet.bench.drivers import driver_class
+
+        model = driver_class(self.driver).section_model
+        given = getattr(self, self.driver, None) if self.driver in type(self).model_fields else None
+        data = (given if isinstance(given, BaseModel) else model.model_validate(self.sections.get(self.driver, {})))\
+            .model_dump()
         if self.driver == "netbench" and self.netbench is not None:
             data["driver"] = params.get("driver", self.netbench.drivers[0])
         data.pop("build", None)

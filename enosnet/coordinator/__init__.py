@@ -5,7 +5,7 @@ The agent (``enosnet.coordinator.agent``, shipped as a zipapp by
 ``SyncCoordinator`` drives them over authenticated UDP. See docs/coordinator.md.
 """
 
-from enosnet.coordinator.catalogue import agent_config, default_actions, iperf3_actions, netbench_actions
+from enosnet.coordinator.catalogue import agent_config, iperf3_actions, netbench_actions
 from enosnet.coordinator.core import (
     AgentStatus,
     Coordinator,
@@ -31,7 +31,6 @@ __all__ = [
     "WorkerRecord",
     "agent_config",
     "build_agent_zipapp",
-    "default_actions",
     "iperf3_actions",
     "netbench_actions",
     "new_run_id",

@@ -1,11 +1,13 @@
-"""The agent's config file and the default action catalogue (iperf3, s2n-netbench).
+"""The agent's config file and the actions of enosnet's own drivers (iperf3, s2n-netbench).
 
 The Ansible role ``enosnet_agent`` templates exactly the document
-``agent_config`` returns; docs/coordinator.md describes every field.
+``agent_config`` returns; docs/coordinator.md describes every field. Each
+driver declares which of these it runs (``Driver.agent_actions``);
+``enosnet.bench.drivers.default_actions`` gathers every registered driver's.
 
 >>> cfg = agent_config("client-0", role="client", secret="0" * 32, env_id="demo", actions=iperf3_actions())
 >>> sorted(cfg["actions"])
-['iperf3-client', 'iperf3-server']
+['iperf3-client', 'iperf3-client-build', 'iperf3-server', 'iperf3-server-build']
 """
 
 from __future__ import annotations
@@ -129,7 +131,3 @@ def netbench_actions(*, bin_dir: str = "/usr/local/bin",
         },
     }
 
-
-def default_actions(**netbench: Any) -> dict[str, Any]:
-    """The iperf3 and netbench actions together (``netbench`` options go to ``netbench_actions``)."""
-    return {**iperf3_actions(), **netbench_actions(**netbench)}

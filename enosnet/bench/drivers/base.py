@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import BaseModel
+
 from enosnet.bench.hostio import Shell
 from enosnet.coordinator import Coordinator, WorkerRecord
 from enosnet.model import Host, Roles
@@ -61,10 +63,25 @@ class Measured:
 
 
 class Driver(abc.ABC):
-    """One benchmark tool. Subclasses say how to lay it out on hosts, run it and parse it."""
+    """One benchmark tool: what it needs installed and allowed, how it runs on hosts, how it is read.
+
+    A driver declares, in one class: its ``name`` (``driver:`` in an
+    experiment, and the key of its section), its ``section_model`` (the
+    section's pydantic model), the Ansible role that installs its tool
+    (``install_role``), the agent actions it runs (``agent_actions``), and how
+    it runs (``execute``) and reads (``parse``) one run. ``enosnet.bench.drivers``
+    finds it by name (``docs/drivers.md``).
+    """
 
     name: ClassVar[str]
-    actions: ClassVar[tuple[str, ...]]
+    section_model: ClassVar[type[BaseModel]]
+    install_role: ClassVar[str]
+    build_sources: ClassVar[tuple[str, ...]] = ()  # what a build of `builds:` may come from (none: no builds)
+
+    @staticmethod
+    @abc.abstractmethod
+    def agent_actions(**options: Any) -> dict[str, Any]:
+        """The agent action declarations the driver runs (the agents' catalogue holds every driver's)."""
 
     def __init__(self, roles: Roles, *, source: str | None = None) -> None:
         self.roles = roles

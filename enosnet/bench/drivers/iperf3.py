@@ -28,7 +28,7 @@ from enosnet.bench.builds import InstalledBuild, Needs, build_metadata, install_
 from enosnet.bench.drivers.base import Driver, Executed, Labelled, Measured
 from enosnet.bench.hostio import Shell
 from enosnet.bench.spec import Iperf3Section
-from enosnet.coordinator import Coordinator, Worker, WorkerRecord
+from enosnet.coordinator import Coordinator, Worker, WorkerRecord, iperf3_actions
 from enosnet.errors import ConfigError
 from enosnet.model import Host, Roles
 from enosnet.results.store import Metric, Sample
@@ -53,7 +53,14 @@ class Iperf3Driver(Driver):
     """``driver: iperf3`` (see the module docstring)."""
 
     name = "iperf3"
-    actions = (SERVER_ACTION, CLIENT_ACTION)
+    section_model = Iperf3Section
+    install_role = "iperf3"
+    build_sources = ("binary", "dir")
+
+    @staticmethod
+    def agent_actions(**options: Any) -> dict[str, Any]:
+        """``iperf3-server``/``-client`` (and their ``-build`` forms): ``iperf3_actions``."""
+        return iperf3_actions(**options)
 
     def __init__(self, roles: Roles, *, source: str | None = None) -> None:
         super().__init__(roles, source=source)

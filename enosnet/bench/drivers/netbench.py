@@ -39,7 +39,7 @@ from enosnet.bench.drivers.netbench_output import Trace, parse_trace, scenario_b
 from enosnet.bench.hostio import Shell, fan_out
 from enosnet.bench.instrument import interface_bytes
 from enosnet.bench.spec import NetbenchScenarioArgs, NetbenchSection
-from enosnet.coordinator import Coordinator, WorkerRecord
+from enosnet.coordinator import Coordinator, WorkerRecord, netbench_actions
 from enosnet.errors import BenchError, ConfigError
 from enosnet.model import Host, Roles
 from enosnet.results.store import HostMeta, Metric
@@ -53,7 +53,14 @@ class NetbenchDriver(Driver):
     """``driver: netbench`` (see the module docstring)."""
 
     name = "netbench"
-    actions = (SERVER_ACTION, CLIENT_ACTION)
+    section_model = NetbenchSection
+    install_role = "netbench"
+    build_sources = ("crates", "path", "dir")
+
+    @staticmethod
+    def agent_actions(**options: Any) -> dict[str, Any]:
+        """``netbench-server``/``-client``: ``netbench_actions`` (``bin_dir``, ``scenario_dir``)."""
+        return netbench_actions(**options)
 
     def __init__(self, roles: Roles, *, source: str | None = None) -> None:
         super().__init__(roles, source=source)
