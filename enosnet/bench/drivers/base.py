@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from enosnet.bench.hostio import Shell
 from enosnet.coordinator import Coordinator, WorkerRecord
+from enosnet.errors import ConfigError
 from enosnet.model import Host, Roles
 from enosnet.results.store import HostMeta, Metric, Sample
 from enosnet.yamlfile import line_map, where
@@ -86,6 +87,14 @@ class Driver(abc.ABC):
     def __init__(self, roles: Roles, *, source: str | None = None) -> None:
         self.roles = roles
         self.source = source
+
+    def validated(self, data: Mapping[str, Any]) -> BaseModel:
+        """One run's substituted section through ``section_model``; ``ConfigError`` naming each bad field."""
+        try:
+            return self.section_model.model_validate(dict(data))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"{self.name} section after substituting parameters: {problems}") from None
 
     def where(self, *loc: str) -> str:
         """``file:line field`` of a place in the experiment file (for errors found while running)."""

@@ -20,9 +20,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
+from typing import Any, cast
 
 from enosnet.bench.builds import InstalledBuild, Needs, build_metadata, install_builds, installed_name
 from enosnet.bench.drivers.base import Driver, Executed, Labelled, Measured
@@ -77,11 +75,7 @@ class Iperf3Driver(Driver):
         self.builds = install_builds(shell, needs, experiment=self.source)
 
     def section(self, data: Mapping[str, Any]) -> Iperf3Section:
-        try:
-            return Iperf3Section.model_validate(dict(data))
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"iperf3 section after substituting parameters: {problems}") from None
+        return cast(Iperf3Section, self.validated(data))
 
     def validate(self, section: Mapping[str, Any]) -> None:
         sec = self.section(section)

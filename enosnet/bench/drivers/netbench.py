@@ -29,9 +29,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
+from typing import Any, cast
 
 from enosnet.bench.builds import InstalledBuild, Needs, build_metadata, install_builds, installed_name
 from enosnet.bench.drivers.base import Driver, Executed, Labelled, Measured
@@ -71,11 +69,7 @@ class NetbenchDriver(Driver):
         """The validated section and the run's netbench driver (``tcp``, ``s2n-quic``, …)."""
         values = dict(data)
         driver = str(values.pop("driver", ""))
-        try:
-            sec = NetbenchSection.model_validate(values)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"netbench section after substituting parameters: {problems}") from None
+        sec = cast(NetbenchSection, self.validated(values))
         return sec, driver or sec.drivers[0]
 
     def validate(self, section: Mapping[str, Any]) -> None:
