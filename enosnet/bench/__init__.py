@@ -5,7 +5,8 @@
 - :mod:`enosnet.bench.checks`: environment checks made before measuring
 - :mod:`enosnet.bench.metadata`: host metadata, one command per host
 - :mod:`enosnet.bench.runner`: ``run_experiment`` (each run committed atomically; resumable)
-- :mod:`enosnet.bench.drivers`: iperf3 and s2n-netbench
+- :mod:`enosnet.bench.drivers`: the drivers (iperf3, s2n-netbench, packages' own), found by name
+- :mod:`enosnet.bench.builds`: an experiment's ``builds:`` built and copied side by side to the hosts
 
 >>> from enosnet.bench import parse_experiment, make_plan
 >>> len(make_plan(parse_experiment("name: x\\nrepetitions: 3\\nparameters: {cc: [cubic, reno]}")).runs)

@@ -4,6 +4,7 @@
 - :mod:`enosnet.results.stats`: summaries, comparisons (bootstrap CI, Welch, Holm), warnings
 - :mod:`enosnet.results.plots`: PNG plots (matplotlib)
 - :mod:`enosnet.results.report`: ``build_report`` → ``report.html`` and ``report.md``
+- :mod:`enosnet.results.compare`: two experiments, or two builds of one, compared run for run
 - :mod:`enosnet.results.backup`: ``make_backup``, ``verify_backup``, S3 upload
 
 The store's API is re-exported here, as it is what other layers write through.
