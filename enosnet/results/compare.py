@@ -27,7 +27,7 @@ import numpy as np
 
 from enosnet.environment import Environment
 from enosnet.errors import ResultsError, UsageError
-from enosnet.results.render import esc, html_figure, html_page, html_table, md_esc, md_table
+from enosnet.results.render import esc, html_figure, html_page, html_table, md_esc, md_table, scale, with_unit
 from enosnet.results.stats import (
     HEADLINE,
     Combo,
@@ -132,7 +132,9 @@ class CompareResult:
             "verdict")
 
     def table_rows(self) -> list[list[str]]:
-        return [[r.metric, combo_text(r.combo) or "all runs", f"{r.median_baseline:.4g}", f"{r.median_candidate:.4g}",
+        return [[r.metric, combo_text(r.combo) or "all runs",
+                 *(with_unit(m, r.unit, *scale([r.median_baseline, r.median_candidate], r.unit))
+                   for m in (r.median_baseline, r.median_candidate)),
                  f"{r.comparison.rel_diff * 100:+.1f} %",
                  f"{r.comparison.ci.low * 100:+.1f} to {r.comparison.ci.high * 100:+.1f} %",
                  f"{r.comparison.p_adjusted:.3g}", r.verdict] for r in self.rows]

@@ -24,6 +24,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from enosnet.results.render import scale
 from enosnet.results.stats import Analysis, Combo, combo_text, hashable, level_key
 from enosnet.results.store import ResultsStore, SampleRow
 
@@ -32,7 +33,6 @@ COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e3
           "#bcbd22"]
 MAX_PANELS = 8
 MEDIAN_FROM = 5
-_PREFIXES = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
 
 
 @dataclass(frozen=True)
@@ -43,23 +43,6 @@ class Plot:
     title: str
     caption: str
     path: Path
-
-
-def scale(values: Sequence[float], unit: str) -> tuple[float, str]:
-    """A divisor and unit label that keep numbers short: bit/s → Mbit/s when values are millions.
-
-    >>> scale([9.4e9, 8.1e9], "bit/s")
-    (1000000000.0, 'Gbit/s')
-    >>> scale([12.0], "ms")
-    (1.0, 'ms')
-    """
-    if not unit or not re.match(r"^(bit|B|byte|bytes|bits)(/s)?$", unit) or not values:
-        return 1.0, unit
-    top = max(abs(v) for v in values)
-    for factor, prefix in _PREFIXES:
-        if top >= factor:
-            return factor, f"{prefix}{unit}"
-    return 1.0, unit
 
 
 def _axis_label(name: str, unit: str) -> str:

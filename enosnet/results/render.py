@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Iterable, Sequence
+
+_PREFIXES = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
 
 
 def esc(text: object) -> str:
@@ -44,6 +47,32 @@ def md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
         return ["None recorded."]
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + [
         "| " + " | ".join(md_esc(c) for c in row) + " |" for row in rows]
+
+
+def scale(values: Sequence[float], unit: str) -> tuple[float, str]:
+    """A divisor and unit label that keep numbers short: bit/s → Mbit/s when values are millions.
+
+    >>> scale([9.4e9, 8.1e9], "bit/s")
+    (1000000000.0, 'Gbit/s')
+    >>> scale([12.0], "ms")
+    (1.0, 'ms')
+    """
+    if not unit or not re.match(r"^(bit|B|byte|bytes|bits)(/s)?$", unit) or not values:
+        return 1.0, unit
+    top = max(abs(v) for v in values)
+    for factor, prefix in _PREFIXES:
+        if top >= factor:
+            return factor, f"{prefix}{unit}"
+    return 1.0, unit
+
+
+def with_unit(value: float, unit: str, factor: float, label: str) -> str:
+    """``value`` in the unit ``scale`` chose, to 4 significant digits: ``9.4 Gbit/s``, ``12 ms``.
+
+    >>> with_unit(9.4e9, "bit/s", *scale([9.4e9], "bit/s"))
+    '9.4 Gbit/s'
+    """
+    return f"{value / factor:.4g} {label}".rstrip()
 
 
 def html_figure(name: str, title: str, caption: str, png: bytes) -> str:

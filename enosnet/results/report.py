@@ -28,8 +28,8 @@ from pathlib import Path
 from enosnet.environment import Environment, write_atomic
 from enosnet.errors import ResultsError
 from enosnet.results.netbench_report import NetbenchReport, netbench_report
-from enosnet.results.plots import Plot, all_plots, scale
-from enosnet.results.render import esc, html_dl, html_figure, html_page, html_table, md_esc, md_table
+from enosnet.results.plots import Plot, all_plots
+from enosnet.results.render import esc, html_dl, html_figure, html_page, html_table, md_esc, md_table, scale
 from enosnet.results.stats import (
     Analysis,
     Comparison,
