@@ -145,7 +145,7 @@ class NetbenchScenarioArgs(Strict):
 
 
 class NetbenchSection(Strict):
-    """s2n-netbench: a scenario and the drivers to compare (see NETBENCH.md).
+    """s2n-netbench: a scenario and the drivers to compare (see docs/netbench.md).
 
     ``bin_dir`` is where the hosts' drivers are (the agents' catalogue says the
     same); a build of ``builds:`` goes there beside them, each binary named
