@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enosnet.bench.drivers import default_actions
+from enosnet.bench.drivers import default_actions, tool_roles
 from enosnet.config import NetbenchInstall
 from enosnet.coordinator import build_agent_zipapp
 from enosnet.coordinator.agent.wire import DEFAULT_PORT
@@ -28,7 +28,7 @@ from enosnet.environment import Environment
 from enosnet.errors import ConfigError, InstallError
 from enosnet.model import FrozenVars, Roles
 from enosnet.netbench_build import HOST_TOOLS, BuildError, Built, build, crates_for
-from enosnet.remote import AnsibleResults, HostEvent, Status, bundled, run_playbook
+from enosnet.remote import AnsibleOptions, AnsibleResults, HostEvent, Status, bundled, run_playbook
 
 PLAYBOOK = bundled("deploy.yml")
 Listener = Callable[[HostEvent], None]
@@ -111,7 +111,8 @@ def build_netbench(spec: NetbenchInstall, *, base: Path | None = None,
 
 def install_vars(env: Environment, options: InstallOptions) -> dict[str, Any]:
     """The extra variables ``deploy.yml`` gets for this environment."""
-    out: dict[str, Any] = {"deploy_agent": options.agent, "deploy_netbench": False}
+    tools, _ = tool_roles()
+    out: dict[str, Any] = {"deploy_agent": options.agent, "deploy_netbench": False, "deploy_tools": tools}
     if options.agent:
         pyz = options.agent_pyz or build_agent_zipapp(env.create().root / "agent.pyz")
         if not Path(pyz).is_file():
@@ -141,7 +142,9 @@ def install(env: Environment, roles: Roles, *, options: InstallOptions | None = 
     options = options or InstallOptions()
     extra = install_vars(env, options)
     started = time.monotonic()
-    results = run_playbook(PLAYBOOK, roles=roles, extra_vars=extra, env=env, on_event=on_event, strict=strict)
+    _, folders = tool_roles()  # the roles of drivers from other packages
+    results = run_playbook(PLAYBOOK, roles=roles, extra_vars=extra, env=env, on_event=on_event, strict=strict,
+                           options=AnsibleOptions(roles_path=tuple(folders)))
     if options.agent:
         env.update_state(agent={"env_id": env.name, "port": options.agent_port})
     return InstallReport(results, time.monotonic() - started, _warnings(results))

@@ -18,6 +18,7 @@ import importlib
 from collections.abc import Mapping
 from functools import cache
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from enosnet.bench.drivers.base import Driver, Executed, Labelled, Measured
@@ -59,6 +60,19 @@ def make_driver(name: str, roles: Roles, *, source: str | None = None) -> Driver
     return driver_class(name)(roles, source=source)
 
 
+def tool_roles() -> tuple[list[str], list[Path]]:
+    """The Ansible roles every deploy applies for the drivers' tools, and the extra folders they are in."""
+    roles: list[str] = []
+    folders: list[Path] = []
+    for name in driver_names():
+        driver = driver_class(name)
+        if driver.installed_by_default and driver.install_role not in roles:
+            roles.append(driver.install_role)
+        if driver.roles_dir is not None and driver.roles_dir not in folders:
+            folders.append(driver.roles_dir)
+    return roles, folders
+
+
 def default_actions(**options: Mapping[str, Any]) -> dict[str, Any]:
     """Every registered driver's agent actions: what the agents may run.
 
@@ -71,4 +85,4 @@ def default_actions(**options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["BUILTIN", "Driver", "Executed", "Labelled", "Measured", "default_actions", "driver_class",
-           "driver_names", "make_driver"]
+           "driver_names", "make_driver", "tool_roles"]

@@ -78,6 +78,9 @@ class Driver(abc.ABC):
     section_model: ClassVar[type[BaseModel]]
     install_role: ClassVar[str]
     build_sources: ClassVar[tuple[str, ...]] = ()  # what a build of `builds:` may come from (none: no builds)
+    # whether every deploy applies install_role (netbench's is asked for in the config: it builds first)
+    installed_by_default: ClassVar[bool] = True
+    roles_dir: ClassVar[Path | None] = None  # where a driver from another package keeps its role
 
     @staticmethod
     @abc.abstractmethod

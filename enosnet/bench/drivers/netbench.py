@@ -54,6 +54,7 @@ class NetbenchDriver(Driver):
     section_model = NetbenchSection
     install_role = "netbench"
     build_sources = ("crates", "path", "dir")
+    installed_by_default = False  # `install: {netbench: ...}` builds it on the controller, then deploy_netbench
 
     @staticmethod
     def agent_actions(**options: Any) -> dict[str, Any]:
