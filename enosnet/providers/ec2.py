@@ -315,13 +315,15 @@ class Ec2Provider(Provider):
         wanted = self.roles_spec()
         filters = [*res.tag_filters(env_id=self.env_id), {"Name": "instance-state-name",
                                                           "Values": ["pending", "running"]}]
-        owner = self.provider_state.get("owner")
+        records = self.provider_state  # read once, not per instance
+        owner = records.get("owner")
         if owner:  # another controller's instances are never reused, even under the same environment id
             filters.append({"Name": f"tag:{res.TAG_OWNER}", "Values": [owner]})
         existing = _Existing()
+        launches = records.get("launches", {})
         for reservation in self.aws.pages("describe_instances", "Reservations", Filters=filters):
             for inst in reservation["Instances"]:
-                slot = _slot_of(inst, self.provider_state.get("launches", {}))
+                slot = _slot_of(inst, launches)
                 spec = wanted.get(slot[0]) if slot else None
                 if slot and spec and _matches(inst, spec, slot[1]) and slot not in existing.by_slot:
                     existing.by_slot[slot] = inst
