@@ -19,7 +19,7 @@ import hashlib
 import shlex
 import subprocess
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +44,7 @@ class InstalledBuild:
 
 
 @dataclass
-class Needs:
+class _Needs:
     """What the runs of one build need: its binaries on its hosts, in ``bin_dir``."""
 
     spec: LabelledBuild
@@ -52,13 +52,18 @@ class Needs:
     binaries: set[str] = field(default_factory=set)
     hosts: set[Host] = field(default_factory=set)
 
-    def add(self, binaries: Iterable[str], hosts: Iterable[Host]) -> None:
-        self.binaries.update(binaries)
-        self.hosts.update(hosts)
+
+Wanted = tuple[LabelledBuild, str, Iterable[str], Iterable[Host]]
+"""One run's build, its ``bin_dir``, the binaries the run starts and the hosts it runs on."""
 
 
-def install_builds(shell: Shell, needs: Mapping[str, Needs], *, experiment: str | None) -> dict[str, InstalledBuild]:
-    """Every build the runs name, on the hosts that run it (paths relative to the ``experiment`` file)."""
+def install_builds(shell: Shell, runs: Iterable[Wanted], *, experiment: str | None) -> dict[str, InstalledBuild]:
+    """Every build the runs name, once, with all their binaries on all their hosts (paths from the ``experiment``)."""
+    needs: dict[str, _Needs] = {}
+    for spec, bin_dir, binaries, hosts in runs:
+        need = needs.setdefault(spec.label, _Needs(spec, bin_dir))
+        need.binaries.update(binaries)
+        need.hosts.update(hosts)
     base = Path(experiment).parent if experiment else Path.cwd()
     return {label: install_build(shell, sorted(n.hosts, key=lambda h: h.name), n.spec, binaries=sorted(n.binaries),
                                  bin_dir=n.bin_dir, base=base) for label, n in needs.items()}
@@ -83,9 +88,11 @@ def install_build(shell: Shell, hosts: Sequence[Host], spec: LabelledBuild, *, b
 
     def put(host: Host) -> str | None:
         have = _host_digests(shell, host, bin_dir, list(digests))
-        for name, path in local.items():
-            if have.get(name) == digests[name]:
-                continue
+        missing = [name for name in digests if have.get(name) != digests[name]]
+        if not missing:
+            return None
+        for name in missing:
+            path = local[name]
             target = shlex.quote(f"{bin_dir}/{name}")
             staged = shlex.quote(f"{bin_dir}/.{name}.new")
             out = shell.run(host, f"mkdir -p {shlex.quote(bin_dir)} && cat > {staged} && chmod 755 {staged} && "

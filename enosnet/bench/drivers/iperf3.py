@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from enosnet.bench.builds import InstalledBuild, Needs, build_metadata, install_builds, installed_name
+from enosnet.bench.builds import InstalledBuild, build_metadata, install_builds, installed_name
 from enosnet.bench.drivers.base import Driver, Executed, Labelled, Measured
 from enosnet.bench.hostio import Shell
 from enosnet.bench.spec import Iperf3Section
@@ -66,13 +66,10 @@ class Iperf3Driver(Driver):
 
     def prepare(self, shell: Shell, sections: Sequence[Mapping[str, Any]]) -> None:
         """The builds of ``builds:`` on the hosts that run them, as ``<bin_dir>/iperf3+<label>``."""
-        needs: dict[str, Needs] = {}
-        for section in sections:
-            sec = self.section(section)
-            if sec.build is not None:
-                needs.setdefault(sec.build.label, Needs(sec.build, sec.bin_dir)).add(
-                    ["iperf3"], [*self.roles.select(sec.server_role), *self.roles.select(sec.client_role)])
-        self.builds = install_builds(shell, needs, experiment=self.source)
+        self.builds = install_builds(shell, (
+            (sec.build, sec.bin_dir, ["iperf3"],
+             [*self.roles.select(sec.server_role), *self.roles.select(sec.client_role)])
+            for sec in map(self.section, sections) if sec.build is not None), experiment=self.source)
 
     def section(self, data: Mapping[str, Any]) -> Iperf3Section:
         return cast(Iperf3Section, self.validated(data))

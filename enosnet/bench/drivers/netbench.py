@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from enosnet.bench.builds import InstalledBuild, Needs, build_metadata, install_builds, installed_name
+from enosnet.bench.builds import InstalledBuild, build_metadata, install_builds, installed_name
 from enosnet.bench.drivers.base import Driver, Executed, Labelled, Measured
 from enosnet.bench.drivers.netbench_output import Trace, parse_trace, scenario_bytes, trace_samples
 from enosnet.bench.hostio import Shell, fan_out
@@ -114,14 +114,10 @@ class NetbenchDriver(Driver):
 
     def _install_builds(self, shell: Shell, sections: Sequence[Mapping[str, Any]]) -> None:
         """Each build the runs name, on the hosts that run it, with the drivers it is run with."""
-        needs: dict[str, Needs] = {}
-        for section in sections:
-            sec, driver = self.section(section)
-            if sec.build is not None:
-                needs.setdefault(sec.build.label, Needs(sec.build, sec.bin_dir)).add(
-                    [f"s2n-netbench-driver-{side}-{driver}" for side in ("server", "client")],
-                    [*self.roles.select(sec.server_role), *self.roles.select(sec.client_role)])
-        self.builds = install_builds(shell, needs, experiment=self.source)
+        self.builds = install_builds(shell, (
+            (sec.build, sec.bin_dir, [f"s2n-netbench-driver-{side}-{driver}" for side in ("server", "client")],
+             [*self.roles.select(sec.server_role), *self.roles.select(sec.client_role)])
+            for sec, driver in map(self.section, sections) if sec.build is not None), experiment=self.source)
 
     @staticmethod
     def _scenario_key(sec: NetbenchSection) -> str:
