@@ -242,31 +242,29 @@ class Experiment(Strict):
     def _sections(self) -> Experiment:
         if self.driver == "netbench" and self.netbench is None:
             raise ValueError("driver netbench needs a `netbench:` section")
+        from enosnet.bench.drivers import driver_class
+
+        for name, given in self.sections.items():  # a plug-in driver's section, by its own model
+            try:
+                driver_class(name).section_model.model_validate(given)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise ValueError(f"{'.'.join(map(str, (name, *first['loc'])))}: {first['msg']}") from None
         names = set(self.parameter_names)
-        for section, data in (("netem", self.netem), ("iperf3", self.iperf3), ("netbench", self.netbench)):
+        written = {"netem": self.netem, "iperf3": self.iperf3, "netbench": self.netbench, **self.sections}
+        for section, data in written.items():
             if data is not None:
-                unknown = sorted(set(_placeholders(data.model_dump())) - names - {"duration"})
+                found = _placeholders(data.model_dump() if isinstance(data, BaseModel) else data)
+                unknown = sorted(set(found) - names - {"duration"})
                 if unknown:
                     raise ValueError(f"{section}: {{{unknown[0]}}} names no parameter "
                                      f"(parameters: {', '.join(sorted(names)) or 'none'})")
-        from enosnet.bench.drivers import driver_class
-
         runs = driver_class(self.driver).build_sources
         for label, build in self.builds.items():
             source = next(name for name in SOURCES if getattr(build, name))
             if source not in runs:
                 raise ValueError(f"builds.{label}: a {source} build cannot run with driver {self.driver} (it takes "
                                  f"{' or '.join(runs) or 'no builds'})")
-        for name, given in self.sections.items():
-            try:
-                driver_class(name).section_model.model_validate(given)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                raise ValueError(f"{'.'.join(map(str, (name, *first['loc'])))}: {first['msg']}") from None
-            unknown = sorted(set(_placeholders(given)) - names - {"duration"})
-            if unknown:
-                raise ValueError(f"{name}: {{{unknown[0]}}} names no parameter "
-                                 f"(parameters: {', '.join(sorted(names)) or 'none'})")
         if self.builds and "build" in self.parameters:
             raise ValueError("builds: the labels of `builds` are the levels of parameter build; "
                              "do not give `build` in parameters too")
