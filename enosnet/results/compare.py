@@ -77,12 +77,18 @@ class Row:
     metric: str
     unit: str
     combo: Combo
-    median_baseline: float
-    median_candidate: float
+    baseline_values: tuple[float, ...]
+    candidate_values: tuple[float, ...]
     comparison: Comparison
     verdict: Verdict
-    baseline_values: tuple[float, ...] = ()
-    candidate_values: tuple[float, ...] = ()
+
+    @property
+    def median_baseline(self) -> float:
+        return float(np.median(self.baseline_values))
+
+    @property
+    def median_candidate(self) -> float:
+        return float(np.median(self.candidate_values))
 
     @property
     def sentence(self) -> str:
@@ -254,7 +260,7 @@ def compare(baseline: str | Path | Side, candidate: str | Path | Side | None = N
                                at=combo)
             comparisons.append((metric, unit, combo, base[combo], cand[combo], c))
     corrected = correct_per_metric([c for *_, c in comparisons])
-    rows = [Row(metric, unit, combo, float(np.median(a)), float(np.median(b)), c, _verdict(c), tuple(a), tuple(b))
+    rows = [Row(metric, unit, combo, tuple(a), tuple(b), c, _verdict(c))
             for (metric, unit, combo, a, b, _), c in zip(comparisons, corrected, strict=True)]
     return CompareResult(sides[0], sides[1], rows, unpaired, _testbed_differences(sides), options.threshold)
 
