@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import re
 from collections.abc import Iterable, Sequence
 
@@ -66,13 +67,24 @@ def scale(values: Sequence[float], unit: str) -> tuple[float, str]:
     return 1.0, unit
 
 
+def num(x: float) -> str:
+    """A number as the pages print it: 3 significant digits, whole numbers from 1000, ``—`` for none.
+
+    >>> num(17.94), num(28061.2), num(float("nan"))
+    ('17.9', '28,061', '—')
+    """
+    if math.isnan(x):
+        return "—"
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+
+
 def with_unit(value: float, unit: str, factor: float, label: str) -> str:
-    """``value`` in the unit ``scale`` chose, to 4 significant digits: ``9.4 Gbit/s``, ``12 ms``.
+    """``value`` in the unit ``scale`` chose, printed by ``num``: ``9.4 Gbit/s``, ``12 ms``.
 
     >>> with_unit(9.4e9, "bit/s", *scale([9.4e9], "bit/s"))
     '9.4 Gbit/s'
     """
-    return f"{value / factor:.4g} {label}".rstrip()
+    return f"{num(value / factor)} {label}".rstrip()
 
 
 def html_figure(name: str, title: str, caption: str, png: bytes) -> str:

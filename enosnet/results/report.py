@@ -29,7 +29,7 @@ from enosnet.environment import Environment, write_atomic
 from enosnet.errors import ResultsError
 from enosnet.results.netbench_report import NetbenchReport, netbench_report
 from enosnet.results.plots import Plot, all_plots
-from enosnet.results.render import esc, html_dl, html_figure, html_page, html_table, md_esc, md_table, scale
+from enosnet.results.render import esc, html_dl, html_figure, html_page, html_table, md_esc, md_table, num, scale
 from enosnet.results.stats import (
     Analysis,
     Comparison,
@@ -98,12 +98,6 @@ def _skew_text(skews: Sequence[float]) -> str:
 
 def _time(t: float | None) -> str:
     return "—" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _num(x: float) -> str:
-    if math.isnan(x):
-        return "—"
-    return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
 
 
 def _pval(p: float) -> str:
@@ -175,8 +169,8 @@ class Page:
         rows = []
         for s in cells:
             matching = [r for r in self.a.runs if all(hashable(r.params.get(k)) == hashable(v) for k, v in s.combo)]
-            ci = f"[{_num(s.median_ci.low / factor)}, {_num(s.median_ci.high / factor)}]" if s.n > 1 else "[—]"
-            rows.append([combo_text(s.combo) or "all runs", _num(s.median / factor), ci, str(s.n),
+            ci = f"[{num(s.median_ci.low / factor)}, {num(s.median_ci.high / factor)}]" if s.n > 1 else "[—]"
+            rows.append([combo_text(s.combo) or "all runs", num(s.median / factor), ci, str(s.n),
                          str(sum(r.status != "ok" for r in matching)), self._flagged(s.combo)])
         return unit, rows
 
@@ -198,7 +192,7 @@ class Page:
         factor, unit = scale([s.mean for s in cells] + [s.max for s in cells], cells[0].unit if cells else "")
 
         def v(x: float) -> str:
-            return _num(x / factor)
+            return num(x / factor)
 
         def ci(x: float, low: float, high: float, n: int) -> str:
             return f"{v(x)} [{v(low)}, {v(high)}]" if n > 1 else f"{v(x)} [—]"
