@@ -1,9 +1,12 @@
 """Network emulation from Python: constraints per interface, per destination, and between role groups.
 
-A ``Netem`` collects constraints and turns them into the ``netem`` role's
-variables per host; ``apply``, ``clear`` and ``show`` run ``playbooks/netem.yml``
-and ``playbooks/netem-clear.yml``; ``validate`` pings between the constrained
-hosts and reports the measured RTT next to the requested one.
+A ``Netem`` collects constraints (``enosnet.emulation.Constraint``, the one
+model and grammar) and turns them into the ``netem`` role's variables per host;
+``apply``, ``clear`` and ``show`` run ``playbooks/netem.yml`` and
+``playbooks/netem-clear.yml``, whose module hands them to the emulation engine
+on each host — the same engine a bench run's conditions use; ``validate`` pings
+between the constrained hosts and reports the measured RTT next to the
+requested one.
 
 A delay is one-way, on the sending host's egress: ``between("client", "server",
 delay 20ms)`` delays each direction, so the RTT between them grows by 40 ms;
@@ -18,74 +21,20 @@ delay 20ms)`` delays each direction, so the RTT between them grows by 40 ms;
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from enosnet.emulation import Constraint
+from enosnet.emulation.rtt import Ping, parse_pings, ping_script
 from enosnet.environment import Environment
 from enosnet.errors import ConfigError, RemoteError
 from enosnet.model import Host, Roles
 from enosnet.remote import AnsibleResults, HostEvent, actions, bundled, run_playbook
 
 PLAYBOOKS = bundled()
-TIME = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s)", re.ASCII)
-LOSS = re.compile(r"(\d+(?:\.\d+)?)%", re.ASCII)
-RATE = re.compile(r"\d+(\.\d+)?(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps|tbps)", re.ASCII)
-DEVICE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
 Listener = Callable[[HostEvent], None]
-TO_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """What one direction of traffic suffers: delay and jitter (like ``20ms``), loss (``0.5%``), rate (``100mbit``).
-
-    >>> Constraint(delay="20ms", jitter="2ms").delay_ms
-    20.0
-    >>> Constraint(delay="20 ms")
-    Traceback (most recent call last):
-    ...
-    enosnet.errors.ConfigError: delay='20 ms': not a time like 20ms, 500us or 1s
-    """
-
-    delay: str | None = None
-    jitter: str | None = None
-    loss: str | None = None
-    rate: str | None = None
-
-    def __post_init__(self) -> None:
-        checks = {"delay": (TIME, "a time like 20ms, 500us or 1s"), "jitter": (TIME, "a time like 2ms"),
-                  "loss": (LOSS, "a percentage like 1% or 0.5%"), "rate": (RATE, "a rate like 100mbit or 1gbit")}
-        for name, (pattern, what) in checks.items():
-            value = getattr(self, name)
-            if value is not None and not pattern.fullmatch(str(value)):
-                raise ConfigError(f"{name}={value!r}: not {what}")
-        if self.loss is not None and self.loss_percent > 100:
-            raise ConfigError(f"loss={self.loss!r}: above 100%")
-        if self.jitter is not None and self.delay is None:
-            raise ConfigError(f"jitter={self.jitter!r}: needs a delay")
-
-    @property
-    def delay_ms(self) -> float:
-        return _ms(self.delay)
-
-    @property
-    def loss_percent(self) -> float:
-        match = LOSS.fullmatch(self.loss or "0%")
-        return float(match[1]) if match else 0.0
-
-    def to_vars(self) -> dict[str, str]:
-        """The set fields, as the netem role takes them."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
-
-    def __bool__(self) -> bool:
-        return bool(self.to_vars())
-
-
-def _ms(value: str | None) -> float:
-    match = TIME.fullmatch(value or "")
-    return float(match[1]) * TO_MS[match[2]] if match else 0.0
+__all__ = ["Constraint", "Netem", "RttCheck", "clear", "from_spec", "measure_rtt", "show"]
 
 
 @dataclass(frozen=True)
@@ -127,8 +76,7 @@ class Netem:
     """
 
     def __init__(self, roles: Roles, *, device: str = "eth0") -> None:
-        if not DEVICE.fullmatch(device):
-            raise ConfigError(f"device={device!r}: not an interface name")
+        Constraint(device=device)  # checks the name
         self.roles = roles
         self.device = device
         self._plans: dict[Host, _HostPlan] = {}
@@ -147,6 +95,10 @@ class Netem:
 
     def interface(self, target: str, constraint: Constraint, *, ingress: Constraint | None = None) -> Netem:
         """Constrain everything ``target``'s hosts send (and, with ``ingress``, receive)."""
+        for shape in (constraint, ingress):
+            if shape is not None and shape.destination is not None:
+                raise ConfigError(f"interface({target!r}): a constraint on all traffic has no destination, got "
+                                  f"{shape.destination!r} (use between)")
         for host in self._hosts(target):
             plan = self._plan(host)
             plan.interface, plan.ingress = constraint, ingress or Constraint()
@@ -177,11 +129,11 @@ class Netem:
         plan = self._plans.get(host, _HostPlan())
         interfaces: list[dict[str, Any]] = []
         if plan.interface or plan.ingress:
-            entry: dict[str, Any] = {"device": self.device, **plan.interface.to_vars()}
+            entry: dict[str, Any] = {"device": self.device, **plan.interface.impairments()}
             if plan.ingress:
-                entry["ingress"] = plan.ingress.to_vars()
+                entry["ingress"] = plan.ingress.impairments()
             interfaces.append(entry)
-        destinations = [{"device": self.device, "dest": address, **c.to_vars()}
+        destinations = [{"device": self.device, "dest": address, **c.impairments()}
                         for address, c in plan.destinations.items() if c]
         return {"netem_interfaces": interfaces, "netem_destinations": destinations}
 
@@ -215,8 +167,8 @@ class Netem:
         """Delay (ms) and loss (%) from ``src`` to ``dst``: src's egress, then dst's ingress."""
         plan, far = self._plans.get(src, _HostPlan()), self._plans.get(dst, _HostPlan())
         out = plan.destinations.get(dst.address, plan.interface)
-        keep = (1 - out.loss_percent / 100) * (1 - far.ingress.loss_percent / 100)
-        return out.delay_ms + far.ingress.delay_ms, 100 * (1 - keep)
+        keep = (1 - out.loss_fraction) * (1 - far.ingress.loss_fraction)
+        return 1000 * (out.delay_s + far.ingress.delay_s), 100 * (1 - keep)
 
     def pairs(self) -> list[tuple[Host, Host]]:
         """The host pairs ``validate`` checks: every constrained pair once, in either order."""
@@ -237,10 +189,11 @@ class Netem:
         chosen = list(pairs) if pairs is not None else self.pairs()
         measured = measure_rtt(chosen, count=count, interval=interval, env=env)
         checks = []
-        for (a, b), (sent, received, rtt) in zip(chosen, measured, strict=True):
+        for (a, b), ping in zip(chosen, measured, strict=True):
             requested_ms, requested_loss = self.expected(a, b)
-            loss = 100.0 * (sent - received) / sent if sent else 100.0
-            checks.append(RttCheck(a.name, b.name, b.address, requested_ms, rtt, requested_loss, loss, sent))
+            rtt = None if ping.rtt_s is None else ping.rtt_s * 1000
+            checks.append(RttCheck(a.name, b.name, b.address, requested_ms, rtt, requested_loss,
+                                   100.0 * ping.loss, ping.sent))
         return checks
 
 
@@ -292,12 +245,8 @@ def _target(value: Any, where: str) -> str:
 
 
 def _constraint(entry: Mapping[str, Any], where: str) -> Constraint:
-    try:
-        return Constraint(**{k: None if v is None else str(v) for k, v in entry.items()})
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    return Constraint.from_mapping({k: v if v is None or k in ("limit", "port") else str(v) for k, v in entry.items()},
+                                   where)
 
 
 def clear(roles: Roles, *, env: Environment | None = None, on_event: Listener | None = None) -> AnsibleResults:
@@ -316,40 +265,27 @@ def show(roles: Roles, *, env: Environment | None = None) -> dict[str, dict[str,
 
 
 def measure_rtt(pairs: Iterable[tuple[Host, Host]], *, count: int = 20, interval: float = 0.2,
-                env: Environment | None = None) -> list[tuple[int, int, float | None]]:
-    """Ping from the first host of each pair to the second: (sent, received, average RTT ms or None) per pair.
+                env: Environment | None = None) -> list[Ping]:
+    """Ping from the first host of each pair to the second, one ``Ping`` per pair.
 
-    Every source pings all its targets at once, in one task; the run is bounded
-    by ping's own deadline (``-w``).
+    Every source pings all its targets at once, in one task (``emulation.rtt``'s script, bounded by ping's
+    own deadline).
     """
     chosen = list(pairs)
     targets: dict[Host, list[str]] = {}
     for a, b in chosen:
         targets.setdefault(a, []).append(b.address)
     sources = [host.with_extra(enosnet_ping_targets=addresses) for host, addresses in targets.items()]
-    script = (f'd=$(mktemp -d); i=0; for t in "$@"; do i=$((i+1)); '
-              f'(echo "## $t"; ping -n -q -c {count} -i {interval} -w {int(count * interval) + 5} "$t") '
-              f'> "$d/$i" 2>&1 & done; wait; cat "$d"/*; rm -rf "$d"')
+    script = ping_script(count=count, interval=interval)
     with actions(roles=sources, env=env, strict=False) as block:
         block.command(argv="{{ ['sh', '-c', " + repr(script) + ", 'ping'] + enosnet_ping_targets }}", task_name="ping")
     assert block.results is not None
-    outputs: dict[tuple[str, str], str] = {}
+    outputs: dict[str, dict[str, Ping]] = {}
     for src, result in block.results.items():
         if not result.ok:
             raise RemoteError(f"ping from {src.name} failed: {result.message}")
-        for chunk in str(result.task("ping").data.get("stdout", "")).split("## ")[1:]:
-            address, _, rest = chunk.partition("\n")
-            outputs[(src.name, address.strip())] = rest
-    return [_parse_ping(outputs.get((a.name, b.address), "")) for a, b in chosen]
-
-
-def _parse_ping(text: str) -> tuple[int, int, float | None]:
-    """(sent, received, average RTT ms) from ``ping -q`` output."""
-    match = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", text)
-    if not match:
-        return 0, 0, None
-    rtt = re.search(r"= [\d.]+/([\d.]+)/[\d.]+/[\d.]+ ms", text)
-    return int(match[1]), int(match[2]), float(rtt[1]) if rtt else None
+        outputs[src.name] = parse_pings(str(result.task("ping").data.get("stdout", "")))
+    return [outputs.get(a.name, {}).get(b.address, Ping()) for a, b in chosen]
 
 
 def _playbook(name: str, roles: Roles, extra_vars: Mapping[str, Any], env: Environment | None,

@@ -221,7 +221,7 @@ def test_a_delay_is_in_place_during_its_run_and_gone_after(local_hosts: Callable
         applied = {(m.run_id, m.host): m.value for m in store.host_metadata(per_run=True) if m.key == "emulation"}
         counters = [json.loads(m.value) for m in store.host_metadata(per_run=True) if m.key == "emulation.stats"]
     assert 38 <= rtt["20ms"] <= 60 and rtt["0ms"] < 5  # ms: 20 ms each way, then nothing left behind
-    if any(v.endswith("(impaird)") for v in applied.values()):  # the counters the fidelity check reads
+    if any(v.endswith("(nfqueue)") for v in applied.values()):  # the counters the fidelity check reads
         assert len(counters) == 2 and all(c["stats"]["release_late_us"]["count"] > 0 for c in counters), counters
     assert [c["ok"] for c in exp.checks if c["name"] == "netem"] == [True]
     assert sorted(h for _, h in applied) == ["client-0", "server-0"]

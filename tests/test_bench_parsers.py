@@ -7,11 +7,12 @@ import json
 import subprocess
 from pathlib import Path
 
-from enosnet.bench.checks import listening_ports, parse_ping
+from enosnet.bench.checks import listening_ports
 from enosnet.bench.drivers.iperf3 import parse_client_json
 from enosnet.bench.drivers.netbench_output import parse_trace, scenario_bytes, trace_samples
 from enosnet.bench.instrument import parse_agent_samples
 from enosnet.bench.metadata import PROBE, RUN_PROBE, parse_metadata, parse_run_probe
+from enosnet.emulation.rtt import parse_ping
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -107,7 +108,8 @@ def test_the_metadata_probes_run_here_and_parse() -> None:
 
 
 def test_check_helpers() -> None:
-    assert parse_ping("rtt min/avg/max/mdev = 0.051/0.070/0.093/0.015 ms") == 0.00007
-    assert parse_ping("100% packet loss") is None
+    assert parse_ping("5 packets transmitted, 5 received\nrtt min/avg/max/mdev = 0.051/0.070/0.093/0.015 ms").rtt_s \
+        == 0.00007
+    assert parse_ping("5 packets transmitted, 0 received, 100% packet loss").rtt_s is None
     table = "sl local rem st\n 0: 0100007F:1451 00000000:0000 0A\n 1: 0100007F:1452 0100007F:9999 01\n"
     assert listening_ports(table) == {5201}

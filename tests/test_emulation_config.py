@@ -256,8 +256,63 @@ def test_the_netem_roles_variables_translate_to_constraints() -> None:
             ("0.0.0.0/0", "ingress", None, "10mbit"), ("::/0", "ingress", None, "10mbit")]
     steps = " ".join(step.describe() for step in d.plan(d.load_config(config)))
     assert "-d 0.0.0.0/0 -o eth0 -m mark" in steps and 'oifname == "eth0" ip6 daddr ::/0' in steps
-    with pytest.raises(d.ConfigProblem, match=r"interfaces\[0\]: an object with a device"):
+    with pytest.raises(d.ConfigProblem, match=r"interfaces\[0\]\.device: required"):
         d.from_netem_vars({"interfaces": [{"delay": "1ms"}]})
+    with pytest.raises(d.ConfigProblem, match=r"interfaces\[0\]\.delay: '20 parsecs' is not a duration"):
+        d.from_netem_vars({"interfaces": [{"device": "eth0", "delay": "20 parsecs"}]})
+    with pytest.raises(d.ConfigProblem, match=r"destinations\[1\]: unknown key\(s\) speed"):
+        d.from_netem_vars({"destinations": [{"dest": "198.18.0.3", "delay": "1ms"}, {"dest": "::1", "speed": 1}]})
+    with pytest.raises(d.ConfigProblem, match=r"destinations\[0\]: no delay, loss or rate given"):
+        d.from_netem_vars({"destinations": [{"dest": "198.18.0.3"}]})
+
+
+def netem_plan(*constraints: dict[str, Any]) -> list[str]:
+    config = d.resolve(d.load_config({"constraints": list(constraints), "backend": "netem"}))
+    return [step.describe() for step in d.plan(config)]
+
+
+def test_the_netem_backend_puts_one_htb_class_with_a_netem_qdisc_per_constraint() -> None:
+    steps = netem_plan({"destination": "198.18.0.3", "device": "eth0", "delay": "20 ms", "jitter": "2ms",
+                        "distribution": "normal", "loss": "1%", "loss_correlation": "25%"},
+                       {"destination": "198.18.0.4", "device": "eth0", "rate": "10mbit", "duplicate": "0.5%",
+                        "protocol": "udp", "port": 7700},
+                       {"destination": "0.0.0.0/0", "device": "eth0", "direction": "ingress", "reorder": "10%",
+                        "delay": "5ms"})
+    assert steps[:8] == [
+        "tc qdisc add dev eth0 root handle e57: htb default 0",
+        "tc class add dev eth0 parent e57: classid e57:1 htb rate 100000000000bit ceil 100000000000bit "
+        "quantum 200000",
+        "tc qdisc add dev eth0 parent e57:1 handle e581: netem limit 10000 delay 20000us 2000us distribution normal "
+        "loss 1% 25%",
+        "tc filter add dev eth0 parent e57: prio 1 protocol ip u32 match ip dst 198.18.0.3/32 flowid e57:1",
+        "tc class add dev eth0 parent e57: classid e57:2 htb rate 10000000bit ceil 10000000bit quantum 12500",
+        "tc qdisc add dev eth0 parent e57:2 handle e582: netem limit 10000 duplicate 0.5%",
+        "tc filter add dev eth0 parent e57: prio 2 protocol ip u32 match ip dst 198.18.0.4/32 match ip protocol 17 "
+        "0xff match ip dport 7700 0xffff flowid e57:2",
+        "tc filter add dev eth0 parent e57: prio 2 protocol ip u32 match ip dst 198.18.0.4/32 match ip protocol 17 "
+        "0xff match ip sport 7700 0xffff flowid e57:2"]
+    assert steps[8:] == [
+        "ip link add e57ifb0 type ifb", "ip link set e57ifb0 up", "tc qdisc add dev eth0 handle ffff: ingress",
+        "tc filter add dev eth0 parent ffff: protocol all prio 1 u32 match u32 0 0 action mirred egress redirect "
+        "dev e57ifb0",
+        "tc qdisc add dev e57ifb0 root handle e57: htb default 0",
+        "tc class add dev e57ifb0 parent e57: classid e57:3 htb rate 100000000000bit ceil 100000000000bit "
+        "quantum 200000",
+        "tc qdisc add dev e57ifb0 parent e57:3 handle e583: netem limit 10000 delay 5000us reorder 10%",
+        "tc filter add dev e57ifb0 parent e57: prio 3 protocol ip u32 match ip src 0.0.0.0/0 flowid e57:3"]
+    assert not any("iptables" in s or "nft" in s for s in steps)  # the kernel does it all: no daemon, no queues
+
+
+def test_both_backends_shape_rates_with_the_same_classes() -> None:
+    rated = {"destination": "198.18.0.3", "device": "eth0", "rate": "20mbit"}
+    nfqueue = [step.describe() for step in d.plan(d.resolve(d.load_config({"constraints": [rated],
+                                                                             "backend": "nfqueue"})))]
+    assert nfqueue == netem_plan(rated)
+
+
+def test_a_constraint_without_a_device_toward_everything_is_refused_by_the_netem_backend() -> None:
+    with pytest.raises(d.CommandFailed, match=r"constraint to 0.0.0.0/0: give it a 'device'"):
+        netem_plan({"destination": "0.0.0.0/0", "delay": "1ms"})
 
 
 def _python38() -> str | None:

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from enosnet.emulation.rtt import Ping, parse_ping
 from enosnet.errors import ConfigError
 from enosnet.model import Host, Roles
-from enosnet.netem import Constraint, Netem, _parse_ping, from_spec
+from enosnet.netem import Constraint, Netem, from_spec
 
 ENOSNET = str(Path(sys.executable).with_name("enosnet"))
 
@@ -51,12 +52,12 @@ def test_one_way_and_interface_constraints_add_up() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"delay": "20"}, "delay='20': not a time"),
-    ({"loss": "101%"}, "above 100%"),
-    ({"rate": "fast"}, "rate='fast': not a rate"),
+    ({"delay": "20"}, "delay: '20' is not a duration"),
+    ({"loss": "101%"}, "more than 100%"),
+    ({"rate": "fast"}, "rate: 'fast' is not a rate"),
     ({"jitter": "1ms"}, "needs a delay"),
-    ({"delay": "20ms\n"}, "not a time"),
-    ({"delay": "\u0662\u0660ms"}, "not a time"),
+    ({"delay": "20ms\n"}, "not a duration"),
+    ({"delay": "\u0662\u0660ms"}, "not a duration"),
     ({"rate": "\uff11gbit"}, "not a rate"),
 ])
 def test_constraints_are_checked_when_built(kwargs: dict[str, str], message: str) -> None:
@@ -67,7 +68,7 @@ def test_constraints_are_checked_when_built(kwargs: dict[str, str], message: str
 def test_spec_file_errors_name_the_entry() -> None:
     with pytest.raises(ConfigError, match=r"x.yaml between\[0\]: unknown keys speed"):
         from_spec(ROLES, {"between": [{"from": "client", "to": "server", "speed": "1"}]}, where="x.yaml")
-    with pytest.raises(ConfigError, match=r"interfaces\[0\]: delay='x': not a time"):
+    with pytest.raises(ConfigError, match=r"interfaces\[0\]: delay: 'x' is not a duration"):
         from_spec(ROLES, {"interfaces": [{"hosts": "server", "delay": "x"}]})
     with pytest.raises(ConfigError, match="'db': neither a role"):
         from_spec(ROLES, {"between": [{"from": "client", "to": "db", "delay": "1ms"}]})
@@ -78,9 +79,9 @@ def test_spec_file_errors_name_the_entry() -> None:
 def test_ping_output_is_parsed() -> None:
     text = ("--- 198.18.0.2 ping statistics ---\n20 packets transmitted, 19 received, 5% packet loss, time 3805ms\n"
             "rtt min/avg/max/mdev = 20.051/20.112/20.301/0.052 ms\n")
-    assert _parse_ping(text) == (20, 19, 20.112)
-    assert _parse_ping("3 packets transmitted, 0 received, 100% packet loss\n") == (3, 0, None)
-    assert _parse_ping("") == (0, 0, None)
+    assert parse_ping(text) == Ping(20, 19, 0.020112)
+    assert parse_ping("3 packets transmitted, 0 received, 100% packet loss\n") == Ping(3, 0, None)
+    assert parse_ping("") == Ping(0, 0, None)
 
 
 @pytest.mark.hosts
@@ -124,6 +125,7 @@ def test_cli_applies_validates_shows_and_clears(local_hosts: Callable[..., Any],
     assert shown.returncode == 0 and "client-0" in shown.stdout and "eth0" in shown.stdout + shown.stderr
     assert enosnet("clear").returncode == 0
     assert "client-0: no emulation" in enosnet("show").stdout
-    spec.write_text("between:\n  - {from: client, to: server, delay: 10 ms}\n")
+    spec.write_text("between:\n  - {from: client, to: server, delay: 10 parsecs}\n")
     bad = enosnet("apply", str(spec))
-    assert bad.returncode == 2 and "wan.yaml between[0]: delay='10 ms'" in bad.stdout + bad.stderr
+    assert bad.returncode == 2
+    assert "wan.yaml between[0]: delay: '10 parsecs' is not a duration" in bad.stdout + bad.stderr

@@ -1,15 +1,15 @@
 """The netem role on real local hosts, measured: rate caps with iperf3, delay and loss with ping.
 
 Runs ``playbooks/netem.yml`` / ``netem-clear.yml`` with plain ansible-playbook
-on the environment's inventory. Delay and loss come from the kernel's netem
-qdisc where it has one, else from impaird (``netem_backend: auto``); forcing
-the tc backend on a kernel without netem proves the role reports tc's failure
+on the environment's inventory. The role hands its variables to the emulation
+engine: delay and loss come from the kernel's netem qdisc where it has one,
+else from the engine's userspace queue (``netem_backend: auto``); forcing the
+netem backend on a kernel without netem proves the role reports tc's failure
 with the command and leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from enosnet.emulation import impaird as engine
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
@@ -93,7 +95,7 @@ def impaird_state(deployment: Any, host: str) -> str:
 
 @pytest.mark.hosts
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("backend", ["tc", "impaird"])
+@pytest.mark.parametrize("backend", ["netem", "nfqueue"])
 def test_rate_caps_show_in_iperf3_and_clear_removes_exactly_what_was_added(pair: Any, backend: str) -> None:
     before = tc_state(pair, "client-0")
     server = pair.roles.find("server-0").address
@@ -106,7 +108,9 @@ def test_rate_caps_show_in_iperf3_and_clear_removes_exactly_what_was_added(pair:
     assert changed(applied)["client-0"] >= 1
     again = playbook(pair, "netem.yml", spec)
     assert changed(again)["client-0"] == 0, again.stdout[-2000:]
-    assert ("ifbeth0" if backend == "tc" else "e57ifb") in tc_state(pair, "client-0")
+    shaped = tc_state(pair, "client-0")
+    assert "qdisc htb e57: dev eth0 root" in shaped and "e57ifb0" in shaped  # the same HTB classes with either backend
+    assert f'"backend": "{backend}"' in sh(pair, "client-0", "cat /run/enosnet-emu/state.json")
 
     egress, ingress = iperf3_mbits(pair), iperf3_mbits(pair, reverse=True)
     print(f"\n{backend}: rate cap 20mbit client→server: {egress:.1f} Mbit/s; "
@@ -126,8 +130,8 @@ def check_refusals(deployment: Any, before: str) -> None:
     if before != tc_state(deployment, "client-0"):
         assert playbook(deployment, "netem-clear.yml", {"netem_hosts": "client"}).returncode == 0
     bad = playbook(deployment, "netem.yml", {"netem_hosts": "client",
-                                             "netem_interfaces": [{"device": "eth0", "delay": "20 ms"}]})
-    assert bad.returncode != 0 and "interfaces[0].delay='20 ms': not a delay like 20ms" in bad.stdout
+                                             "netem_interfaces": [{"device": "eth0", "delay": "20 parsecs"}]})
+    assert bad.returncode != 0 and "interfaces[0].delay: '20 parsecs' is not a duration" in bad.stdout
     typed = playbook(deployment, "netem.yml", {"netem_hosts": "client", "netem_interfaces": "eth0"})
     assert typed.returncode != 0 and "netem_interfaces" in typed.stdout, typed.stdout[-1500:]
     assert tc_state(deployment, "client-0") == before
@@ -145,8 +149,8 @@ def test_delay_and_loss_show_in_ping_with_the_kernels_backend(pair: Any) -> None
     assert tc_state(pair, "client-0") == before and impaird_state(pair, "client-0") == ""
     applied = playbook(pair, "netem.yml", spec)
     assert applied.returncode == 0, applied.stdout[-2000:]
-    backend = "tc" if kernel_has_netem(pair) else "impaird"
-    assert f'"backend": "{backend}"' in sh(pair, "client-0", "cat /run/enosnet/netem.json")
+    backend = "netem" if kernel_has_netem(pair) else "nfqueue"
+    assert f'"backend": "{backend}"' in sh(pair, "client-0", "cat /run/enosnet-emu/state.json")
     assert changed(playbook(pair, "netem.yml", spec))["client-0"] == 0
     rtt, _ = ping(pair)
     print(f"\n{backend}: RTT {base_rtt:.2f} ms → {rtt:.2f} ms with 20ms delay")
@@ -167,53 +171,52 @@ def test_delay_and_loss_show_in_ping_with_the_kernels_backend(pair: Any) -> None
 
 @pytest.mark.hosts
 @pytest.mark.timeout(300)
-def test_the_tc_backend_reports_a_missing_netem_qdisc_and_rolls_back(pair: Any) -> None:
+def test_the_netem_backend_reports_a_missing_netem_qdisc_and_rolls_back(pair: Any) -> None:
     if kernel_has_netem(pair):
         pytest.skip("this kernel has the netem qdisc: nothing is missing to report")
     before = tc_state(pair, "client-0")
     server = pair.roles.find("server-0").address
-    spec = {"netem_hosts": "client", "netem_backend": "tc",
+    spec = {"netem_hosts": "client", "netem_backend": "netem",
             "netem_destinations": [{"device": "eth0", "dest": server, "delay": "20ms"}]}
     applied = playbook(pair, "netem.yml", spec)
     assert applied.returncode != 0
-    assert "netem limit 100000 delay 20ms` failed" in applied.stdout
-    assert "qdisc kind is unknown" in applied.stdout
+    assert "netem limit 10000 delay 20000us` failed" in applied.stdout
+    assert "qdisc kind is unknown" in applied.stdout and "modprobe sch_netem" in applied.stdout
     assert tc_state(pair, "client-0") == before  # the failed apply removed what it had added
-
-
-def load_module() -> Any:
-    spec = importlib.util.spec_from_file_location("enosnet_netem", ROOT / "roles/netem/library/enosnet_netem.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    assert impaird_state(pair, "client-0") == ""
 
 
 @pytest.mark.parametrize(("entry", "message"), [
-    ({"device": "eth0", "delay": "20 ms"}, "interfaces[0].delay='20 ms': not a delay like 20ms"),
-    ({"device": "eth0", "loss": "1.5"}, "interfaces[0].loss='1.5': not a loss like 1% or 0.5%"),
-    ({"device": "eth0", "loss": "150%"}, "above 100%"),
-    ({"device": "eth0", "rate": "100mb"}, "not a rate like 100mbit"),
+    ({"device": "eth0", "delay": "20 parsecs"}, "interfaces[0].delay: '20 parsecs' is not a duration"),
+    ({"device": "eth0", "loss": "1.5"}, "interfaces[0].loss: '1.5' is not a percentage"),
+    ({"device": "eth0", "loss": "150%"}, "more than 100%"),
+    ({"device": "eth0", "rate": "100mb"}, "'100mb' is not a rate"),
     ({"device": "eth0", "jitter": "2ms"}, "jitter needs a delay"),
     ({"device": "a-very-long-interface", "rate": "1mbit"}, "not an interface name"),
-    ({"device": "eth0", "colour": "red"}, "unknown keys colour"),
+    ({"device": "eth0", "colour": "red"}, "unknown key(s) colour"),
 ])
-def test_module_refuses_bad_values_naming_the_field(entry: dict[str, str], message: str) -> None:
-    module = load_module()
-    with pytest.raises(module.SpecError, match=re.escape(message)):
-        module.normalise([entry], [])
+def test_the_roles_variables_are_refused_by_the_engine_naming_the_entry(entry: dict[str, str], message: str) -> None:
+    with pytest.raises(engine.ConfigProblem, match=re.escape(message)):
+        engine.load_config(engine.from_netem_vars({"interfaces": [entry]}))
 
 
-def test_module_plans_htb_classes_netem_leaves_and_u32_filters_for_both_families() -> None:
-    module = load_module()
-    spec = module.normalise([{"device": "eth0", "delay": "5ms", "ingress": {"rate": "1gbit"}}],
-                            [{"device": "eth0", "dest": "198.18.0.9", "delay": "20ms", "jitter": "1ms", "loss": "1%"},
-                             {"device": "eth0", "dest": "2001:db8::1", "rate": "10mbit"}])
-    commands = [" ".join(argv) for argv, _ in module.plan(spec, "100gbit")]
-    assert "tc qdisc add dev eth0 parent 1:2 handle 12: netem limit 100000 delay 20ms 1ms loss 1%" in commands
-    assert "tc class add dev eth0 parent 1: classid 1:3 htb rate 10mbit ceil 10mbit quantum 60000" in commands
-    assert any("protocol ip prio 4 u32 match ip dst 198.18.0.9/32 flowid 1:2" in c for c in commands)
-    assert any("protocol ipv6 prio 6 u32 match ip6 dst 2001:db8::1/128 flowid 1:3" in c for c in commands)
-    assert "ip link add ifbeth0 type ifb" in commands
-    undo = [" ".join(u) for _, u in module.plan(spec, "100gbit") if u]
-    assert undo == ["tc qdisc del dev eth0 root", "ip link del ifbeth0", "tc qdisc del dev eth0 ingress"]
+def test_the_roles_variables_plan_htb_classes_netem_qdiscs_and_u32_filters_for_both_families() -> None:
+    config = engine.from_netem_vars({
+        "interfaces": [{"device": "eth0", "delay": "5ms", "ingress": {"rate": "1gbit"}}],
+        "destinations": [{"device": "eth0", "dest": "198.18.0.9", "delay": "20ms", "jitter": "1ms", "loss": "1%"},
+                         {"device": "eth0", "dest": "2001:db8::1", "rate": "10mbit"}]})
+    steps = engine.plan(engine.resolve(engine.load_config({**config, "backend": "netem"})))
+    commands = [step.describe() for step in steps]
+    assert "tc qdisc add dev eth0 parent e57:1 handle e581: netem limit 10000 delay 20000us 1000us loss 1%" \
+        in commands
+    assert "tc class add dev eth0 parent e57: classid e57:2 htb rate 10000000bit ceil 10000000bit quantum 12500" \
+        in commands
+    assert "tc filter add dev eth0 parent e57: prio 1 protocol ip u32 match ip dst 198.18.0.9/32 flowid e57:1" \
+        in commands
+    assert "tc filter add dev eth0 parent e57: prio 2 protocol ipv6 u32 match ip6 dst 2001:db8::1/128 flowid e57:2" \
+        in commands
+    assert "tc qdisc add dev eth0 parent e57:3 handle e583: netem limit 10000 delay 5000us" in commands  # 0.0.0.0/0
+    assert "ip link add e57ifb0 type ifb" in commands
+    undo = [" ".join(argv) for step in steps for argv in step.undo[:1]]
+    assert undo == ["tc qdisc del dev eth0 root handle e57:", "ip link del e57ifb0",
+                    "tc qdisc del dev eth0 handle ffff: ingress", "tc qdisc del dev e57ifb0 root handle e57:"]

@@ -5,16 +5,12 @@ benchmark process or port held, MTU consistent, base RTT in bounds, and every
 netem setting the experiment asks for actually in place (measured RTT vs
 requested delay).
 
->>> parse_ping("rtt min/avg/max/mdev = 40.1/40.3/40.9/0.2 ms")
-0.0403
 >>> listening_ports("  0: 00000000:1451 00000000:0000 0A 0 0\\n  1: 00000000:1452 0100007F:0001 01 0 0")
 {5201}
 """
 
 from __future__ import annotations
 
-import re
-import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import median
@@ -22,6 +18,7 @@ from statistics import median
 from enosnet.bench.conditions import Conditions
 from enosnet.bench.hostio import Shell
 from enosnet.bench.spec import ChecksSection
+from enosnet.emulation.rtt import parse_pings, ping_command
 from enosnet.errors import EnosnetError
 from enosnet.model import Host, Roles
 from enosnet.results.store import CheckResult, HostMeta
@@ -111,21 +108,16 @@ def check_mtu(metadata: Iterable[HostMeta], hosts: Sequence[Host], checks: Check
     checks.add("mtu", ok, detail)
 
 
-def parse_ping(text: str) -> float | None:
-    """Average RTT in seconds from ping's summary line."""
-    match = re.search(r"= [\d.]+/([\d.]+)/[\d.]+/[\d.]+ ms", text)
-    return round(float(match.group(1)) / 1000, 7) if match else None
-
-
 def measure_rtts(shell: Shell, pairs: Mapping[Host, Sequence[Host]]) -> dict[tuple[str, str], float | None]:
-    """Average ping RTT (s) from each host to each of its peers; one command per source host."""
-    commands = {src: "; ".join(f"echo @@{shlex.quote(p.name)}; ping -n -q -c {PING_COUNT} -i {PING_INTERVAL} -W 2 "
-                               f"{shlex.quote(p.address)}" for p in peers) for src, peers in pairs.items() if peers}
+    """Average ping RTT (s) from each host to each of its peers; one command per source, its pings at once."""
+    commands = {src: ping_command([p.address for p in peers], count=PING_COUNT, interval=PING_INTERVAL)
+                for src, peers in pairs.items() if peers}
     rtts: dict[tuple[str, str], float | None] = {}
     for src, out in shell.run_all(commands, timeout=60).items():
-        for chunk in out.text.split("@@")[1:]:
-            name, _, rest = chunk.partition("\n")
-            rtts[(src.name, name.strip())] = parse_ping(rest)
+        pings = parse_pings(out.text)
+        for peer in pairs[src]:
+            ping = pings.get(peer.address)
+            rtts[(src.name, peer.name)] = ping.rtt_s if ping else None
     return rtts
 
 
@@ -152,7 +144,7 @@ def check_netem(shell: Shell, roles: Roles, settings: Sequence[Conditions], boun
     for conditions in settings:
         if not conditions.active:
             continue
-        label = " ".join(conditions.netem_args())
+        label = conditions.label
         try:
             apply(conditions)
             rtts = measure_rtts(shell, pairs_between(roles, *conditions.between))

@@ -317,7 +317,7 @@ class _Bench:
             if problem:
                 problems.append(problem)
         if conditions is not None and conditions.active:
-            applied = f"{' '.join(conditions.netem_args())} ({self.emulation.backend})"
+            applied = f"{conditions.label} ({self.emulation.backend})"
             metadata += [HostMeta(h.name, "emulation", applied, "controller") for h in clear]
         return metadata
 

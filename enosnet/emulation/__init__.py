@@ -1,12 +1,17 @@
-"""Network emulation where the kernel has no netem: constraints, backend choice, and impaird on hosts.
+"""Network emulation: the one constraint model, the one engine on the hosts, and how to drive it.
 
-``impaird.py`` (beside this file, stdlib only) runs on the host as root and
-emulates delay, jitter, loss, duplication, reordering and rate per destination
-with NFQUEUE, nft ``dup`` and HTB. This module is the controller's side: typed
-constraints, a probe that tells whether a host's kernel has netem, and the
-commands that install, apply, show and clear impaird on a host — run through
-any :class:`Runner` (plain ssh, or the local provider's ``nsenter`` prefix).
-docs/emulation.md has the JSON schema and the commands for Ansible roles.
+``impaird.py`` (beside this file, stdlib only) is the engine: it runs on the
+host as root and gives delay, jitter, loss, duplication, reordering and rate
+per destination, with the kernel's netem qdiscs where the kernel has them and
+in userspace (NFQUEUE) where not, recording what it added so that it clears
+exactly that. ``enosnet netem`` (through the ``netem`` role) and the bench's
+per-run conditions both hand it their constraints, so the same request gets
+the same qdiscs whoever asked. This module is the controller's side: the
+typed :class:`Constraint` (one grammar: the engine's), the netem probe, and
+the commands that install, apply, show and clear the engine on a host — run
+through any :class:`Runner` (plain ssh, or the local provider's ``nsenter``
+prefix). ``rtt.py`` measures round trips with ping for whoever checks the
+emulation. docs/emulation.md has the JSON schema and the commands.
 
 >>> c = Constraint("198.18.0.3", delay="20ms", loss="1%")
 >>> c.to_json()
@@ -17,6 +22,9 @@ docs/emulation.md has the JSON schema and the commands for Ansible roles.
 Traceback (most recent call last):
 ...
 enosnet.errors.ConfigError: emulation constraint: loss: 'lots' is not a percentage such as 1% or 0.5%
+>>> shape = Constraint(delay="20 ms", jitter="2ms")   # no destination yet: what Netem and the bench place
+>>> shape.label(), shape.at("198.18.0.3").destination
+('delay 20 ms jitter 2ms', '198.18.0.3')
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ import shlex
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -42,6 +51,7 @@ Backend = Literal["netem", "nfqueue"]
 
 __all__ = [
     "IMPAIRD",
+    "IMPAIRMENTS",
     "REMOTE_PATH",
     "STATE_DIR",
     "Backend",
@@ -61,21 +71,27 @@ __all__ = [
     "install",
     "kernel_has_netem",
     "local_runner",
+    "place",
     "show",
     "show_argv",
     "ssh_runner",
 ]
 
 
+IMPAIRMENTS = impaird.IMPAIRMENTS
+
+
 @dataclass(frozen=True)
 class Constraint:
     """What happens to packets toward ``destination`` (egress) or from it (ingress), netem's words and units.
 
-    ``destination`` is an address or prefix (IPv4 or IPv6); ``port`` (with ``protocol`` tcp/udp/sctp) matches
-    as source or destination port; ``reorder`` needs a ``delay`` (reordered packets skip it, as with netem).
+    ``destination`` is an address or prefix (IPv4 or IPv6), or None for a shape not placed yet (``at``
+    places it); ``port`` (with ``protocol`` tcp/udp/sctp) matches as source or destination port;
+    ``reorder`` needs a ``delay`` (reordered packets skip it, as with netem). Values are checked by the
+    engine's own grammar when the constraint is made.
     """
 
-    destination: str
+    destination: str | None = None
     direction: Literal["egress", "ingress"] = "egress"
     delay: str | None = None
     jitter: str | None = None
@@ -91,18 +107,56 @@ class Constraint:
     device: str | None = None
 
     def __post_init__(self) -> None:
+        self._normalized  # noqa: B018 (checks the values now)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], where: str) -> Constraint:
+        """A constraint from a document's mapping (YAML, JSON); errors are prefixed with ``where``."""
+        unknown = sorted(set(map(str, values)) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {', '.join(unknown)}")
         try:
-            impaird.normalize(self.to_json(), "emulation constraint")
+            return cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {str(exc).removeprefix('emulation constraint: ')}") from None
+
+    @cached_property
+    def _normalized(self) -> dict[str, Any]:
+        """The engine's checked form (seconds, fractions, bit/s); a shape is checked as if toward anywhere."""
+        try:
+            return impaird.normalize({"destination": "0.0.0.0/0", **self.to_json()}, "emulation constraint")
         except impaird.ConfigProblem as exc:
             raise ConfigError(str(exc).replace("emulation constraint.", "emulation constraint: ", 1)) from None
 
     def to_json(self) -> dict[str, Any]:
-        """The constraint as impaird's JSON (fields left at their defaults omitted)."""
+        """The constraint as the engine's JSON (fields left at their defaults omitted)."""
         return {k: v for k, v in asdict(self).items() if v is not None and (k, v) != ("direction", "egress")}
+
+    def at(self, destination: str) -> Constraint:
+        """This shape toward ``destination``."""
+        return replace(self, destination=destination)
+
+    def impairments(self) -> dict[str, Any]:
+        """The set impairments (delay, loss, rate, ...), as the netem role's entries take them."""
+        return {k: v for k, v in self.to_json().items() if k in IMPAIRMENTS}
+
+    def label(self) -> str:
+        """The impairments in netem's words, e.g. ``delay 20ms loss 1%``."""
+        return " ".join(f"{k.replace('_', ' ')} {v}" for k, v in self.impairments().items())
+
+    def __bool__(self) -> bool:
+        """Whether it does anything to packets (a 0 ms delay alone does not)."""
+        n = self._normalized
+        return bool(n["delay_s"] or n["jitter_s"] or n["loss"] or n["duplicate"] or n["reorder"] or n["rate_bps"])
 
     @property
     def delay_s(self) -> float:
-        return impaird.parse_duration(self.delay, "delay") if self.delay else 0.0
+        return float(self._normalized["delay_s"])
+
+    @property
+    def loss_fraction(self) -> float:
+        """The loss asked (``"1%"`` → 0.01)."""
+        return float(self._normalized["loss"])
 
 
 def emulation_config(constraints: Iterable[Constraint], *, seed: int | None = None, queue_base: int | None = None,
@@ -129,13 +183,19 @@ def between(group_a: Sequence[Host], group_b: Sequence[Host], *, symmetric: bool
 
     With ``symmetric`` a 20 ms delay adds 40 ms to the round trip between the groups, as netem on both sides.
     """
+    shape = Constraint(delay=delay, jitter=jitter, loss=loss, duplicate=duplicate, reorder=reorder, rate=rate)
+    return place(shape, group_a, group_b, symmetric=symmetric)
+
+
+def place(shape: Constraint, group_a: Sequence[Host], group_b: Sequence[Host], *,
+          symmetric: bool = True) -> dict[Host, list[Constraint]]:
+    """``between`` for a ready shape: per host, ``shape`` toward each peer of the other group."""
     plan: dict[Host, list[Constraint]] = {}
     pairs = [(a, b) for a in group_a for b in group_b] + ([(b, a) for a in group_a for b in group_b] if symmetric
                                                           else [])
     for src, dst in pairs:
         if src != dst:
-            plan.setdefault(src, []).append(Constraint(dst.address, delay=delay, jitter=jitter, loss=loss,
-                                                       duplicate=duplicate, reorder=reorder, rate=rate))
+            plan.setdefault(src, []).append(shape.at(dst.address))
     return plan
 
 
@@ -207,26 +267,15 @@ class Target:
 
 # ── the backend ─────────────────────────────────────────────────────────────
 
-# a throwaway network namespace leaves nothing behind; without one, lo is used only if it has no qdisc of its own
-_PROBE = """
-command -v tc >/dev/null || { echo "no tc on this host (install iproute2)" >&2; exit 3; }
-if unshare --net true 2>/dev/null; then exec unshare --net tc qdisc add dev lo root netem delay 0ms; fi
-tc qdisc show dev lo | grep -q '^qdisc netem' && exit 0
-tc qdisc show dev lo | grep -q '^qdisc noqueue 0: root' || { echo "lo has a qdisc, cannot probe" >&2; exit 3; }
-tc qdisc add dev lo root handle e57f: netem delay 0ms && tc qdisc del dev lo root handle e57f:
-"""
-_NO_NETEM = ("qdisc kind is unknown", "RTNETLINK answers: No such file or directory")  # new and old tc
-
-
 def kernel_has_netem(run: Runner) -> bool:
-    """Whether the kernel where ``run`` runs can add a netem qdisc (tried where it changes nothing).
+    """Whether the kernel where ``run`` runs can add a netem qdisc: the engine's own probe, before it is installed.
 
     Raises ``RemoteError`` when the probe itself cannot run (no tc, not root).
     """
-    out = run(["sh", "-c", _PROBE])
+    out = run(["sh", "-c", impaird.NETEM_PROBE])
     if out.ok:
         return True
-    if any(text in out.stderr for text in _NO_NETEM):
+    if any(text in out.stderr for text in impaird.NO_NETEM):
         return False
     raise RemoteError(f"could not probe for netem (exit {out.rc}): {out.stderr.strip()[-300:]}")
 

@@ -1,8 +1,21 @@
 #!/usr/bin/env python3
-"""impaird: network emulation in userspace for kernels without netem.
+"""impaird: enosnet's one network-emulation engine, run on the host as root.
 
 Stdlib only, Python >= 3.8, one file: copy it to a host and run it with the
-system ``python3`` as root. It gives what ``tc netem`` gives, per destination:
+system ``python3``. Whoever asks for emulation (``enosnet netem``, the
+``netem`` Ansible role, a bench run's conditions) hands it the same config;
+it plans the same changes, records them step by step with their undo
+commands in one state folder per host, and clears exactly those. Two
+backends give what ``tc netem`` gives, per destination:
+
+``netem`` (kernels with the netem qdisc; ``auto`` picks it where it is):
+  on each interface (an ifb device ``e57ifb<n>`` for ingress) an HTB root
+  ``e57:`` whose unclassified traffic passes untouched; per constraint an
+  HTB class at its rate (else unlimited) holding a netem qdisc with its
+  delay, jitter, loss, duplication and reordering; u32 filters on the
+  destination (and protocol, port) choose the class, the first match wins.
+
+``nfqueue`` (kernels built without netem), in userspace:
 
 - delay, jitter (uniform as netem's default, or normal), loss (optionally
   correlated, netem's model), reordering (a fraction of packets skips the
@@ -15,20 +28,25 @@ system ``python3`` as root. It gives what ``tc netem`` gives, per destination:
   so large GSO packets need no copy to userspace. Egress copies are made
   before the queue (they are delayed like the original), ingress copies after
   it (they loop back through ``lo``).
-- rate: HTB classes with u32 filters (root qdisc handle ``e57:``; ingress
-  through an ifb device ``e57ifb<n>``).
+- rate: the same HTB classes and u32 filters as the netem backend, without
+  a netem qdisc in them.
 
 Commands (root)::
 
-    python3 impaird.py apply --config FILE|-|JSON [--state-dir D] [--dry-run] [--netem-vars]
+    python3 impaird.py apply --config FILE|-|JSON [--state-dir D] [--backend B] [--netem-vars]
+                             [--dry-run | --check]
     python3 impaird.py clear                   [--state-dir D]
     python3 impaird.py show                    [--state-dir D]
+    python3 impaird.py probe                   (has the kernel netem; packages each backend lacks)
     python3 impaird.py run --config FILE [--pidfile P]     (the daemon; apply starts it)
 
-``apply`` replaces what an earlier ``apply`` did; ``clear`` undoes exactly
-what was added (recorded step by step in ``<state-dir>/state.json``, so a
-crash mid-apply still clears). Exit codes: 0 ok, 2 bad config or usage,
-1 a command failed on the host. The config is JSON::
+``apply`` replaces what an earlier ``apply`` did, and changes nothing when
+the same config is still wholly in place (its output says ``"changed"``);
+``--check`` prints whether it would change anything and the commands,
+changing nothing. ``clear`` undoes exactly what was added (recorded step by
+step in ``<state-dir>/state.json``, so a crash mid-apply still clears).
+Exit codes: 0 ok, 2 bad config or usage, 1 a command failed on the host.
+The config is JSON::
 
     {"constraints": [{"destination": "198.18.0.3/32", "direction": "egress",
                       "protocol": "udp", "port": 7700,
@@ -36,7 +54,7 @@ crash mid-apply still clears). Exit codes: 0 ok, 2 bad config or usage,
                       "loss": "1%", "loss_correlation": "25%",
                       "duplicate": "1%", "reorder": "10%",
                       "rate": "100mbit", "limit": 10000, "device": "eth0"}],
-     "queue_base": 7400, "seed": 1}
+     "backend": "auto", "queue_base": 7400, "seed": 1}
 
 Only ``destination`` is required; see docs/emulation.md for every field.
 """
@@ -76,6 +94,19 @@ CHAIN_OUT, CHAIN_IN = "ENOSNET_EMU_OUT", "ENOSNET_EMU_IN"
 NFT_TABLE = "enosnet_emu"
 TC_HANDLE = "e57"
 IFB_PREFIX = "e57ifb"
+LEAF_BASE = 0xE580  # the netem qdisc of class e57:<n> has handle <LEAF_BASE + n>:
+UNLIMITED_BPS = 100 * 10**9  # the HTB rate of a class that only delays or loses
+BACKENDS = ("auto", "netem", "nfqueue")
+# whether the kernel adds a netem qdisc: in a throwaway network namespace where the host allows one, else on
+# lo while lo has no qdisc of its own (removed at once); prints tc's error when it cannot
+NETEM_PROBE = """
+command -v tc >/dev/null || { echo "no tc on this host (install iproute2)" >&2; exit 3; }
+if unshare --net true 2>/dev/null; then exec unshare --net tc qdisc add dev lo root netem delay 0ms; fi
+tc qdisc show dev lo | grep -q '^qdisc netem' && exit 0
+tc qdisc show dev lo | grep -q '^qdisc noqueue 0: root' || { echo "lo has a qdisc, cannot probe" >&2; exit 3; }
+tc qdisc add dev lo root handle e57f: netem delay 0ms && tc qdisc del dev lo root handle e57f:
+"""
+NO_NETEM = ("qdisc kind is unknown", "RTNETLINK answers: No such file or directory")  # new and old tc
 
 # ── nfnetlink_queue (include/uapi/linux/netfilter/nfnetlink_queue.h) ────────
 NETLINK_NETFILTER = 12
@@ -109,9 +140,10 @@ class CommandFailed(RuntimeError):
 
 # ── values ──────────────────────────────────────────────────────────────────
 
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(us|usec|ms|msec|s|sec)\s*", re.ASCII)
-_PERCENT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%\s*", re.ASCII)
-_RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps|tbps)\s*",
+# spaces around the number and unit are fine ("20 ms"); no other whitespace (it would end up in a command line)
+_DURATION = re.compile(r" *(\d+(?:\.\d+)?) *(us|usec|ms|msec|s|sec) *", re.ASCII)
+_PERCENT = re.compile(r" *(\d+(?:\.\d+)?) *% *", re.ASCII)
+_RATE = re.compile(r" *(\d+(?:\.\d+)?) *(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps|tbps) *",
                    re.IGNORECASE | re.ASCII)
 _UNIT_S = {"us": 1e-6, "usec": 1e-6, "ms": 1e-3, "msec": 1e-3, "s": 1.0, "sec": 1.0}
 _UNIT_BIT = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12,
@@ -171,6 +203,8 @@ def normalize(raw: Any, where: str) -> dict[str, Any]:
     out.update(_impairments(raw, where))
     out["rate_bps"] = parse_rate(raw["rate"], f"{where}.rate") if raw.get("rate") not in (None, "") else None
     out["device"] = _device(raw.get("device"), f"{where}.device")
+    if out["jitter_s"] and not out["delay_s"]:
+        raise ConfigProblem(f"{where}.jitter: jitter needs a delay to vary around, e.g. delay 20ms jitter 2ms")
     if out["reorder"] and not out["delay_s"]:
         raise ConfigProblem(f"{where}.reorder: reordering needs a delay (reordered packets skip it, as with "
                             "netem), e.g. delay 10ms reorder 25%")
@@ -250,7 +284,7 @@ def load_config(data: Any) -> dict[str, Any]:
     """The whole config, checked: constraints normalized, queue numbers assigned."""
     if not isinstance(data, dict):
         raise ConfigProblem("config: a JSON object with a 'constraints' list")
-    unknown = sorted(set(data) - {"version", "constraints", "queue_base", "seed", "realtime"})
+    unknown = sorted(set(data) - {"version", "constraints", "queue_base", "seed", "realtime", "backend"})
     if unknown:
         raise ConfigProblem(f"config: unknown field(s) {', '.join(unknown)}")
     if data.get("version", VERSION) != VERSION:
@@ -267,40 +301,116 @@ def load_config(data: Any) -> dict[str, Any]:
     realtime = data.get("realtime", True)
     if not isinstance(realtime, bool):
         raise ConfigProblem(f"config.realtime: {realtime!r} is not true or false")
+    backend = data.get("backend", "auto")
+    if backend not in BACKENDS:
+        raise ConfigProblem(f"config.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
     constraints = [normalize(c, f"constraints[{i}]") for i, c in enumerate(raw)]
     queue = base
     for c in constraints:
         c["queue"] = None
         if c["delay_s"] or c["jitter_s"] or c["loss"] or c["reorder"]:
             c["queue"], queue = queue, queue + 1
-    return {"version": VERSION, "constraints": constraints, "seed": seed, "queue_base": base, "realtime": realtime}
+    return {"version": VERSION, "constraints": constraints, "seed": seed, "queue_base": base, "realtime": realtime,
+            "backend": backend}
+
+
+def kernel_has_netem() -> bool:
+    """Whether this host's kernel adds a netem qdisc (``NETEM_PROBE``); raises when the probe cannot tell."""
+    done = sh(["sh", "-c", NETEM_PROBE], check=False)
+    if done.returncode == 0:
+        return True
+    if any(text in done.stderr for text in NO_NETEM):
+        return False
+    raise CommandFailed(f"could not probe for netem (exit {done.returncode}): {done.stderr.strip()[-300:]}")
+
+
+def missing_packages(backend: str) -> list[str]:
+    """The Debian packages ``backend`` needs that this host lacks."""
+    wanted = {"tc": "iproute2"}
+    if backend != "netem":
+        wanted.update({"iptables-legacy": "iptables", "ip6tables-legacy": "iptables", "nft": "nftables"})
+    found = {name for name in wanted
+             if shutil.which(name) or any(os.path.exists(f"{folder}/{name}") for folder in ("/usr/sbin", "/sbin"))}
+    return sorted({package for name, package in wanted.items() if name not in found})
+
+
+def resolve(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` as this host will apply it: its backend chosen (``auto``: netem where the kernel has it; netem
+    holds no queues) and each constraint's interface found."""
+    backend = config["backend"]
+    if backend == "auto":
+        backend = "netem" if kernel_has_netem() else "nfqueue"
+    constraints = [_routed(c) for c in config["constraints"]]
+    if backend == "netem":
+        constraints = [{**c, "queue": None} for c in constraints]
+    return {**config, "backend": backend, "constraints": constraints}
+
+
+def _routed(c: dict[str, Any]) -> dict[str, Any]:
+    """``c`` with its interface: the one the route toward its destination takes, when it names none.
+
+    So a constraint toward a host means the same rules and qdiscs whether or not its maker knew the
+    interface; one toward everything (a /0) without a device keeps none.
+    """
+    network = ipaddress.ip_network(c["destination"])
+    if c["device"] or network.prefixlen == 0:
+        return c
+    try:
+        return {**c, "device": route_device(str(network.network_address))}
+    except CommandFailed:
+        return c
+
+
+IMPAIRMENTS = ("delay", "jitter", "distribution", "loss", "loss_correlation", "duplicate", "reorder", "rate",
+               "limit", "protocol", "port")
 
 
 def from_netem_vars(data: Any) -> dict[str, Any]:
     """A config from the netem role's variables ``{"interfaces": [...], "destinations": [...]}``.
 
-    Destinations (``{device, dest, delay, jitter, loss, rate}``) come first, as the more specific;
-    an interface entry (``{device, delay, jitter, loss, rate, ingress: {...}}``) covers all of its
-    IPv4 and IPv6 traffic, egress and, with ``ingress``, incoming.
+    Destinations (``{device, dest, delay, jitter, loss, rate, ...}``) come first, as the more specific;
+    an interface entry (``{device, delay, jitter, loss, rate, ..., ingress: {...}}``) covers all of its
+    IPv4 and IPv6 traffic, egress and, with ``ingress``, incoming. Each entry is checked here, so an
+    error names the role's variable (``interfaces[0].delay``). ``backend`` may ride along.
     """
-    if not isinstance(data, dict) or set(data) - {"interfaces", "destinations"}:
+    if not isinstance(data, dict) or set(data) - {"interfaces", "destinations", "backend"}:
         raise ConfigProblem("netem vars: an object with 'interfaces' and/or 'destinations' lists")
-    knobs = ("delay", "jitter", "loss", "rate")
     out: list[dict[str, Any]] = []
     for i, entry in enumerate(data.get("destinations") or []):
-        if not isinstance(entry, dict):
-            raise ConfigProblem(f"destinations[{i}]: an object, got {entry!r}")
-        out.append({"destination": entry.get("dest"), "device": entry.get("device"),
-                    **{k: entry[k] for k in knobs if entry.get(k) not in (None, "")}})
+        where = f"destinations[{i}]"
+        chosen = _role_entry(entry, where, {"device", "dest"})
+        if not any(k in chosen for k in ("delay", "jitter", "loss", "duplicate", "reorder", "rate")):
+            raise ConfigProblem(f"{where}: no delay, loss or rate given")
+        constraint = {"destination": entry.get("dest"), "device": entry.get("device"), **chosen}
+        normalize(constraint, where)
+        out.append(constraint)
     for i, entry in enumerate(data.get("interfaces") or []):
-        if not isinstance(entry, dict) or not entry.get("device"):
-            raise ConfigProblem(f"interfaces[{i}]: an object with a device, got {entry!r}")
-        for direction, side in (("egress", entry), ("ingress", entry.get("ingress") or {})):
-            chosen = {k: side[k] for k in knobs if side.get(k) not in (None, "")}
-            if chosen:
-                out += [{"destination": net, "device": entry["device"], "direction": direction, **chosen}
+        where = f"interfaces[{i}]"
+        chosen = _role_entry(entry, where, {"device", "ingress"})
+        if not isinstance(entry.get("device"), str) or not entry["device"]:
+            raise ConfigProblem(f"{where}.device: required, the interface to constrain")
+        ingress = _role_entry(entry.get("ingress") or {}, f"{where}.ingress", set())
+        for direction, side, at in (("egress", chosen, where), ("ingress", ingress, f"{where}.ingress")):
+            if side:
+                made = [{"destination": net, "device": entry["device"], "direction": direction, **side}
                         for net in ("0.0.0.0/0", "::/0")]
-    return {"version": VERSION, "constraints": out}
+                normalize(made[0], at)
+                out += made
+    config: dict[str, Any] = {"version": VERSION, "constraints": out}
+    if "backend" in data:
+        config["backend"] = data["backend"]
+    return config
+
+
+def _role_entry(entry: Any, where: str, keys: set[str]) -> dict[str, Any]:
+    """The impairments of one entry of the netem role's variables (unknown keys refused)."""
+    if not isinstance(entry, dict):
+        raise ConfigProblem(f"{where}: an object, got {entry!r}")
+    unknown = sorted(set(entry) - keys - set(IMPAIRMENTS))
+    if unknown:
+        raise ConfigProblem(f"{where}: unknown key(s) {', '.join(unknown)}; known: "
+                            f"{', '.join(sorted(keys | set(IMPAIRMENTS)))}")
+    return {k: entry[k] for k in IMPAIRMENTS if entry.get(k) not in (None, "")}
 
 
 # ── nfnetlink_queue ─────────────────────────────────────────────────────────
@@ -704,7 +814,12 @@ def sh(argv: Sequence[str], stdin: str | None = None, check: bool = True) -> sub
     except FileNotFoundError:
         raise CommandFailed(f"{argv[0]}: not found on this host (install iproute2, iptables, nftables)") from None
     if check and done.returncode != 0:
-        raise CommandFailed(f"`{' '.join(argv)}` failed (exit {done.returncode}): {done.stderr.strip()}")
+        hint = ""
+        if "qdisc kind is unknown" in done.stderr:
+            kind = next((t for t in argv if t in ("netem", "htb", "ingress", "mirred")), "?")
+            hint = (f" (this kernel lacks the {kind} qdisc: load it, e.g. modprobe sch_{kind}, or let the backend "
+                    "be auto)")
+        raise CommandFailed(f"`{' '.join(argv)}` failed (exit {done.returncode}): {done.stderr.strip()}{hint}")
     return done
 
 
@@ -826,12 +941,13 @@ def route_device(address: str) -> str:
     return match.group(1)
 
 
-def _rate_device(c: dict[str, Any]) -> str:
+def _shaped_device(c: dict[str, Any]) -> str:
+    """The interface whose qdiscs carry ``c``: its own ``device``, else the route toward its destination."""
     if c["device"]:
         return str(c["device"])
     network = ipaddress.ip_network(c["destination"])
     if network.prefixlen == 0:
-        raise CommandFailed(f"constraint to {network} with a rate: give it a 'device' (which interface to shape)")
+        raise CommandFailed(f"constraint to {network}: give it a 'device' (which interface's qdiscs carry it)")
     return route_device(str(network.network_address))
 
 
@@ -850,11 +966,16 @@ def _u32(c: dict[str, Any], *, ingress: bool) -> list[list[str]]:
 
 
 def tc_steps(config: dict[str, Any]) -> list[Step]:
-    """HTB on each egress interface (ifb for ingress): a class per rate-limited constraint, u32 filters."""
+    """The qdiscs: an HTB class per constraint that the kernel carries out, u32 filters choosing them.
+
+    With the netem backend that is every constraint (its class holds a netem qdisc); with nfqueue only
+    those with a rate (the daemon does the rest).
+    """
+    netem = config["backend"] == "netem"
     shaped: dict[tuple[str, bool], list[tuple[int, dict[str, Any]]]] = {}
     for i, c in enumerate(config["constraints"]):
-        if c["rate_bps"]:
-            shaped.setdefault((_rate_device(c), c["direction"] == "ingress"), []).append((i + 1, c))
+        if c["rate_bps"] or (netem and netem_args(c)):
+            shaped.setdefault((_shaped_device(c), c["direction"] == "ingress"), []).append((i + 1, c))
     steps: list[Step] = []
     ifbs = 0
     for (device, ingress), classes in sorted(shaped.items()):
@@ -868,31 +989,62 @@ def tc_steps(config: dict[str, Any]) -> list[Step]:
             steps.append(Step(["tc", "filter", "add", "dev", device, "parent", "ffff:", "protocol", "all", "prio", "1",
                                "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev",
                                target]))
-        steps.extend(_htb_steps(target, classes, ingress=ingress))
+        steps.extend(_htb_steps(target, classes, ingress=ingress, netem=netem))
     return steps
 
 
-def _htb_steps(device: str, classes: list[tuple[int, dict[str, Any]]], *, ingress: bool) -> list[Step]:
-    # unclassified traffic takes HTB's direct queue (default 0): only the constraints' traffic is shaped
+def _htb_steps(device: str, classes: list[tuple[int, dict[str, Any]]], *, ingress: bool, netem: bool) -> list[Step]:
+    # unclassified traffic takes HTB's direct queue (default 0): only the constraints' traffic is touched
     steps = [Step(["tc", "qdisc", "add", "dev", device, "root", "handle", f"{TC_HANDLE}:", "htb", "default", "0"],
                   ["tc", "qdisc", "del", "dev", device, "root", "handle", f"{TC_HANDLE}:"])]
     for minor, c in classes:
-        rate = f"{c['rate_bps']}bit"
+        rate_bps = c["rate_bps"] or UNLIMITED_BPS
+        rate = f"{rate_bps}bit"
         steps.append(Step(["tc", "class", "add", "dev", device, "parent", f"{TC_HANDLE}:", "classid",
                            f"{TC_HANDLE}:{minor:x}", "htb", "rate", rate, "ceil", rate,
-                           "quantum", str(_quantum(c["rate_bps"]))]))
+                           "quantum", str(_quantum(rate_bps))]))
+        if netem and netem_args(c):
+            steps.append(Step(["tc", "qdisc", "add", "dev", device, "parent", f"{TC_HANDLE}:{minor:x}", "handle",
+                               f"{LEAF_BASE + minor:x}:", "netem", "limit", str(c["limit"]), *netem_args(c)]))
         for match in _u32(c, ingress=ingress):
             steps.append(Step(["tc", "filter", "add", "dev", device, "parent", f"{TC_HANDLE}:", "prio", str(minor),
                                *match, "flowid", f"{TC_HANDLE}:{minor:x}"]))
     return steps
 
 
+def netem_args(c: dict[str, Any]) -> list[str]:
+    """The netem qdisc's words for a normalized constraint (empty when it only limits the rate)."""
+    args: list[str] = []
+    if c["delay_s"] or c["jitter_s"]:
+        args += ["delay", _us(c["delay_s"])]
+        if c["jitter_s"]:
+            args.append(_us(c["jitter_s"]))
+            if c["distribution"] == "normal":
+                args += ["distribution", "normal"]
+    for name in ("loss", "duplicate", "reorder"):
+        if c[name]:
+            args += [name, _percent(c[name])]
+            if name == "loss" and c["loss_correlation"]:
+                args.append(_percent(c["loss_correlation"]))
+    return args
+
+
+def _us(seconds: float) -> str:
+    return f"{round(seconds * 1e6)}us"
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:.6g}%"
+
+
 def plan(config: dict[str, Any]) -> list[Step]:
-    """Every change ``apply`` makes after starting the daemon, in order.
+    """Every change ``apply`` makes (after starting the daemon, for nfqueue), in order, for a resolved config.
 
     The queue rules come before the nft copies and are undone after them: egress originals and copies
     are told apart only once both exist, so neither ever leaves unqueued (no spurious duplicates).
     """
+    if config["backend"] == "netem":
+        return tc_steps(config)
     return iptables_steps(config) + nft_steps(config) + tc_steps(config)
 
 
@@ -1031,10 +1183,19 @@ def undo_all(state: State, data: dict[str, Any]) -> list[str]:
 
 
 def apply(raw: dict[str, Any], folder: str) -> dict[str, Any]:
-    """Replace what is applied with the config ``raw``; on failure undo this attempt and raise CommandFailed."""
-    config = load_config(raw)
+    """Make the host's emulation ``raw``: nothing changes when exactly that is still in place, else what is
+    applied is replaced. Returns ``show`` with ``changed``; on failure undoes this attempt, raises CommandFailed."""
+    config = resolve(load_config(raw))
+    if not config["constraints"]:  # nothing asked: nothing may stay
+        applied = os.path.exists(os.path.join(folder, "state.json"))
+        problems = clear(folder)
+        if problems:
+            raise CommandFailed("could not clear the previous emulation: " + "; ".join(problems))
+        return {**show(folder), "changed": applied}
     state = State(folder)
     data = state.load()
+    if data.get("config") == config and in_place(data):
+        return {**show(folder), "changed": False}
     problems = undo_all(state, data)
     if problems:
         raise CommandFailed("could not clear the previous emulation: " + "; ".join(problems))
@@ -1055,7 +1216,42 @@ def apply(raw: dict[str, Any], folder: str) -> dict[str, Any]:
         undo_all(state, data)
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return show(folder)
+    return {**show(folder), "changed": True}
+
+
+def check(raw: dict[str, Any], folder: str) -> dict[str, Any]:
+    """What ``apply`` would do, changing nothing: ``changed``, the backend, and the commands it would run."""
+    config = resolve(load_config(raw))
+    path = os.path.join(folder, "state.json")
+    data = read_json(path) if os.path.exists(path) else {}
+    if not config["constraints"]:
+        return {"changed": bool(data), "backend": config["backend"], "commands": ["clear"] if data else []}
+    changed = not (data.get("config") == config and in_place(data))
+    return {"changed": changed, "backend": config["backend"],
+            "commands": [step.describe() for step in plan(config)] if changed else []}
+
+
+def in_place(data: dict[str, Any]) -> bool:
+    """Whether everything a recorded apply added is still there (a reboot or a hand ``tc qdisc del`` removes it)."""
+    config = data.get("config") or {}
+    if any(c.get("queue") is not None for c in config.get("constraints", [])) and not _daemon_alive(data.get("daemon")):
+        return False
+    return all(_still_there(undo[0]) for undo in data.get("undo", []) if undo)
+
+
+def _still_there(undo: list[str]) -> bool:
+    """Whether what ``undo`` would remove exists (undo commands of ``plan``'s steps, by their shape)."""
+    if undo[:2] == ["tc", "qdisc"]:
+        device = undo[undo.index("dev") + 1]
+        return f"qdisc {'ingress ffff:' if 'ingress' in undo else f'htb {TC_HANDLE}: root'}" in \
+            sh(["tc", "qdisc", "show", "dev", device], check=False).stdout
+    if undo[:3] == ["ip", "link", "del"]:
+        return sh(["ip", "link", "show", undo[3]], check=False).returncode == 0
+    if "-D" in undo:  # the jump into one of our iptables chains
+        return sh([arg if arg != "-D" else "-C" for arg in undo], check=False).returncode == 0
+    if undo[1:3] == ["delete", "table"]:
+        return sh([undo[0], "list", "table", *undo[3:]], check=False).returncode == 0
+    return True  # a chain's flush: its jump above tells
 
 
 def clear(folder: str) -> list[str]:
@@ -1105,13 +1301,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="impaird", description="userspace network emulation (NFQUEUE, HTB)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("apply", "apply a config (replaces what is applied)"), ("clear", "remove everything applied"),
-                       ("show", "print what is applied as JSON"), ("run", "the daemon (apply starts it)")):
+                       ("show", "print what is applied as JSON"), ("run", "the daemon (apply starts it)"),
+                       ("probe", "print whether the kernel has netem and which packages are missing, as JSON")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help=f"default {DEFAULT_STATE_DIR}")
         if name in ("apply", "run"):
             cmd.add_argument("--config", required=True, help="config file (JSON), - for stdin, or the JSON itself")
         if name == "apply":
+            cmd.add_argument("--backend", choices=BACKENDS, help="overrides the config's (default auto)")
             cmd.add_argument("--dry-run", action="store_true", help="check the config, print the commands")
+            cmd.add_argument("--check", action="store_true",
+                             help="print whether apply would change anything, and its commands, as JSON")
             cmd.add_argument("--netem-vars", action="store_true",
                              help="the config is the netem role's {interfaces, destinations}")
         if name == "run":
@@ -1136,14 +1336,21 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return run_daemon(args.config, args.pidfile)
+    if args.command == "probe":
+        print(json.dumps({"netem": kernel_has_netem(),
+                          "missing": {backend: missing_packages(backend) for backend in ("netem", "nfqueue")}}))
+        return 0
     if args.command == "apply":
         raw = read_json(args.config)
         if args.netem_vars:
             raw = from_netem_vars(raw)
+        if args.backend:
+            raw = {**raw, "backend": args.backend}
         if args.dry_run:
-            print("\n".join(step.describe() for step in plan(load_config(raw))))
+            print("\n".join(step.describe() for step in plan(resolve(load_config(raw)))))
             return 0
-        print(json.dumps(apply(raw, args.state_dir), indent=1, sort_keys=True))
+        result = check(raw, args.state_dir) if args.check else apply(raw, args.state_dir)
+        print(json.dumps(result, indent=1, sort_keys=True))
         return 0
     if args.command == "clear":
         problems = clear(args.state_dir)
