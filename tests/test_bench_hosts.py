@@ -17,12 +17,12 @@ import pytest
 
 from enosnet.bench import checks as chk
 from enosnet.bench.conditions import Conditions, Emulation
-from enosnet.bench.hostio import Shell
 from enosnet.bench.plan import make_plan
 from enosnet.bench.runner import BenchOptions, agent_access, run_experiment
 from enosnet.bench.spec import ChecksSection, load_experiment, parse_experiment
 from enosnet.coordinator import iperf3_actions
 from enosnet.errors import CheckFailed
+from enosnet.remote.session import Session
 from enosnet.results.store import ResultsStore
 from enosnet.testing import start_agents_over_ssh
 
@@ -159,13 +159,13 @@ def test_resume_after_the_bench_process_is_killed_loses_and_duplicates_nothing(
 def leftover_iperf3(local_hosts: Callable[..., Any]) -> Iterator[Any]:
     deployment = deploy(local_hosts, {"server": 1, "client": 1}, "checks")
     server = deployment.roles["server"][0]
-    with Shell(deployment.env.root) as shell:
-        started = shell.run(server, "iperf3 -s -p 5201 -D -I /tmp/leftover.pid && sleep 0.3")
+    with Session() as session:
+        started = session.run(server, "iperf3 -s -p 5201 -D -I /tmp/leftover.pid && sleep 0.3")
         assert started.ok, started.stderr
         try:
             yield deployment
         finally:
-            shell.run(server, "kill $(cat /tmp/leftover.pid)")
+            session.run(server, "kill $(cat /tmp/leftover.pid)")
 
 
 def test_checks_catch_a_leftover_iperf3_server_and_store_the_results(leftover_iperf3: Any, tmp_path: Path) -> None:
@@ -198,10 +198,10 @@ def test_the_netem_check_fails_when_the_delay_is_not_in_place(local_hosts: Calla
     checks = chk.Checks()
     pairs = chk.pairs_between(deployment.roles, "client", "server")
     bounds = ChecksSection()
-    with Shell(deployment.env.root) as shell:
-        baseline = chk.check_base_rtt(shell, pairs, bounds, checks)
+    with Session() as session:
+        baseline = chk.check_base_rtt(session, pairs, bounds, checks)
         wanted = Conditions.from_section({"between": ["client", "server"], "delay": "20ms"})
-        chk.check_netem(shell, deployment.roles, [wanted], bounds, baseline, checks,
+        chk.check_netem(session, deployment.roles, [wanted], bounds, baseline, checks,
                         apply=lambda _c: None, clear=lambda _c: None)  # a netem that silently did nothing
     assert [c.ok for c in checks.results if c.name == "rtt"] == [True, True]
     netem = [c for c in checks.results if c.name == "netem"]
@@ -227,8 +227,8 @@ def test_a_delay_is_in_place_during_its_run_and_gone_after(local_hosts: Callable
     assert sorted(h for _, h in applied) == ["client-0", "server-0"]
     assert all(v.startswith("delay 20ms (") for v in applied.values())
 
-    with Shell(deployment.env.root) as shell:  # as if a bench were killed during a 20 ms run
-        Emulation(shell, deployment.roles).apply(Conditions.from_section({"between": ["client", "server"],
+    with Session() as session:  # as if a bench were killed during a 20 ms run
+        Emulation(session, deployment.roles).apply(Conditions.from_section({"between": ["client", "server"],
                                                                           "delay": "20ms"}))
     again = run_experiment(deployment.env, load_experiment(experiment(tmp_path, text.replace("delay\n", "again\n"),
                                                                       "again.yaml")))

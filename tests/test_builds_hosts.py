@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from enosnet.bench.builds import git_state, install_build
-from enosnet.bench.hostio import Shell
 from enosnet.bench.runner import agent_access, run_experiment
 from enosnet.bench.spec import LabelledBuild, load_experiment
 from enosnet.coordinator import iperf3_actions, netbench_actions
 from enosnet.errors import ConfigError
+from enosnet.remote.session import Session
 from enosnet.results.compare import compare
 from enosnet.results.store import ResultsStore
 from enosnet.testing import start_agents_over_ssh
@@ -46,13 +46,13 @@ def test_a_build_missing_a_binary_or_its_folder_is_refused_before_any_host_is_to
     prebuilt = tmp_path / "bin"
     prebuilt.mkdir()
     (prebuilt / "s2n-netbench-driver-server-tcp").write_bytes(b"\x7fELF")
-    shell = Shell(tmp_path / "env")
+    session = Session()
     binaries = ["s2n-netbench-driver-server-tcp", "s2n-netbench-driver-client-tcp"]
     with pytest.raises(ConfigError, match=r"builds.old: .*/bin has no s2n-netbench-driver-client-tcp"):
-        install_build(shell, [], LabelledBuild(label="old", dir="bin"), binaries=binaries, bin_dir="/x",
+        install_build(session, [], LabelledBuild(label="old", dir="bin"), binaries=binaries, bin_dir="/x",
                       base=tmp_path)
     with pytest.raises(ConfigError, match=r"builds.mine.path: .*/nowhere is no folder"):
-        install_build(shell, [], LabelledBuild(label="mine", path="nowhere"), binaries=binaries, bin_dir="/x",
+        install_build(session, [], LabelledBuild(label="mine", path="nowhere"), binaries=binaries, bin_dir="/x",
                       base=tmp_path)
     assert git_state(tmp_path) == "not a git checkout"
 

@@ -28,7 +28,7 @@ from enosnet.errors import WorkerLost
 from enosnet.model import Host, Roles
 from enosnet.providers.local import LocalProvider
 from enosnet.remote import HostResult, run_command
-from enosnet.remote.ssh import plain_options
+from enosnet.remote.ssh import SshOptions, ssh_argv
 from enosnet.testing import REMOTE_DIR, start_agents_over_ssh, stop_agents_over_ssh
 
 pytestmark = pytest.mark.hosts
@@ -239,13 +239,9 @@ def _watch(host: Host, pattern: str, then: str) -> subprocess.Popen[str]:
     quoted = pattern.replace("'", "'\\''")
     command = (f"echo watching; for i in $(seq 2400); do grep -q '{quoted}' {REMOTE_DIR}/work/state.json && "
                f"{{ {then}; exit 0; }}; sleep 0.025; done; exit 1")
-    proc = subprocess.Popen(["ssh", *_ssh_argv(host), command], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(ssh_argv(host, SshOptions(), command), stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "watching"
     return proc
-
-
-def _ssh_argv(host: Host) -> list[str]:
-    return [*plain_options(host), "-p", str(host.port), f"{host.user}@{host.address}"]
 
 
 def ssh(host: Host, command: str) -> HostResult:

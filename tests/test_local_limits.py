@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from enosnet.bench.hostio import Shell
 from enosnet.bench.metadata import collect
 from enosnet.providers import cgroups
 from enosnet.providers.local import Names
+from enosnet.remote.session import Session
 from tests.conftest import PREFIX, LocalDeployment
 from tests.test_local_provider import ssh
 
@@ -63,7 +63,7 @@ def test_limits_are_host_metadata_and_cpuset_auto_gives_each_host_a_core(
     seen = {h.name: ssh(h, "nproc; cat /sys/fs/cgroup/cpuset/cpuset.cpus").stdout.split()
             for h in dep.roles["pinned"]}
     assert seen == {"pinned-0": ["1", str(cores[0])], "pinned-1": ["1", str(cores[1])]}, seen
-    items, errors = collect(Shell(dep.env.root), dep.roles.all(), "experiment")
+    items, errors = collect(Session(), dep.roles.all(), "experiment")
     assert not errors
     meta = {(m.host, m.key): m.value for m in items}
     assert meta[("pinned-0", "limits.cpus")] == "0.5" and meta[("pinned-0", "limits.memory_mib")] == "256"

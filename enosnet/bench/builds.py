@@ -20,14 +20,15 @@ import shlex
 import subprocess
 import tomllib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from enosnet.bench.hostio import Shell, fan_out
 from enosnet.bench.spec import LabelledBuild
-from enosnet.errors import BenchError, ConfigError
+from enosnet.errors import ConfigError
 from enosnet.model import Host
 from enosnet.netbench_build import BuildError, build
+from enosnet.remote.results import HostResult, Results, Status
+from enosnet.remote.session import Session, fan_out
 from enosnet.results.store import HostMeta
 
 Progress = Callable[[str], None]
@@ -57,7 +58,7 @@ Wanted = tuple[LabelledBuild, str, Iterable[str], Iterable[Host]]
 """One run's build, its ``bin_dir``, the binaries the run starts and the hosts it runs on."""
 
 
-def install_builds(shell: Shell, runs: Iterable[Wanted], *, experiment: str | None) -> dict[str, InstalledBuild]:
+def install_builds(session: Session, runs: Iterable[Wanted], *, experiment: str | None) -> dict[str, InstalledBuild]:
     """Every build the runs name, once, with all their binaries on all their hosts (paths from the ``experiment``)."""
     needs: dict[str, _Needs] = {}
     for spec, bin_dir, binaries, hosts in runs:
@@ -65,7 +66,7 @@ def install_builds(shell: Shell, runs: Iterable[Wanted], *, experiment: str | No
         need.binaries.update(binaries)
         need.hosts.update(hosts)
     base = Path(experiment).parent if experiment else Path.cwd()
-    return {label: install_build(shell, sorted(n.hosts, key=lambda h: h.name), n.spec, binaries=sorted(n.binaries),
+    return {label: install_build(session, sorted(n.hosts, key=lambda h: h.name), n.spec, binaries=sorted(n.binaries),
                                  bin_dir=n.bin_dir, base=base) for label, n in needs.items()}
 
 
@@ -74,38 +75,37 @@ def installed_name(binary: str, label: str) -> str:
     return f"{binary}+{label}"
 
 
-def install_build(shell: Shell, hosts: Sequence[Host], spec: LabelledBuild, *, binaries: Sequence[str],
+def install_build(session: Session, hosts: Sequence[Host], spec: LabelledBuild, *, binaries: Sequence[str],
                   bin_dir: str, base: Path, on_output: Progress | None = None) -> InstalledBuild:
     """Build ``spec`` on the controller (or take its prebuilt ``dir``) and put ``binaries`` on every host.
 
     A host that already holds a binary with the same sha256 gets nothing; each
     copy is checked by its sha256 on the host. Raises ``ConfigError`` when the
-    build lacks a binary the experiment runs, ``BenchError`` when a copy fails.
+    build lacks a binary the experiment runs, ``HostsFailed`` (per-host results) when a copy fails.
     """
     files, source, version = _controller_binaries(spec, binaries, base=base, on_output=on_output)
     digests = {installed_name(b, spec.label): _sha256(path) for b, path in files.items()}
     local = {installed_name(b, spec.label): path for b, path in files.items()}
 
-    def put(host: Host) -> str | None:
-        have = _host_digests(shell, host, bin_dir, list(digests))
+    def put(host: Host) -> HostResult:
+        have = _host_digests(session, host, bin_dir, list(digests))
         missing = [name for name in digests if have.get(name) != digests[name]]
         if not missing:
-            return None
+            return HostResult(host, Status.OK)
         for name in missing:
-            path = local[name]
             target = shlex.quote(f"{bin_dir}/{name}")
             staged = shlex.quote(f"{bin_dir}/.{name}.new")
-            out = shell.run(host, f"mkdir -p {shlex.quote(bin_dir)} && cat > {staged} && chmod 755 {staged} && "
-                                  f"mv -f {staged} {target}", stdin=path.read_bytes(), timeout=120)
+            out = session.run(host, f"mkdir -p {shlex.quote(bin_dir)} && cat > {staged} && chmod 755 {staged} && "
+                                    f"mv -f {staged} {target}", stdin=local[name].read_bytes(), timeout=120)
             if not out.ok:
-                return f"{host.name}: copying {name} failed: {out.stderr.strip()[-200:]}"
-        have = _host_digests(shell, host, bin_dir, list(digests))
+                return replace(out, message=f"copying {name}: {out.message}")
+        have = _host_digests(session, host, bin_dir, list(digests))
         wrong = [name for name in digests if have.get(name) != digests[name]]
-        return f"{host.name}: {', '.join(wrong)} differ from the build after the copy" if wrong else None
+        if wrong:
+            return HostResult(host, Status.FAILED, message=f"{', '.join(wrong)} differ from the build after the copy")
+        return HostResult(host, Status.OK)
 
-    failed = [why for why in fan_out(list(hosts), put).values() if why]
-    if failed:
-        raise BenchError(f"installing build {spec.label}: " + "; ".join(failed))
+    Results(fan_out(list(hosts), put)).raise_for_failures(f"installing build {spec.label}")
     return InstalledBuild(spec.label, source, version, digests)
 
 
@@ -191,12 +191,12 @@ def _cargo_version(folder: Path) -> str:
     return str(version) if isinstance(version, str) else "workspace"
 
 
-def _host_digests(shell: Shell, host: Host, bin_dir: str, names: Sequence[str]) -> dict[str, str]:
+def _host_digests(session: Session, host: Host, bin_dir: str, names: Sequence[str]) -> dict[str, str]:
     """Installed file name → sha256 of those of ``names`` the host has in ``bin_dir``."""
     paths = " ".join(shlex.quote(f"{bin_dir}/{n}") for n in names)
-    out = shell.run(host, f"sha256sum {paths} 2>/dev/null; true", timeout=60)
+    out = session.run(host, f"sha256sum {paths} 2>/dev/null; true", timeout=60)
     found = {}
-    for line in out.text.splitlines():
+    for line in out.stdout.splitlines():
         digest, _, path = line.partition("  ")
         found[path.rsplit("/", 1)[-1]] = digest
     return found

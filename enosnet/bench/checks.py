@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from statistics import median
 
 from enosnet.bench.conditions import Conditions
-from enosnet.bench.hostio import Shell
 from enosnet.bench.spec import ChecksSection
 from enosnet.emulation.rtt import parse_pings, ping_command
 from enosnet.errors import EnosnetError
 from enosnet.model import Host, Roles
+from enosnet.remote.session import Session
 from enosnet.results.store import CheckResult, HostMeta
 
 LEFTOVER_COMMAND = ("pgrep -a -x iperf3; pgrep -a -f '[s]2n-netbench-'; echo @@PORTS@@; "
@@ -52,9 +52,9 @@ class Checks:
         return f"{len(self.failed)} environment check(s) failed:\n" + "\n".join(lines)
 
 
-def check_reachable(shell: Shell, hosts: Sequence[Host], checks: Checks) -> list[Host]:
+def check_reachable(session: Session, hosts: Sequence[Host], checks: Checks) -> list[Host]:
     """Every host answers a trivial command over SSH; returns the reachable ones."""
-    outputs = shell.run_all({h: "true" for h in hosts}, timeout=20)
+    outputs = session.run_all({h: "true" for h in hosts}, timeout=20)
     for host, out in outputs.items():
         checks.add("reachable", out.ok, "ssh ok" if out.ok else (out.stderr.strip()[-200:] or f"rc {out.rc}"),
                    host.name)
@@ -70,12 +70,12 @@ def check_clocks(offsets: Mapping[str, tuple[float, float]], bounds: ChecksSecti
         checks.add("clock_offset", ok, f"{offset_ms:+.3f} ms (bound ±{limit_ms:g} ms)", worker)
 
 
-def check_leftovers(shell: Shell, hosts: Sequence[Host], ports: Mapping[Host, Sequence[int]],
+def check_leftovers(session: Session, hosts: Sequence[Host], ports: Mapping[Host, Sequence[int]],
                     checks: Checks) -> None:
     """No benchmark process already running, no server port already taken."""
-    outputs = shell.run_all({h: LEFTOVER_COMMAND for h in hosts}, timeout=20)
+    outputs = session.run_all({h: LEFTOVER_COMMAND for h in hosts}, timeout=20)
     for host, out in outputs.items():
-        procs, _, tcp = out.text.partition("@@PORTS@@")
+        procs, _, tcp = out.stdout.partition("@@PORTS@@")
         running = [line.strip() for line in procs.splitlines() if line.strip()]
         taken = sorted(set(ports.get(host, ())) & listening_ports(tcp))
         problems = []
@@ -108,13 +108,13 @@ def check_mtu(metadata: Iterable[HostMeta], hosts: Sequence[Host], checks: Check
     checks.add("mtu", ok, detail)
 
 
-def measure_rtts(shell: Shell, pairs: Mapping[Host, Sequence[Host]]) -> dict[tuple[str, str], float | None]:
+def measure_rtts(session: Session, pairs: Mapping[Host, Sequence[Host]]) -> dict[tuple[str, str], float | None]:
     """Average ping RTT (s) from each host to each of its peers; one command per source, its pings at once."""
     commands = {src: ping_command([p.address for p in peers], count=PING_COUNT, interval=PING_INTERVAL)
                 for src, peers in pairs.items() if peers}
     rtts: dict[tuple[str, str], float | None] = {}
-    for src, out in shell.run_all(commands, timeout=60).items():
-        pings = parse_pings(out.text)
+    for src, out in session.run_all(commands, timeout=60).items():
+        pings = parse_pings(out.stdout)
         for peer in pairs[src]:
             ping = pings.get(peer.address)
             rtts[(src.name, peer.name)] = ping.rtt_s if ping else None
@@ -125,10 +125,10 @@ def pairs_between(roles: Roles, a: str, b: str) -> dict[Host, list[Host]]:
     return {src: [dst for dst in roles.select(b) if dst != src] for src in roles.select(a)}
 
 
-def check_base_rtt(shell: Shell, pairs: Mapping[Host, Sequence[Host]], bounds: ChecksSection,
+def check_base_rtt(session: Session, pairs: Mapping[Host, Sequence[Host]], bounds: ChecksSection,
                    checks: Checks) -> dict[tuple[str, str], float | None]:
     """RTT between the groups without netem, within ``max_rtt``; returns it as the baseline."""
-    rtts = measure_rtts(shell, pairs)
+    rtts = measure_rtts(session, pairs)
     for (src, dst), rtt in sorted(rtts.items()):
         ok = rtt is not None and rtt <= bounds.max_rtt
         shown = "no answer" if rtt is None else f"{rtt * 1000:.3f} ms"
@@ -136,7 +136,7 @@ def check_base_rtt(shell: Shell, pairs: Mapping[Host, Sequence[Host]], bounds: C
     return rtts
 
 
-def check_netem(shell: Shell, roles: Roles, settings: Sequence[Conditions], bounds: ChecksSection,
+def check_netem(session: Session, roles: Roles, settings: Sequence[Conditions], bounds: ChecksSection,
                 baseline: Mapping[tuple[str, str], float | None], checks: Checks, *,
                 apply: Callable[[Conditions], None], clear: Callable[[Conditions], None]) -> None:
     """Apply each netem setting in turn and check the measured RTT is the base plus what was asked."""
@@ -147,7 +147,7 @@ def check_netem(shell: Shell, roles: Roles, settings: Sequence[Conditions], boun
         label = conditions.label
         try:
             apply(conditions)
-            rtts = measure_rtts(shell, pairs_between(roles, *conditions.between))
+            rtts = measure_rtts(session, pairs_between(roles, *conditions.between))
         except EnosnetError as exc:
             checks.add("netem", False, f"{label}: {exc}")
             continue

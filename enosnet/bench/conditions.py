@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from enosnet import emulation
-from enosnet.bench.hostio import Shell, fan_out
 from enosnet.emulation import Constraint
-from enosnet.errors import ConfigError, EnosnetError, RemoteError
+from enosnet.errors import ConfigError
 from enosnet.model import Host, Roles
+from enosnet.remote.results import HostResult
+from enosnet.remote.session import Session, gather
 
 STATS_KEY = "emulation.stats"  # host metadata of a run: the engine's `show` (its counters) just before clearing
 
@@ -76,14 +77,14 @@ class Conditions:
 
 
 class Emulation:
-    """Applies and clears ``Conditions`` on the hosts through the emulation engine, over the run's shell.
+    """Applies and clears ``Conditions`` on the hosts through the emulation engine, over the run's session.
 
     The engine is copied to a host once, the first time it is needed there; it picks netem qdiscs where
     the kernel has them and its userspace queue where not (``backend`` says which, once it applied).
     """
 
-    def __init__(self, shell: Shell, roles: Roles) -> None:
-        self.shell, self.roles = shell, roles
+    def __init__(self, session: Session, roles: Roles) -> None:
+        self.session, self.roles = session, roles
         self.backend: str | None = None
         self._installed: set[str] = set()
 
@@ -124,23 +125,10 @@ class Emulation:
         return emulation.Target(self._runner(host), name=host.name, python=python)
 
     def _runner(self, host: Host) -> emulation.Runner:
-        def run(argv: Sequence[str], *, stdin: bytes | None = None) -> emulation.CommandOutput:
-            out = self.shell.run(host, shlex.join(argv), stdin=stdin, timeout=60)
-            return emulation.CommandOutput(out.rc, out.text, out.stderr)
+        def run(argv: Sequence[str], *, stdin: bytes | None = None) -> HostResult:
+            return self.session.run(host, shlex.join(argv), stdin=stdin, timeout=60)
 
         return run
 
     def _each(self, hosts: Sequence[Host], step: Callable[[Host], Any], what: str) -> dict[Host, Any]:
-        def guarded(host: Host) -> tuple[Any, str | None]:
-            try:
-                return step(host), None
-            except EnosnetError as exc:
-                return None, str(exc)
-
-        outcomes = fan_out(hosts, guarded)
-        failed = {h.name: why for h, (_, why) in outcomes.items() if why}
-        if failed:
-            detail = "; ".join(f"{name}: {why}" for name, why in sorted(failed.items()))
-            hint = " (install iproute2, iptables and nftables on the hosts)" if "not found" in detail else ""
-            raise RemoteError(f"{what} failed on {len(failed)} host(s): {detail}{hint}")
-        return {h: result for h, (result, _) in outcomes.items()}
+        return gather(hosts, step, what, name=lambda h: h.name)

@@ -17,8 +17,8 @@ import shlex
 from collections.abc import Sequence
 from typing import Literal
 
-from enosnet.bench.hostio import Shell
 from enosnet.model import Host
+from enosnet.remote.session import Session
 from enosnet.results.store import HostMeta
 
 Scope = Literal["experiment", "run"]
@@ -127,18 +127,18 @@ def parse_metadata(host: str, text: str, *, source: str) -> list[HostMeta]:
     return [HostMeta(host, str(k), str(v), source) for k, v in data.items() if v not in ("", None)]
 
 
-def collect(shell: Shell, hosts: Sequence[Host], scope: Scope, *, timeout: float = 30.0) -> tuple[
+def collect(session: Session, hosts: Sequence[Host], scope: Scope, *, timeout: float = 30.0) -> tuple[
         list[HostMeta], dict[str, str]]:
     """Metadata of every host (one command each, in parallel) and, per host, why it failed."""
     commands = {h: probe_command(scope, h.address, _python(h)) for h in hosts}
-    outputs = shell.run_all(commands, timeout=timeout)
+    outputs = session.run_all(commands, timeout=timeout)
     items: list[HostMeta] = []
     errors: dict[str, str] = {}
     for host, out in outputs.items():
         try:
             if not out.ok:
                 raise ValueError(out.stderr.strip()[-300:] or f"exit status {out.rc}")
-            items += parse_metadata(host.name, out.text, source=f"probe:{scope}")
+            items += parse_metadata(host.name, out.stdout, source=f"probe:{scope}")
         except ValueError as exc:
             errors[host.name] = str(exc)
     return items, errors

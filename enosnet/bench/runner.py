@@ -35,7 +35,6 @@ from enosnet.bench.events import (
     RunStarted,
     event_json,
 )
-from enosnet.bench.hostio import Shell, fan_out
 from enosnet.bench.instrument import cpu_metric, read_agent_samples
 from enosnet.bench.metadata import RUN_PROBE, collect, parse_run_probe
 from enosnet.bench.plan import Plan, PlannedRun, make_plan
@@ -44,6 +43,7 @@ from enosnet.coordinator import Coordinator, Timeouts, workers_from_roles
 from enosnet.environment import Environment
 from enosnet.errors import BenchError, CheckFailed, EnosnetError, UsageError
 from enosnet.model import Host, Roles
+from enosnet.remote.session import Session, fan_out
 from enosnet.results.store import (
     ExperimentRecord,
     HostMeta,
@@ -137,8 +137,8 @@ class _Bench:
         self.netem = {r.key: _conditions(spec.netem_section(r.params)) for r in self.plan.runs}
         for section in self.sections.values():
             self.driver.validate(section)
-        self.shell = Shell(env.root)
-        self.emulation = netem.Emulation(self.shell, roles)
+        self.session = Session()
+        self.emulation = netem.Emulation(self.session, roles)
         self.events_file = env.runs_dir / f"{spec.name}.events.jsonl"
 
     # ── the experiment ──────────────────────────────────────────────────────
@@ -151,7 +151,7 @@ class _Bench:
                 async with self._coordinator() as coordinator:
                     return await self._experiment(store, coordinator, started)
             finally:
-                self.shell.close()
+                self.session.close()
 
     def _coordinator(self) -> Coordinator:
         access = agent_access(self.env)
@@ -182,7 +182,7 @@ class _Bench:
         if checks.failed and not self.options.force:
             raise CheckFailed(checks.summary() + "\n(results stored; fix the environment, or pass --force to "
                               "measure anyway, which the report will flag)")
-        await asyncio.to_thread(self.driver.prepare, self.shell, list(self.sections.values()))
+        await asyncio.to_thread(self.driver.prepare, self.session, list(self.sections.values()))
         store.add_hosts(exp_id, self._host_records())
         store.add_metadata(exp_id, metadata)
         self._emit(ExperimentStarted(self.spec.name, exp_id, len(todo.runs), len(self.plan.runs) - len(todo.runs),
@@ -211,8 +211,8 @@ class _Bench:
     async def _checks(self, coordinator: Coordinator) -> tuple[chk.Checks, list[HostMeta]]:
         checks = chk.Checks()
         hosts = list(self.roles.all())
-        reachable = await asyncio.to_thread(chk.check_reachable, self.shell, hosts, checks)
-        metadata, errors = await asyncio.to_thread(collect, self.shell, reachable, "experiment")
+        reachable = await asyncio.to_thread(chk.check_reachable, self.session, hosts, checks)
+        metadata, errors = await asyncio.to_thread(collect, self.session, reachable, "experiment")
         for host, why in errors.items():
             checks.add("metadata", False, why, host)
         metadata += self._controller_metadata(reachable)
@@ -225,7 +225,7 @@ class _Bench:
         for section in self.sections.values():
             for server, used in self.driver.server_ports(section).items():
                 ports[server] = sorted(set(ports.get(server, [])) | set(used))
-        await asyncio.to_thread(chk.check_leftovers, self.shell, reachable, ports, checks)
+        await asyncio.to_thread(chk.check_leftovers, self.session, reachable, ports, checks)
         chk.check_mtu(metadata, reachable, checks)
         await asyncio.to_thread(self._network_checks, checks)
         return checks, metadata
@@ -240,9 +240,9 @@ class _Bench:
                 self.emulation.clear(settings[0])
             except EnosnetError as exc:
                 checks.add("netem", False, f"clearing what an earlier run left: {exc}")
-        baseline = chk.check_base_rtt(self.shell, chk.pairs_between(self.roles, *groups), self.spec.checks, checks)
+        baseline = chk.check_base_rtt(self.session, chk.pairs_between(self.roles, *groups), self.spec.checks, checks)
         if self.spec.checks.netem and settings:
-            chk.check_netem(self.shell, self.roles, settings, self.spec.checks, baseline, checks,
+            chk.check_netem(self.session, self.roles, settings, self.spec.checks, baseline, checks,
                             apply=self.emulation.apply, clear=self.emulation.clear)
 
     def _driver_groups(self) -> tuple[str, str] | None:
@@ -326,7 +326,7 @@ class _Bench:
         before = RUN_PROBE + (f"; {clear}" if clear else "")
         staging = folder / host.name / ".pull"
         try:
-            text = self.shell.pull_dirs(host, [i.record.run_dir or "" for i in items], staging, before=before)
+            text = self.session.pull_dirs(host, [i.record.run_dir or "" for i in items], staging, before=before)
             for item in items:
                 (staging / Path(item.record.run_dir or "").name).rename(folder / host.name / item.label)
             if staging.exists():

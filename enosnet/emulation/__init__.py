@@ -9,7 +9,7 @@ per-run conditions both hand it their constraints, so the same request gets
 the same qdiscs whoever asked. This module is the controller's side: the
 typed :class:`Constraint` (one grammar: the engine's), the netem probe, and
 the commands that install, apply, show and clear the engine on a host — run
-through any :class:`Runner` (plain ssh, or the local provider's ``nsenter``
+through any :class:`Runner` (enosnet's ssh, or the local provider's ``nsenter``
 prefix). ``rtt.py`` measures round trips with ping for whoever checks the
 emulation. docs/emulation.md has the JSON schema and the commands.
 
@@ -32,17 +32,19 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from enosnet.emulation import impaird
-from enosnet.errors import ConfigError, EnosnetError, RemoteError
+from enosnet.errors import ConfigError, RemoteError
 from enosnet.model import Host
-from enosnet.remote.ssh import plain_ssh_argv
+from enosnet.remote.results import HostResult
+from enosnet.remote.session import command_result, gather
+from enosnet.remote.ssh import SshOptions, ensure_control_dir, ssh_argv
 
 IMPAIRD = Path(__file__).with_name("impaird.py")
 REMOTE_PATH = "/var/lib/enosnet-emu/impaird.py"
@@ -55,7 +57,6 @@ __all__ = [
     "REMOTE_PATH",
     "STATE_DIR",
     "Backend",
-    "CommandOutput",
     "Constraint",
     "Runner",
     "Target",
@@ -202,47 +203,41 @@ def place(shape: Constraint, group_a: Sequence[Host], group_b: Sequence[Host], *
 # ── running commands on a host ──────────────────────────────────────────────
 
 
-@dataclass(frozen=True)
-class CommandOutput:
-    """What one command on a host gave back."""
-
-    rc: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.rc == 0
-
-
 class Runner(Protocol):
-    """Runs an argv on one host (as root), feeding it ``stdin``."""
+    """Runs an argv on one host (as root), feeding it ``stdin``; the fan-out's ``HostResult`` says how it ended."""
 
-    def __call__(self, argv: Sequence[str], *, stdin: bytes | None = None) -> CommandOutput: ...
+    def __call__(self, argv: Sequence[str], *, stdin: bytes | None = None) -> HostResult: ...
 
 
-def _run(argv: list[str], stdin: bytes | None, timeout: float) -> CommandOutput:
+LOCAL = Host("127.0.0.1", alias="localhost")
+
+
+def _run(host: Host, argv: list[str], stdin: bytes | None, timeout: float) -> HostResult:
+    started = time.monotonic()
     try:
         done = subprocess.run(argv, input=stdin or b"", capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return CommandOutput(124, "", f"timed out after {timeout:g} s: {shlex.join(argv)}")
-    return CommandOutput(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
+        return command_result(host, None, "", "", duration=time.monotonic() - started, timeout=timeout)
+    return command_result(host, done.returncode, done.stdout.decode(errors="replace"),
+                          done.stderr.decode(errors="replace"), duration=time.monotonic() - started)
 
 
-def local_runner(prefix: Sequence[str] = (), *, timeout: float = 60.0) -> Runner:
-    """Run on this machine, after ``prefix`` — e.g. ``local_runner(provider.enter(host))`` for a local host."""
+def local_runner(prefix: Sequence[str] = (), *, timeout: float = 60.0, host: Host = LOCAL) -> Runner:
+    """Run on this machine, after ``prefix`` — e.g. ``local_runner(provider.enter(h), host=h)`` for a local host."""
 
-    def run(argv: Sequence[str], *, stdin: bytes | None = None) -> CommandOutput:
-        return _run([*prefix, *argv], stdin, timeout)
+    def run(argv: Sequence[str], *, stdin: bytes | None = None) -> HostResult:
+        return _run(host, [*prefix, *argv], stdin, timeout)
 
     return run
 
 
-def ssh_runner(host: Host, *, timeout: float = 60.0) -> Runner:
-    """Run on ``host`` over plain ssh (no Ansible); the argv is quoted into one remote shell line."""
+def ssh_runner(host: Host, *, timeout: float = 60.0, options: SshOptions | None = None) -> Runner:
+    """Run on ``host`` with enosnet's SSH setup (``remote.ssh``; no Ansible), the argv quoted into one shell line."""
+    options = options or SshOptions()
 
-    def run(argv: Sequence[str], *, stdin: bytes | None = None) -> CommandOutput:
-        return _run(plain_ssh_argv(host, shlex.join(argv)), stdin, timeout)
+    def run(argv: Sequence[str], *, stdin: bytes | None = None) -> HostResult:
+        ensure_control_dir(options)
+        return _run(host, ssh_argv(host, options, shlex.join(argv)), stdin, timeout)
 
     return run
 
@@ -259,7 +254,7 @@ class Target:
 
     @classmethod
     def over_ssh(cls, host: Host, *, timeout: float = 60.0) -> Target:
-        """``host`` over plain ssh, with its ``ansible_python_interpreter`` when it has one."""
+        """``host`` over enosnet's ssh, with its ``ansible_python_interpreter`` when it has one."""
         python = str(host.extra.get("ansible_python_interpreter", ""))
         python = python if python.startswith("/") else "python3"  # not Ansible's "auto" discovery values
         return cls(ssh_runner(host, timeout=timeout), name=host.name, python=python)
@@ -277,7 +272,7 @@ def kernel_has_netem(run: Runner) -> bool:
         return True
     if any(text in out.stderr for text in impaird.NO_NETEM):
         return False
-    raise RemoteError(f"could not probe for netem (exit {out.rc}): {out.stderr.strip()[-300:]}")
+    raise RemoteError(f"could not probe for netem ({_why(out)})")
 
 
 def choose_backend(run: Runner, *, prefer: Literal["auto", "netem", "nfqueue"] = "auto") -> Backend:
@@ -347,37 +342,31 @@ def apply_all(plan: Mapping[Target, Sequence[Constraint]], *, seed: int | None =
 
     Returns each host's ``show`` by target name.
     """
-    return _fan_out(list(plan), lambda t: apply(t, plan[t], seed=seed, copy=copy), "applying emulation")
+    done = gather(list(plan), lambda t: apply(t, plan[t], seed=seed, copy=copy), "applying emulation", name=_name)
+    return {target.name: shown for target, shown in done.items()}
 
 
 def clear_all(targets: Iterable[Target]) -> None:
     """``clear`` on many hosts at once; raises naming every host that could not be cleared."""
-    _fan_out(list(targets), clear, "clearing emulation")
-
-
-def _fan_out(targets: list[Target], step: Callable[[Target], Any], what: str) -> dict[str, Any]:
-    done: dict[str, Any] = {}
-    failed: dict[str, EnosnetError] = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(32, len(targets)))) as pool:
-        for target, future in [(t, pool.submit(step, t)) for t in targets]:
-            try:
-                done[target.name] = future.result()
-            except EnosnetError as exc:
-                failed[target.name] = exc
-    if failed:
-        kind = ConfigError if all(isinstance(e, ConfigError) for e in failed.values()) else RemoteError
-        raise kind(f"{what} failed on {len(failed)} of {len(targets)} hosts: " +
-                   "; ".join(f"{name}: {exc}" for name, exc in sorted(failed.items())))
-    return done
+    gather(list(targets), clear, "clearing emulation", name=_name)
 
 
 def _where(target: Target) -> dict[str, str]:
     return {"python": target.python, "path": target.path, "state_dir": target.state_dir}
 
 
-def _check(target: Target, out: CommandOutput, what: str) -> CommandOutput:
+def _name(target: Target) -> str:
+    return target.name
+
+
+def _why(out: HostResult) -> str:
+    detail = out.stderr.strip()[-500:] or out.message
+    return f"exit {out.rc}: {detail}" if out.rc is not None else detail
+
+
+def _check(target: Target, out: HostResult, what: str) -> HostResult:
     if out.rc == 2:
         raise ConfigError(f"{what} on {target.name}: {out.stderr.strip()[-500:]}")
     if not out.ok:
-        raise RemoteError(f"{what} on {target.name} failed (exit {out.rc}): {out.stderr.strip()[-500:]}")
+        raise RemoteError(f"{what} on {target.name} failed ({_why(out)})")
     return out

@@ -1,7 +1,8 @@
-"""Driving hosts: Ansible through ansible-runner, and a fast SSH fan-out for commands and files.
+"""Driving hosts: Ansible through ansible-runner, a fast SSH fan-out for commands and files, and
+persistent per-host sessions.
 
-Both share one SSH connection setup (``ssh.py``), so connections opened by one
-are reused by the other.
+All share one SSH connection setup (``ssh.py``), so connections opened by one
+are reused by the others, and report per host with ``HostResult`` (``results.py``).
 """
 
 from enosnet.remote.ansible import Actions, AnsibleOptions, actions, bundled, run_playbook
@@ -16,6 +17,7 @@ from enosnet.remote.results import (
     Status,
     TaskResult,
 )
+from enosnet.remote.session import Session, fan_out, gather
 from enosnet.remote.ssh import SshOptions, close_connections
 
 __all__ = [
@@ -28,12 +30,15 @@ __all__ = [
     "HostResult",
     "Results",
     "Retry",
+    "Session",
     "SshOptions",
     "Status",
     "TaskResult",
     "actions",
     "bundled",
     "close_connections",
+    "fan_out",
+    "gather",
     "lrun",
     "pull",
     "push",

@@ -174,10 +174,12 @@ class Results(Mapping[Host, R], Generic[R]):
         subset._results = {h: r for h, r in self._results.items() if r.ok is ok}
         return subset
 
-    def raise_for_failures(self) -> Self:
-        """Self when every host succeeded, else raise ``HostsFailed`` carrying these results."""
+    def raise_for_failures(self, what: str | None = None) -> Self:
+        """Self when every host succeeded, else raise ``HostsFailed`` carrying these results (the message
+        starts with ``what`` failed, when given)."""
         if self.failed:
-            raise HostsFailed(self, failure_summary(self))
+            summary = failure_summary(self)
+            raise HostsFailed(self, f"{what} failed: {summary}" if what else summary)
         return self
 
     def __repr__(self) -> str:

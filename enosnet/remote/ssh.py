@@ -23,7 +23,7 @@ import os
 import shlex
 import stat
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,21 +102,6 @@ def private_dir(path: Path) -> Path:
 def host_ssh_args(host: Host) -> list[str]:
     """The host's own SSH arguments (``ansible_ssh_common_args``), split like a shell would."""
     return shlex.split(str(host.extra.get("ansible_ssh_common_args", "") or ""))
-
-
-def plain_options(host: Host, *, connect_timeout: float = 10, extra: Sequence[str] = ()) -> list[str]:
-    """``-o``/``-i`` options for a bare ssh or scp to ``host``: batch mode, a connect timeout, ``extra``,
-    the host's key and its own arguments — for callers that need none of the fan-out's defaults."""
-    opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout:g}", *extra]
-    if host.keyfile:
-        opts += ["-i", host.keyfile]
-    return opts + host_ssh_args(host)
-
-
-def plain_ssh_argv(host: Host, command: str, *, connect_timeout: float = 10, extra: Sequence[str] = ()) -> list[str]:
-    """A bare ``ssh`` command line running ``command`` (one shell line) on ``host``."""
-    options = plain_options(host, connect_timeout=connect_timeout, extra=extra)
-    return ["ssh", *options, "-p", str(host.port), f"{host.user}@{host.address}", command]
 
 
 def ssh_options(host: Host, options: SshOptions) -> list[str]:

@@ -17,10 +17,10 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
 
-from enosnet.bench.hostio import Shell
 from enosnet.coordinator import Coordinator, WorkerRecord
 from enosnet.errors import ConfigError
 from enosnet.model import Host, Roles
+from enosnet.remote.session import Session
 from enosnet.results.store import HostMeta, Metric, Sample
 from enosnet.yamlfile import line_map, where
 
@@ -130,7 +130,7 @@ class Driver(abc.ABC):
     def parse(self, executed: Executed, folder: Path, *, started_ns: int | None) -> Measured:
         """Metrics and samples from the pulled outputs in ``folder`` (``<host>/<label>/``)."""
 
-    def prepare(self, shell: Shell, sections: Sequence[Mapping[str, Any]]) -> None:  # noqa: B027  (optional hook)
+    def prepare(self, session: Session, sections: Sequence[Mapping[str, Any]]) -> None:  # noqa: B027  (optional hook)
         """Anything to do on the hosts before the first run (e.g. copy a scenario file)."""
 
     def busy_threads(self, section: Mapping[str, Any]) -> dict[Host, int]:

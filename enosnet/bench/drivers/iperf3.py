@@ -24,11 +24,11 @@ from typing import Any, cast
 
 from enosnet.bench.builds import InstalledBuild, build_metadata, install_builds, installed_name
 from enosnet.bench.drivers.base import Driver, Executed, Labelled, Measured
-from enosnet.bench.hostio import Shell
 from enosnet.bench.spec import Iperf3Section
 from enosnet.coordinator import Coordinator, Worker, WorkerRecord, iperf3_actions
 from enosnet.errors import ConfigError
 from enosnet.model import Host, Roles
+from enosnet.remote.session import Session
 from enosnet.results.store import Metric, Sample
 
 SERVER_ACTION, CLIENT_ACTION = "iperf3-server", "iperf3-client"
@@ -64,9 +64,9 @@ class Iperf3Driver(Driver):
         super().__init__(roles, source=source)
         self.builds: dict[str, InstalledBuild] = {}
 
-    def prepare(self, shell: Shell, sections: Sequence[Mapping[str, Any]]) -> None:
+    def prepare(self, session: Session, sections: Sequence[Mapping[str, Any]]) -> None:
         """The builds of ``builds:`` on the hosts that run them, as ``<bin_dir>/iperf3+<label>``."""
-        self.builds = install_builds(shell, (
+        self.builds = install_builds(session, (
             (sec.build, sec.bin_dir, ["iperf3"],
              [*self.roles.select(sec.server_role), *self.roles.select(sec.client_role)])
             for sec in map(self.section, sections) if sec.build is not None), experiment=self.source)

@@ -34,12 +34,12 @@ from typing import Any, cast
 from enosnet.bench.builds import InstalledBuild, build_metadata, install_builds, installed_name
 from enosnet.bench.drivers.base import Driver, Executed, Labelled, Measured
 from enosnet.bench.drivers.netbench_output import Trace, parse_trace, scenario_bytes, trace_samples
-from enosnet.bench.hostio import Shell, fan_out
 from enosnet.bench.instrument import interface_bytes
 from enosnet.bench.spec import NetbenchScenarioArgs, NetbenchSection
 from enosnet.coordinator import Coordinator, WorkerRecord, netbench_actions
-from enosnet.errors import BenchError, ConfigError
+from enosnet.errors import ConfigError
 from enosnet.model import Host, Roles
+from enosnet.remote.session import Session
 from enosnet.results.store import HostMeta, Metric
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the generator colours its errors even into a pipe
@@ -98,23 +98,23 @@ class NetbenchDriver(Driver):
 
     # ── before the first run: the scenario on every host ────────────────────
 
-    def prepare(self, shell: Shell, sections: Sequence[Mapping[str, Any]]) -> None:
+    def prepare(self, session: Session, sections: Sequence[Mapping[str, Any]]) -> None:
         for section in sections:
             sec, _ = self.section(section)
             key = self._scenario_key(sec)
             if key in self.scenarios:
                 continue
-            name, text = self._scenario_text(shell, sec)
+            name, text = self._scenario_text(session, sec)
             scenario = json.loads(text)
             self._check_counts(sec, scenario, name)
-            self._push(shell, sec.scenario_dir, name, text)
+            self._push(session, sec.scenario_dir, name, text)
             stem = Path(sec.scenario).stem if sec.scenario else sec.generate.name if sec.generate else "scenario"
             self.scenarios[key] = {"name": name, "id": stem, "data": scenario}
-        self._install_builds(shell, sections)
+        self._install_builds(session, sections)
 
-    def _install_builds(self, shell: Shell, sections: Sequence[Mapping[str, Any]]) -> None:
+    def _install_builds(self, session: Session, sections: Sequence[Mapping[str, Any]]) -> None:
         """Each build the runs name, on the hosts that run it, with the drivers it is run with."""
-        self.builds = install_builds(shell, (
+        self.builds = install_builds(session, (
             (sec.build, sec.bin_dir, [f"s2n-netbench-driver-{side}-{driver}" for side in ("server", "client")],
              [*self.roles.select(sec.server_role), *self.roles.select(sec.client_role)])
             for sec, driver in map(self.section, sections) if sec.build is not None), experiment=self.source)
@@ -123,7 +123,7 @@ class NetbenchDriver(Driver):
     def _scenario_key(sec: NetbenchSection) -> str:
         return sec.scenario or json.dumps(sec.generate.model_dump() if sec.generate else {}, sort_keys=True)
 
-    def _scenario_text(self, shell: Shell, sec: NetbenchSection) -> tuple[str, str]:
+    def _scenario_text(self, session: Session, sec: NetbenchSection) -> tuple[str, str]:
         if sec.scenario is not None:
             return Path(sec.scenario).name, Path(sec.scenario).read_text()
         assert sec.generate is not None
@@ -132,22 +132,19 @@ class NetbenchDriver(Driver):
         out_dir = f"{sec.scenario_dir}/generated-{digest}"
         options = " ".join(shlex.quote(arg) for arg in generator_args(gen))
         host = self.roles.select(sec.server_role)[0]
-        out = shell.run(host, f"mkdir -p {shlex.quote(out_dir)} && {shlex.quote(gen.program)} {options} "
+        out = session.run(host, f"mkdir -p {shlex.quote(out_dir)} && {shlex.quote(gen.program)} {options} "
                               f"{shlex.quote(out_dir)} >&2 && cat {shlex.quote(out_dir)}/{shlex.quote(gen.name)}.json",
                         timeout=60)
         if not out.ok:
             said = " ".join(line.strip() for line in ANSI.sub("", out.stderr).splitlines()[:3] if line.strip())
             raise ConfigError(f"{self.where('netbench', 'generate', 'options')}: s2n-netbench-scenarios on "
                               f"{host.name} refused the options {options}: {said[:300]}")
-        return f"{gen.name}-{digest}.json", out.text
+        return f"{gen.name}-{digest}.json", out.stdout
 
-    def _push(self, shell: Shell, folder: str, name: str, text: str) -> None:
+    def _push(self, session: Session, folder: str, name: str, text: str) -> None:
         command = f"mkdir -p {shlex.quote(folder)} && cat > {shlex.quote(folder + '/' + name)}"
-        hosts = list(self.roles.all())
-        results = fan_out(hosts, lambda h: shell.run(h, command, stdin=text.encode(), timeout=30))
-        failed = [f"{h.name}: {r.stderr.strip()}" for h, r in results.items() if not r.ok]
-        if failed:
-            raise BenchError(f"copying scenario {name} to the hosts failed: {'; '.join(failed)}")
+        session.run_all({h: command for h in self.roles.all()}, stdin=text.encode(),
+                        timeout=30).raise_for_failures(f"copying scenario {name} to the hosts")
 
     # ── one run ─────────────────────────────────────────────────────────────
 
