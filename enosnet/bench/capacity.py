@@ -49,13 +49,14 @@ def estimate(spec: Experiment, roles: Roles, *, cpus: Mapping[str, float | None]
     cores = cores if cores is not None else len(os.sched_getaffinity(0))
     worst = Capacity(0.0, cores, 0, 0)
     for run in make_plan(spec).runs:
+        section = driver.section(spec.driver_section(run.params))
         try:
-            busy = driver.busy_threads(spec.driver_section(run.params))
+            busy = driver.busy_threads(section)
         except KeyError:  # a role the environment lacks: the bench's own checks say so
             continue
         demand = sum(min(float(n), (cpus or {}).get(h.name) or float(n)) for h, n in busy.items())
         if demand > worst.demand:
-            clients = str(spec.driver_section(run.params).get("client_role", "client"))
+            clients = str(getattr(section, "client_role", "client"))
             flows = sum(n for h, n in busy.items() if h in roles.select(clients))
             worst = Capacity(demand, cores, len(busy), flows)
     return worst

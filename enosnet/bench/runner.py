@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from enosnet.bench import checks as chk
 from enosnet.bench import conditions as netem
 from enosnet.bench import fidelity
@@ -131,9 +133,10 @@ class _Bench:
                  roles: Roles) -> None:
         self.env, self.spec, self.options, self.roles = env, spec, options, roles
         self.listener = on_event
-        self.driver: Driver = make_driver(spec.driver, roles, source=spec.source_path)
+        self.driver: Driver[BaseModel] = make_driver(spec.driver, roles, source=spec.source_path)
         self.plan: Plan = make_plan(spec, only=options.only)
-        self.sections = {r.key: spec.driver_section(r.params) for r in self.plan.runs}
+        # each run's section, substituted and checked by the driver's model once
+        self.sections = {r.key: self.driver.section(spec.driver_section(r.params)) for r in self.plan.runs}
         self.netem = {r.key: _conditions(spec.netem_section(r.params)) for r in self.plan.runs}
         for section in self.sections.values():
             self.driver.validate(section)
@@ -246,10 +249,9 @@ class _Bench:
                             apply=self.emulation.apply, clear=self.emulation.clear)
 
     def _driver_groups(self) -> tuple[str, str] | None:
-        section = next(iter(self.sections.values()), {})
-        if "client_role" in section and "server_role" in section:
-            return str(section["client_role"]), str(section["server_role"])
-        return None
+        section = next(iter(self.sections.values()), None)
+        client, server = (getattr(section, f"{side}_role", None) for side in ("client", "server"))
+        return (str(client), str(server)) if client is not None and server is not None else None
 
     def _controller_metadata(self, hosts: Sequence[Host]) -> list[HostMeta]:
         items = {"enosnet.version": _version(), "experiment.file_hash": self.spec.file_hash,

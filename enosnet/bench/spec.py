@@ -149,7 +149,9 @@ class NetbenchSection(Strict):
 
     ``bin_dir`` is where the hosts' drivers are (the agents' catalogue says the
     same); a build of ``builds:`` goes there beside them, each binary named
-    ``<binary>+<label>``. ``build`` is set per run from ``builds:``.
+    ``<binary>+<label>``. ``build`` is set per run from ``builds:``, and
+    ``driver`` (the run's netbench driver) from the ``driver`` parameter,
+    else the first of ``drivers``.
     """
 
     scenario: str | None = None
@@ -161,6 +163,12 @@ class NetbenchSection(Strict):
     scenario_dir: str = "/var/lib/enosnet/scenarios"
     bin_dir: str = "/usr/local/bin"
     build: LabelledBuild | None = None
+    driver: str | None = None
+
+    @property
+    def run_driver(self) -> str:
+        """The netbench driver this run uses (``tcp``, ``s2n-quic``, …)."""
+        return self.driver or self.drivers[0]
 
     @model_validator(mode="after")
     def _one_source(self) -> NetbenchSection:

@@ -21,6 +21,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from enosnet.bench.drivers.base import Driver, Executed, Labelled, Measured
 from enosnet.errors import ConfigError
 from enosnet.model import Roles
@@ -43,7 +45,7 @@ def driver_names() -> list[str]:
     return list(_registered())
 
 
-def driver_class(name: str) -> type[Driver]:
+def driver_class(name: str) -> type[Driver[BaseModel]]:
     """The driver registered as ``name``; ``ConfigError`` naming the known ones otherwise."""
     target = _registered().get(name)
     if target is None:
@@ -55,7 +57,7 @@ def driver_class(name: str) -> type[Driver]:
     return found
 
 
-def make_driver(name: str, roles: Roles, *, source: str | None = None) -> Driver:
+def make_driver(name: str, roles: Roles, *, source: str | None = None) -> Driver[BaseModel]:
     """The driver called ``name`` for these hosts (``source``: the experiment file, for errors)."""
     return driver_class(name)(roles, source=source)
 

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
@@ -23,6 +23,8 @@ from enosnet.model import Host, Roles
 from enosnet.remote.session import Session
 from enosnet.results.store import HostMeta, Metric, Sample
 from enosnet.yamlfile import line_map, where
+
+S = TypeVar("S", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -63,19 +65,20 @@ class Measured:
     metadata: list[HostMeta] = field(default_factory=list)
 
 
-class Driver(abc.ABC):
+class Driver(abc.ABC, Generic[S]):
     """One benchmark tool: what it needs installed and allowed, how it runs on hosts, how it is read.
 
     A driver declares, in one class: its ``name`` (``driver:`` in an
     experiment, and the key of its section), its ``section_model`` (the
-    section's pydantic model), the Ansible role that installs its tool
+    section's pydantic model ``S``: every method gets one run's section as an
+    ``S``, checked once by ``section``), the Ansible role that installs its tool
     (``install_role``), the agent actions it runs (``agent_actions``), and how
     it runs (``execute``) and reads (``parse``) one run. ``enosnet.bench.drivers``
     finds it by name (``docs/drivers.md``).
     """
 
     name: ClassVar[str]
-    section_model: ClassVar[type[BaseModel]]
+    section_model: ClassVar[type[BaseModel]]  # S
     install_role: ClassVar[str]
     build_sources: ClassVar[tuple[str, ...]] = ()  # what a build of `builds:` may come from (none: no builds)
     # whether every deploy applies install_role (netbench's is asked for in the config: it builds first)
@@ -91,10 +94,10 @@ class Driver(abc.ABC):
         self.roles = roles
         self.source = source
 
-    def validated(self, data: Mapping[str, Any]) -> BaseModel:
+    def section(self, data: Mapping[str, Any]) -> S:
         """One run's substituted section through ``section_model``; ``ConfigError`` naming each bad field."""
         try:
-            return self.section_model.model_validate(dict(data))
+            return cast(S, self.section_model.model_validate(dict(data)))
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise ConfigError(f"{self.name} section after substituting parameters: {problems}") from None
@@ -110,19 +113,19 @@ class Driver(abc.ABC):
         return where(self.source, line_map(text), loc)
 
     @abc.abstractmethod
-    def validate(self, section: Mapping[str, Any]) -> None:
+    def validate(self, section: S) -> None:
         """Raise ``ConfigError`` if this run's section cannot work on these hosts (before anything runs)."""
 
     @abc.abstractmethod
-    def extra_roles(self, section: Mapping[str, Any]) -> Roles:
+    def extra_roles(self, section: S) -> Roles:
         """Coordinator roles beyond the environment's (e.g. one role per server port)."""
 
     @abc.abstractmethod
-    def server_ports(self, section: Mapping[str, Any]) -> dict[Host, list[int]]:
+    def server_ports(self, section: S) -> dict[Host, list[int]]:
         """The TCP/UDP ports each server host listens on (checked free before measuring)."""
 
     @abc.abstractmethod
-    async def execute(self, coordinator: Coordinator, section: Mapping[str, Any], *, duration_s: float,
+    async def execute(self, coordinator: Coordinator, section: S, *, duration_s: float,
                       timeout_s: float) -> Executed:
         """Start servers, run clients at one scheduled instant, stop servers."""
 
@@ -130,19 +133,19 @@ class Driver(abc.ABC):
     def parse(self, executed: Executed, folder: Path, *, started_ns: int | None) -> Measured:
         """Metrics and samples from the pulled outputs in ``folder`` (``<host>/<label>/``)."""
 
-    def prepare(self, session: Session, sections: Sequence[Mapping[str, Any]]) -> None:  # noqa: B027  (optional hook)
+    def prepare(self, session: Session, sections: Sequence[S]) -> None:
         """Anything to do on the hosts before the first run (e.g. copy a scenario file)."""
 
-    def busy_threads(self, section: Mapping[str, Any]) -> dict[Host, int]:
+    def busy_threads(self, section: S) -> dict[Host, int]:
         """How many threads each host keeps busy when nothing else holds it back (the capacity estimate).
 
         A client sends ``parallel`` flows (1 unless the section says), a server
         receives those of the clients it serves.
         """
-        clients = self.roles.select(str(section.get("client_role", "client")))
-        servers = self.roles.select(str(section.get("server_role", "server")))
+        clients = self.roles.select(str(getattr(section, "client_role", "client")))
+        servers = self.roles.select(str(getattr(section, "server_role", "server")))
         try:
-            flows = max(1, int(section.get("parallel", 1)))
+            flows = max(1, int(getattr(section, "parallel", 1)))
         except (TypeError, ValueError):
             flows = 1
         busy = {h: flows for h in clients}

@@ -20,7 +20,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from enosnet.bench.builds import InstalledBuild, build_metadata, install_builds, installed_name
 from enosnet.bench.drivers.base import Driver, Executed, Labelled, Measured
@@ -47,7 +47,7 @@ def port_role(server_role: str, slot: int) -> str:
     return f"{server_role}.p{slot}"
 
 
-class Iperf3Driver(Driver):
+class Iperf3Driver(Driver[Iperf3Section]):
     """``driver: iperf3`` (see the module docstring)."""
 
     name = "iperf3"
@@ -64,18 +64,14 @@ class Iperf3Driver(Driver):
         super().__init__(roles, source=source)
         self.builds: dict[str, InstalledBuild] = {}
 
-    def prepare(self, session: Session, sections: Sequence[Mapping[str, Any]]) -> None:
+    def prepare(self, session: Session, sections: Sequence[Iperf3Section]) -> None:
         """The builds of ``builds:`` on the hosts that run them, as ``<bin_dir>/iperf3+<label>``."""
         self.builds = install_builds(session, (
             (sec.build, sec.bin_dir, ["iperf3"],
              [*self.roles.select(sec.server_role), *self.roles.select(sec.client_role)])
-            for sec in map(self.section, sections) if sec.build is not None), experiment=self.source)
+            for sec in sections if sec.build is not None), experiment=self.source)
 
-    def section(self, data: Mapping[str, Any]) -> Iperf3Section:
-        return cast(Iperf3Section, self.validated(data))
-
-    def validate(self, section: Mapping[str, Any]) -> None:
-        sec = self.section(section)
+    def validate(self, sec: Iperf3Section) -> None:
         try:
             self._layout(sec)
         except KeyError as exc:
@@ -94,20 +90,17 @@ class Iperf3Driver(Driver):
             slots.setdefault(port - sec.port, []).append(server)
         return slots
 
-    def extra_roles(self, section: Mapping[str, Any]) -> Roles:
-        sec = self.section(section)
+    def extra_roles(self, sec: Iperf3Section) -> Roles:
         return Roles({port_role(sec.server_role, slot): hosts for slot, hosts in self._slots(sec).items()})
 
-    def server_ports(self, section: Mapping[str, Any]) -> dict[Host, list[int]]:
-        sec = self.section(section)
+    def server_ports(self, sec: Iperf3Section) -> dict[Host, list[int]]:
         ports: dict[Host, list[int]] = {}
         for _, server, port in self._layout(sec):
             ports.setdefault(server, []).append(port)
         return ports
 
-    async def execute(self, coordinator: Coordinator, section: Mapping[str, Any], *, duration_s: float,
+    async def execute(self, coordinator: Coordinator, sec: Iperf3Section, *, duration_s: float,
                       timeout_s: float) -> Executed:
-        sec = self.section(section)
         slots = sorted(self._slots(sec))
         targets = {c.name: (s.address, port) for c, s, port in self._layout(sec)}
         groups = [port_role(sec.server_role, slot) for slot in slots]

@@ -29,7 +29,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from enosnet.bench.builds import InstalledBuild, build_metadata, install_builds, installed_name
 from enosnet.bench.drivers.base import Driver, Executed, Labelled, Measured
@@ -47,7 +47,7 @@ CROSS_CHECK_TOLERANCE = 0.10  # interface bytes vs the client's bytes: beyond th
 SERVER_ACTION, CLIENT_ACTION = "netbench-server", "netbench-client"
 
 
-class NetbenchDriver(Driver):
+class NetbenchDriver(Driver[NetbenchSection]):
     """``driver: netbench`` (see the module docstring)."""
 
     name = "netbench"
@@ -66,15 +66,8 @@ class NetbenchDriver(Driver):
         self.scenarios: dict[str, dict[str, Any]] = {}
         self.builds: dict[str, InstalledBuild] = {}
 
-    def section(self, data: Mapping[str, Any]) -> tuple[NetbenchSection, str]:
-        """The validated section and the run's netbench driver (``tcp``, ``s2n-quic``, …)."""
-        values = dict(data)
-        driver = str(values.pop("driver", ""))
-        sec = cast(NetbenchSection, self.validated(values))
-        return sec, driver or sec.drivers[0]
-
-    def validate(self, section: Mapping[str, Any]) -> None:
-        sec, driver = self.section(section)
+    def validate(self, sec: NetbenchSection) -> None:
+        driver = sec.run_driver
         if not driver.replace("-", "").isalnum():
             raise ConfigError(f"netbench.drivers: {driver!r} is not a driver name such as tcp or s2n-quic")
         if sec.scenario is not None:
@@ -89,18 +82,16 @@ class NetbenchDriver(Driver):
                 f"{len(servers)} hosts in role {sec.server_role!r} and {len(clients)} in {sec.client_role!r}: "
                 "servers[i] runs on server host i and clients[j] on client host j, so the counts must match")
 
-    def extra_roles(self, section: Mapping[str, Any]) -> Roles:
+    def extra_roles(self, sec: NetbenchSection) -> Roles:
         return Roles()
 
-    def server_ports(self, section: Mapping[str, Any]) -> dict[Host, list[int]]:
-        sec, _ = self.section(section)
+    def server_ports(self, sec: NetbenchSection) -> dict[Host, list[int]]:
         return {host: [sec.port] for host in self.roles.select(sec.server_role)}
 
     # ── before the first run: the scenario on every host ────────────────────
 
-    def prepare(self, session: Session, sections: Sequence[Mapping[str, Any]]) -> None:
-        for section in sections:
-            sec, _ = self.section(section)
+    def prepare(self, session: Session, sections: Sequence[NetbenchSection]) -> None:
+        for sec in sections:
             key = self._scenario_key(sec)
             if key in self.scenarios:
                 continue
@@ -112,12 +103,12 @@ class NetbenchDriver(Driver):
             self.scenarios[key] = {"name": name, "id": stem, "data": scenario}
         self._install_builds(session, sections)
 
-    def _install_builds(self, session: Session, sections: Sequence[Mapping[str, Any]]) -> None:
+    def _install_builds(self, session: Session, sections: Sequence[NetbenchSection]) -> None:
         """Each build the runs name, on the hosts that run it, with the drivers it is run with."""
         self.builds = install_builds(session, (
-            (sec.build, sec.bin_dir, [f"s2n-netbench-driver-{side}-{driver}" for side in ("server", "client")],
+            (sec.build, sec.bin_dir, [f"s2n-netbench-driver-{side}-{sec.run_driver}" for side in ("server", "client")],
              [*self.roles.select(sec.server_role), *self.roles.select(sec.client_role)])
-            for sec, driver in map(self.section, sections) if sec.build is not None), experiment=self.source)
+            for sec in sections if sec.build is not None), experiment=self.source)
 
     @staticmethod
     def _scenario_key(sec: NetbenchSection) -> str:
@@ -148,9 +139,9 @@ class NetbenchDriver(Driver):
 
     # ── one run ─────────────────────────────────────────────────────────────
 
-    async def execute(self, coordinator: Coordinator, section: Mapping[str, Any], *, duration_s: float,
+    async def execute(self, coordinator: Coordinator, sec: NetbenchSection, *, duration_s: float,
                       timeout_s: float) -> Executed:
-        sec, driver = self.section(section)
+        driver = sec.run_driver
         key = self._scenario_key(sec)
         scenario = self.scenarios[key]["name"]
         servers = self.roles.select(sec.server_role)
