@@ -22,13 +22,13 @@ from pathlib import Path
 
 from enosnet.bench.drivers import default_actions
 from enosnet.bench.events import Event, RunFinished, RunStarted
-from enosnet.bench.hostio import Shell
 from enosnet.bench.runner import agent_access, run_experiment
 from enosnet.bench.spec import parse_experiment
 from enosnet.config import parse_config
 from enosnet.environment import Environment
 from enosnet.model import Host, Roles
 from enosnet.providers.local import LocalProvider
+from enosnet.remote.session import Session
 from enosnet.results.store import ResultsStore
 from enosnet.testing import start_agents_over_ssh
 
@@ -71,14 +71,14 @@ def bench_throughputs(env: Environment, name: str) -> list[float]:
         return [m.value for m in store.metrics(experiment=exp.id, name="throughput")]
 
 
-def manual_throughput(shell: Shell, server: Host, client: Host, duration: float) -> float:
+def manual_throughput(shell: Session, server: Host, client: Host, duration: float) -> float:
     """The same iperf3 pair by hand: a one-off server, then the client with -J, both over SSH."""
     started = shell.run(server, f"iperf3 -s -p {MANUAL_PORT} -1 -D && sleep 0.2")
     if not started.ok:
         raise RuntimeError(f"iperf3 server: {started.stderr}")
     out = shell.run(client, f"iperf3 -c {shlex.quote(server.address)} -p {MANUAL_PORT} -t {int(duration)} -J",
                     timeout=duration + 30)
-    data = json.loads(out.text)
+    data = json.loads(out.stdout)
     if data.get("error"):
         raise RuntimeError(f"iperf3 client: {data['error']}")
     return float(data["end"]["sum_received"]["bits_per_second"])
@@ -113,7 +113,7 @@ def main() -> None:
             provider, pair_env, pair = deploy(Path(tmp), "pair", {"server": 1, "client": 1})
             made.append(provider)
             by_hand: list[float] = []
-            with Shell(pair_env.root) as shell:
+            with Session() as shell:
                 started: list[RunStarted] = []
 
                 def by_hand_beside(event: Event) -> None:

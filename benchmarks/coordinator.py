@@ -32,7 +32,7 @@ from enosnet.coordinator import Coordinator, Timeouts, Worker, agent_config, ipe
 from enosnet.environment import Environment
 from enosnet.errors import CoordinatorError
 from enosnet.model import Host, Roles
-from enosnet.remote.ssh import plain_ssh_argv
+from enosnet.remote.ssh import SshOptions, ssh_argv
 from enosnet.testing import LocalAgents, start_agents_over_ssh, stop_agents_over_ssh
 
 ACTIONS: dict[str, Any] = {
@@ -111,7 +111,8 @@ async def servers_round(coord: Coordinator, workers: list[Worker]) -> tuple[floa
 
 def ssh(host: Host, command: str) -> subprocess.CompletedProcess[str]:
     """Plain ssh, no shared connection: what a user without enosnet would run."""
-    return subprocess.run(plain_ssh_argv(host, command), capture_output=True, text=True, timeout=60)
+    return subprocess.run(ssh_argv(host, SshOptions(control_persist=0), command), capture_output=True, text=True,
+                          timeout=60)
 
 
 def ssh_servers_round(hosts: Sequence[Host]) -> float:

@@ -26,7 +26,6 @@ from pathlib import Path
 
 from enosnet.bench.drivers import default_actions
 from enosnet.bench.events import Event, RunFinished, RunStarted
-from enosnet.bench.hostio import Shell
 from enosnet.bench.runner import agent_access, run_experiment
 from enosnet.bench.spec import parse_experiment
 from enosnet.config import parse_config
@@ -35,6 +34,7 @@ from enosnet.installer import InstallOptions, install
 from enosnet.model import FrozenVars, Host, Roles
 from enosnet.netbench_build import HOST_TOOLS, build, crates_for, rust_tool
 from enosnet.providers.local import LocalProvider
+from enosnet.remote.session import Session
 from enosnet.results.store import ResultsStore
 from enosnet.testing import start_agents_over_ssh
 
@@ -59,13 +59,13 @@ def experiment(name: str, bin_dir: Path, options: str, repetitions: int) -> str:
             f"  drivers: [{', '.join(DRIVERS)}]\n")
 
 
-def by_hand(shell: Shell, server: Host, client: Host, bin_dir: Path, driver: str, response: int) -> float:
+def by_hand(shell: Session, server: Host, client: Host, bin_dir: Path, driver: str, response: int) -> float:
     """The same driver pair by hand over SSH: throughput from the client's own run time inside its host."""
     scenario = "/var/lib/enosnet/scenarios/byhand.json"
     make = f"{bin_dir}/s2n-netbench-scenarios --request_response.response_size {response} /tmp/byhand >/dev/null"
     made = shell.run(server, f"{make} && cat /tmp/byhand/request_response.json")  # one scenario: one certificate
     for host in (server, client):
-        shell.run(host, f"mkdir -p /var/lib/enosnet/scenarios && cat > {scenario}", stdin=made.text.encode())
+        shell.run(host, f"mkdir -p /var/lib/enosnet/scenarios && cat > {scenario}", stdin=made.stdout.encode())
     start = shell.run(server, f"PORT={MANUAL_PORT} nohup {bin_dir}/s2n-netbench-driver-server-{driver} "
                               f"{scenario} >/dev/null 2>&1 & sleep 0.3")
     if not start.ok:
@@ -76,14 +76,14 @@ def by_hand(shell: Shell, server: Host, client: Host, bin_dir: Path, driver: str
     shell.run(server, f"pkill -f s2n-netbench-driver-server-{driver}; true")
     if not out.ok:
         raise RuntimeError(f"client: {out.stderr}")
-    return response * 8 / (int(out.text.strip()) / 1e9)
+    return response * 8 / (int(out.stdout.strip()) / 1e9)
 
 
 def throughput(base: Path, bin_dir: Path, rounds: int, response: int) -> None:
     provider, env, pair = deploy(base, "pair", {"server": 1, "client": 1}, bin_dir)
     manual: dict[str, list[float]] = {d: [] for d in DRIVERS}
     try:
-        with Shell(env.root) as shell:
+        with Session() as shell:
             started: list[RunStarted] = []
 
             def beside(event: Event) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if left:
         sys.stderr.write(f"\nLEAK: tests left local hosts behind (now removed): {', '.join(left)}\n")
         session.exitstatus = 1
+
+
+def python38() -> str | None:
+    """A working python3.8, the oldest Python hosts may have (a pyenv shim may exist without the version)."""
+    found = [shutil.which("python3.8"), *map(str, Path.home().glob(".pyenv/versions/3.8*/bin/python3.8"))]
+    for candidate in filter(None, found):
+        if subprocess.run([candidate, "-c", "pass"], capture_output=True, timeout=30).returncode == 0:
+            return candidate
+    return None
 
 
 @pytest.fixture(scope="session")

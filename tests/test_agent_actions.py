@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,11 @@ from typing import Any
 import pytest
 
 from enosnet.bench.drivers import default_actions
-from enosnet.coordinator import agent_config, build_agent_zipapp, netbench_actions
+from enosnet.coordinator import SyncCoordinator, Worker, agent_config, build_agent_zipapp, netbench_actions
 from enosnet.coordinator.agent.actions import ActionError, parse_action, parse_actions
 from enosnet.coordinator.agent.runtime import Config, ConfigProblem
 from enosnet.coordinator.zipapp import agent_zipapp_bytes
+from tests.conftest import python38
 
 
 def action(decl: dict[str, Any]) -> Any:
@@ -234,3 +236,34 @@ def test_agent_state_reaches_the_disk_before_it_replaces_the_old(tmp_path: Path,
     runtime.write_json(str(tmp_path / "state.json"), {"runs": []})
     assert events == [f"fsync {tmp_path}/state.json.tmp", "replace", f"fsync {tmp_path}"]
     assert json.loads((tmp_path / "state.json").read_text()) == {"runs": []}
+
+
+OLDEST = python38()
+
+
+@pytest.mark.skipif(OLDEST is None, reason="no python3.8 on this machine")
+def test_the_agent_zipapp_serves_a_run_under_python_38(tmp_path: Path) -> None:
+    """Hosts may have Python 3.8: the shipped agent answers, runs a job on schedule and reports under it."""
+    secret, port = "5" * 32, free_udp_port()
+    config = agent_config("old-0", role="client", secret=secret, env_id="py38", port=port, bind="127.0.0.1",
+                          workdir=str(tmp_path / "work"),
+                          actions={"say": {"kind": "job", "argv": ["echo", "hello"], "params": {}}})
+    (tmp_path / "agent.json").write_text(json.dumps(config))
+    agent = subprocess.Popen([str(OLDEST), str(build_agent_zipapp(tmp_path)), "--config", str(tmp_path / "agent.json")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with SyncCoordinator([Worker("old-0", "client", "127.0.0.1", port)], env_id="py38", secret=secret) as c:
+            c.ready()
+            [record] = c.run("client", "say")
+        assert record.ok and record.stdout is not None, record
+        assert Path(record.stdout).read_text() == "hello\n"
+    finally:
+        agent.terminate()
+        _, err = agent.communicate(timeout=30)
+    assert agent.returncode == 0, err.decode()[-2000:]
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

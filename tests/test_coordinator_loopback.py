@@ -311,9 +311,9 @@ def test_many_agents_in_few_processes_complete_a_cycle(cluster: Callable[..., Cl
 
 
 def _group_alive(pgid: int) -> bool:
-    from enosnet.coordinator.agent.runtime import _group_members
+    from enosnet.coordinator.agent.host import group_members
 
-    return bool(_group_members(pgid))
+    return bool(group_members(pgid))
 
 
 def _run_state(state_file: Path, run_id: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import pytest
 
 from enosnet.bench.drivers.netbench_output import parse_trace, scenario_bytes
 from enosnet.coordinator import SyncCoordinator, Worker, agent_config, netbench_actions
-from enosnet.coordinator.agent.runtime import _group_members
+from enosnet.coordinator.agent.host import group_members
 from enosnet.testing import LocalAgents
 
 
@@ -58,7 +58,7 @@ def test_every_endpoint_runs_with_its_ids_and_stopping_leaves_no_driver(
     assert scenario_bytes(scenario, 0) == (2 * 3_000_000, 2 * 1_000)  # one request to each server
     assert [r.state for r in result.servers] == ["stopped", "stopped"]
     for record in result.servers:  # each server ran its own part: SERVER_ID from its index
-        assert record.pid is not None and not _group_members(record.pid)
+        assert record.pid is not None and not group_members(record.pid)
     usage = json.loads((Path(client.run_dir or "") / "run.json").read_text())["usage"]
     assert usage["max_rss_kib"] > 0 and usage["user_s"] + usage["system_s"] > 0
 

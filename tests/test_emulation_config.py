@@ -10,7 +10,6 @@ import json
 import os
 import random
 import re
-import shutil
 import socket
 import struct
 import subprocess
@@ -34,6 +33,7 @@ from enosnet.emulation import (
 from enosnet.emulation import impaird as d
 from enosnet.errors import ConfigError, RemoteError
 from enosnet.model import Host
+from tests.conftest import python38
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("20ms", 0.02), ("1.5s", 1.5), ("500us", 0.0005), (0, 0.0),
@@ -315,16 +315,7 @@ def test_a_constraint_without_a_device_toward_everything_is_refused_by_the_netem
         netem_plan({"destination": "0.0.0.0/0", "delay": "1ms"})
 
 
-def _python38() -> str | None:
-    """A working python3.8 (a pyenv shim may exist without the version being selected)."""
-    found = [shutil.which("python3.8"), *map(str, Path.home().glob(".pyenv/versions/3.8*/bin/python3.8"))]
-    for candidate in filter(None, found):
-        if subprocess.run([candidate, "-c", "pass"], capture_output=True, timeout=30).returncode == 0:
-            return candidate
-    return None
-
-
-OLDEST = _python38()
+OLDEST = python38()
 
 
 @pytest.mark.skipif(OLDEST is None, reason="no python3.8 on this machine")

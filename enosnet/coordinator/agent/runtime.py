@@ -7,7 +7,6 @@ on a host there is one.
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import logging
@@ -16,43 +15,44 @@ import re
 import selectors
 import shutil
 import signal
-import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from .actions import Action, ActionError, parse_actions
+from .endpoint import Addr, Endpoint
+from .host import (
+    Child,
+    exe,
+    group_alive,
+    group_members,
+    kill_orphan,
+    listening,
+    signal_group,
+    start_ticks,
+    system_sample,
+)
+from .outbox import Outbox
 from .wire import (
     ACTIVE,
     DEFAULT_PORT,
     FINISHED,
     IDLE,
     MAX_ARM_AHEAD_S,
-    MAX_DATAGRAM,
-    REQUESTS,
+    Message,
     MessageType,
-    ReplayGuard,
     RunState,
-    WireError,
-    decode,
-    encode,
-    env_hash,
-    fit,
 )
 
 VERSION = "1"
 RUN_ID = re.compile(r"(?!\.+\Z)[A-Za-z0-9_.:-]{1,48}")  # fullmatch; never "." or ".."
 WAKE_EARLY_NS = 2_000_000
 SPIN_NS = 200_000
-GATE_SHELL = "/bin/sh"
-GATE_SCRIPT = 'read -r _ <&3 || exit 125; exec 3<&-; exec "$@"'  # no line (gate closed): exit, run nothing
-EVENT_FIRST_S, EVENT_MAX_S, EVENT_GIVE_UP_S = 0.25, 4.0, 600.0
 READY_POLL_S, READY_GIVE_UP_S = 0.002, 120.0
 READY_EXPIRE_S = 600.0  # a PREPAREd run never ARMed (its coordinator died) is cancelled after this
 KEEP_REPORTED = 64
 REALTIME_PRIORITY = 10
 STATUS_RUNS = 8
-Addr = tuple[str, int]
 log = logging.getLogger("enosnet.agent")
 
 
@@ -89,24 +89,6 @@ class Config:
 def load_config(path: str) -> Config:
     with open(path) as handle:
         return Config(json.load(handle))
-
-
-class RateLimitedLog:
-    """At most one log line per reason and interval; says how many were suppressed."""
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warning(self, reason: str, text: str) -> None:
-        now = time.monotonic()
-        if now - self._last.get(reason, -1e9) < self.interval_s:
-            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
-            return
-        more = self._suppressed.pop(reason, 0)
-        self._last[reason] = now
-        log.warning("%s%s", text, f" ({more} more suppressed)" if more else "")
 
 
 class Run:
@@ -156,109 +138,28 @@ class Run:
         return {k: getattr(self, k) for k in keys}
 
 
-class Child:
-    """A run's process, in its own session (its process group is the run); ``poll`` reaps it.
-
-    Made at PREPARE with posix_spawn (vfork semantics, cheap even for a large
-    agent) and held at a gate, so starting it costs the agent one write: on a
-    host shared by many agents, what each does at the start instant is start
-    skew.
-    """
-
-    RESET = (signal.SIGPIPE, signal.SIGXFSZ)  # ignored by Python; a started program gets the defaults
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-        self.usage: dict[str, float] | None = None
-
-    @classmethod
-    def gated(cls, argv: list[str], env: dict[str, str], cwd: str, stdout: int, stderr: int, *,
-              home: str) -> tuple[Child, int]:
-        """A run's process, made ahead of its start and waiting at a gate; returns it and the gate.
-
-        It is ``sh`` reading one line from a pipe: writing a line opens the
-        gate and the shell execs ``argv`` (same pid, same process group, files
-        already in place), so at the scheduled instant the agent only writes
-        one byte. Closing the gate without a line (the agent cancelled, or
-        died) makes it exit 125 without running anything. ``argv`` reaches the
-        shell as positional parameters: no value is ever parsed by it.
-        """
-        read_end, gate = os.pipe()
-        os.chdir(cwd)
-        try:
-            pid = os.posix_spawn(GATE_SHELL, ["sh", "-c", GATE_SCRIPT, "enosnet-gate", *argv], env, setsid=True,
-                                 setsigdef=cls.RESET, setsigmask=(),
-                                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                                               (os.POSIX_SPAWN_DUP2, stdout, 1), (os.POSIX_SPAWN_DUP2, stderr, 2),
-                                               (os.POSIX_SPAWN_DUP2, read_end, 3)])
-        except BaseException:
-            os.close(gate)
-            raise
-        finally:
-            os.close(read_end)
-            os.chdir(home)
-        return cls(pid), gate
-
-    def poll(self) -> int | None:
-        """The exit code (negative: killed by that signal) once it exited, else None."""
-        if self.returncode is None:
-            self._wait(os.WNOHANG)
-        return self.returncode
-
-    def wait(self) -> int | None:
-        if self.returncode is None:
-            self._wait(0)
-        return self.returncode
-
-    def _wait(self, flags: int) -> None:
-        try:
-            pid, status, usage = os.wait4(self.pid, flags)
-        except ChildProcessError:
-            self.returncode = -1
-            return
-        if pid:
-            self.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-            # what the program and the children it waited for used: CPU seconds and peak resident memory
-            self.usage = {"user_s": usage.ru_utime, "system_s": usage.ru_stime, "max_rss_kib": usage.ru_maxrss}
-
-
 class Agent:
     """One agent: its socket, its runs, its timers. Drive it with ``serve``."""
 
     def __init__(self, config: Config) -> None:
         self.cfg = config
-        self.key = config.secret
-        self.env = env_hash(config.env_id)
-        self.session = int.from_bytes(os.urandom(8), "big") >> 1
-        self.seq = 0
-        self.guard = ReplayGuard(window_s=config.replay_window_s)
+        self.link = Endpoint(config.worker_id, config.secret, env_id=config.env_id,
+                             replay_window_s=config.replay_window_s, log_interval_s=config.log_interval_s)
         self.runs: dict[str, Run] = {}
         self.coord: Addr | None = None
         self.timers: dict[str, tuple[int, Callable[[], None]]] = {}
-        self.events: dict[str, dict[str, Any]] = {}
+        self.outbox = Outbox()
         self.started_now: list[Run] = []
-        self.counters: dict[str, Any] = {"rx": 0, "tx": 0, "retx": 0, "refused": 0, "truncated": 0, "drop": {}}
+        self.counters = self.link.counters
         self.started = time.monotonic()
-        self.rlog = RateLimitedLog(config.log_interval_s)
         self.state_file = os.path.join(config.workdir, "state.json")
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
     # ── lifecycle ──────────────────────────────────────────────────────────
 
     def open(self) -> None:
         """Bind the socket and recover what a previous instance left in the workdir."""
         os.makedirs(os.path.join(self.cfg.workdir, "runs"), exist_ok=True)
-        # no SO_REUSEADDR: with it a second agent could bind the same UDP port and take half the datagrams
-        try:
-            self.sock.bind((self.cfg.bind, self.cfg.port))
-        except OSError as exc:  # socket.gaierror included: a name that does not resolve here
-            if not isinstance(exc, socket.gaierror) and exc.errno != errno.EADDRNOTAVAIL:
-                raise
-            log.warning("bind address %s is not an address of this host (%s); listening on all interfaces",
-                        self.cfg.bind, exc.strerror or exc)
-            self.sock.bind(("0.0.0.0", self.cfg.port))
-        self.sock.setblocking(False)
+        self.link.bind(self.cfg.bind, self.cfg.port)
         self._recover()
 
     def close(self) -> None:
@@ -267,7 +168,7 @@ class Agent:
             if run.state in ACTIVE or run.state == RunState.READY:
                 self._shutdown_run(run)
         self._persist()
-        self.sock.close()
+        self.link.close()
 
     def _recover(self) -> None:
         try:
@@ -284,10 +185,11 @@ class Agent:
             run = Run(**item)
             self.runs[run.run] = run
             if run.state in (RunState.READY, RunState.ARMED):
-                _kill_orphan(run)  # its gate closed with the old agent, so it never ran; make sure it is gone
+                # its gate closed with the old agent, so it never ran; make sure it is gone
+                kill_orphan(run.pid, run.ticks)
                 self._finish(run, RunState.FAILED, error="agent restarted before the scheduled start")
             elif run.state == RunState.RUNNING:
-                _kill_orphan(run)
+                kill_orphan(run.pid, run.ticks)
                 self._finish(run, RunState.FAILED, error="agent restarted during the run")
             elif run.state in FINISHED and not run.reported:
                 self._queue_done(run)
@@ -304,35 +206,11 @@ class Agent:
     # ── datagrams ──────────────────────────────────────────────────────────
 
     def drain(self) -> None:
-        """Handle every datagram waiting on the socket (at most 256 per call)."""
-        for _ in range(256):
-            try:
-                data, addr = self.sock.recvfrom(MAX_DATAGRAM * 2)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._drop("recv_error", None, str(exc))
-                continue
-            self.on_datagram(data, addr)
+        """Handle every request waiting on the socket (at most 256 per call)."""
+        for msg, addr, t1 in self.link.receive():
+            self.on_request(msg, addr, t1)
 
-    def on_datagram(self, data: bytes, addr: Addr) -> None:
-        t1 = time.time_ns()
-        self.counters["rx"] += 1
-        try:
-            msg = decode(data, key=self.key, env=self.env)
-        except WireError as exc:
-            self._drop(exc.reason, addr, str(exc))
-            return
-        if msg.worker != self.cfg.worker_id:
-            self._drop("wrong_worker", addr, msg.worker)
-            return
-        if msg.type not in REQUESTS:
-            self._drop("bad_type", addr, msg.type.name)
-            return
-        reason = self.guard.check(msg.session, msg.seq, msg.ts, t1)
-        if reason:
-            self._drop(reason, addr, f"seq {msg.seq}")
-            return
+    def on_request(self, msg: Message, addr: Addr, t1: int) -> None:
         if msg.payload.get("claim") is True:
             self._claim(addr)
         try:
@@ -346,28 +224,7 @@ class Agent:
             # bound to the request: its sender's session and send time, so a reply captured from one
             # coordinator process cannot answer another's request with the same seq
             reply["re"] = [msg.session, msg.ts]
-            self._send(MessageType.RESP, reply, addr, ack=msg.seq)
-
-    def _drop(self, reason: str, addr: Addr | None, detail: str) -> None:
-        drops = self.counters["drop"]
-        drops[reason] = drops.get(reason, 0) + 1
-        self.rlog.warning(reason, f"dropped datagram from {addr}: {detail}")
-
-    def _send(self, kind: MessageType, payload: dict[str, Any], addr: Addr, ack: int = 0) -> None:
-        """Send one datagram; a payload too large for one (many runs, a long path) is cut down, never fatal."""
-        cut = fit(payload)
-        if cut is not payload:
-            self.counters["truncated"] += 1
-            self.rlog.warning("truncated", f"{kind.name} to {addr} cut down to fit one datagram")
-            payload = cut
-        self.seq += 1
-        data = encode(kind, payload, key=self.key, env=self.env, worker=self.cfg.worker_id,
-                      session=self.session, seq=self.seq, ack=ack)
-        try:
-            self.sock.sendto(data, addr)
-            self.counters["tx"] += 1
-        except OSError as exc:
-            self._drop("send_error", addr, str(exc))
+            self.link.send(MessageType.RESP, reply, addr, ack=msg.seq)
 
     def _claim(self, addr: Addr) -> None:
         if addr != self.coord:
@@ -377,8 +234,7 @@ class Agent:
 
     def _resend_events(self) -> None:
         """Send every unacknowledged event again now, with a fresh backoff."""
-        for event in self.events.values():
-            event.update(next=0, interval=EVENT_FIRST_S, first=time.monotonic())
+        self.outbox.rewind(time.monotonic())
         self._arm_event_timer()
 
     # ── requests ───────────────────────────────────────────────────────────
@@ -508,8 +364,8 @@ class Agent:
             for stream in run.files:
                 stream.close()
             raise ActionError(f"cannot start {argv[0]}: {getattr(exc, 'strerror', None) or exc}") from None
-        run.pid, run.ticks = run.proc.pid, _start_ticks(run.proc.pid)
-        run.gate_exe = _exe(run.pid)
+        run.pid, run.ticks = run.proc.pid, start_ticks(run.proc.pid)
+        run.gate_exe = exe(run.pid)
 
     def _start_on_time(self, run: Run) -> None:
         """At the scheduled instant open the gate: one write, then give the CPU up for the program to exec."""
@@ -549,11 +405,11 @@ class Agent:
         """
         if run.state != RunState.RUNNING or run.pid is None or run.start_mono is None:
             return
-        exe = _exe(run.pid)
+        program = exe(run.pid)
         elapsed = time.monotonic_ns() - run.start_mono
-        if exe is not None and exe != run.gate_exe:
+        if program is not None and program != run.gate_exe:
             run.exec_ns = elapsed
-        elif exe is not None and elapsed < 200_000_000:
+        elif program is not None and elapsed < 200_000_000:
             pause = 500_000 if elapsed < 10_000_000 else 5_000_000
             self._timer(f"exec:{run.run}", time.monotonic_ns() + pause, lambda: self._watch_exec(run))
 
@@ -577,7 +433,7 @@ class Agent:
         started, self.started_now = self.started_now, []
         for run in started:
             if run.ticks is None:
-                run.ticks = _start_ticks(run.pid or 0)
+                run.ticks = start_ticks(run.pid or 0)
         if started:
             self._persist()
             self._sample()
@@ -595,10 +451,10 @@ class Agent:
             run.error = "deadline exceeded: process group killed"
         else:
             run.stop_requested = True
-        _signal_group(run.pid, signal.SIGTERM)
+        signal_group(run.pid, signal.SIGTERM)
         grace = self.cfg.actions[run.action].stop_grace_s
         self._timer(f"kill:{run.run}", time.monotonic_ns() + int(grace * 1e9),
-                    lambda: _signal_group(run.pid or 0, signal.SIGKILL))
+                    lambda: signal_group(run.pid or 0, signal.SIGKILL))
 
     def _close_gate(self, run: Run) -> None:
         """Cancel a scheduled start: the gated shell exits without running anything, and is reaped."""
@@ -606,7 +462,7 @@ class Agent:
             os.close(run.gate)
             run.gate = None
         if run.proc is not None:
-            _signal_group(run.pid or 0, signal.SIGKILL)
+            signal_group(run.pid or 0, signal.SIGKILL)
             run.proc.wait()
             run.proc = None
 
@@ -626,15 +482,15 @@ class Agent:
     def _drain_group(self, run: Run, kill_at: float, *, signalled: bool) -> None:
         """SIGTERM what is left of the group, SIGKILL it at ``kill_at``, finish when it is empty."""
         now = time.monotonic()
-        members = _group_members(run.pid or 0)
+        members = group_members(run.pid or 0)
         if not members or now > kill_at + 2.0:
             state = RunState.STOPPED if run.stop_requested else RunState.FAILED if run.error else RunState.EXITED
             self._finish(run, state, rc=run.rc, error=run.error)
             return
         if now >= kill_at:
-            _signal_group(run.pid or 0, signal.SIGKILL)
+            signal_group(run.pid or 0, signal.SIGKILL)
         elif not signalled:
-            _signal_group(run.pid or 0, signal.SIGTERM)
+            signal_group(run.pid or 0, signal.SIGTERM)
         self._timer(f"drain:{run.run}", time.monotonic_ns() + 10_000_000,
                     functools.partial(self._drain_group, run, kill_at, signalled=True))
 
@@ -642,7 +498,7 @@ class Agent:
         if run.state == RunState.RUNNING and run.dir and os.path.isdir(run.dir):
             # the counters as the run ends, so its samples cover the whole run (not up to the last tick)
             with open(os.path.join(run.dir, "samples.jsonl"), "a") as handle:
-                handle.write(json.dumps(_system_sample()) + "\n")
+                handle.write(json.dumps(system_sample()) + "\n")
         run.state, run.rc, run.error = state, rc, error
         run.end_wall = time.time_ns()
         run.proc = None
@@ -665,13 +521,13 @@ class Agent:
     def _shutdown_run(self, run: Run) -> None:
         """The agent is exiting: kill the group now (short grace) and record it stopped."""
         if run.state == RunState.RUNNING and run.pid:
-            _signal_group(run.pid, signal.SIGTERM)
+            signal_group(run.pid, signal.SIGTERM)
             deadline = time.monotonic() + min(2.0, self.cfg.actions[run.action].stop_grace_s)
-            while _group_alive(run.pid) and time.monotonic() < deadline:
+            while group_alive(run.pid) and time.monotonic() < deadline:
                 if run.proc is not None:
                     run.proc.poll()
                 time.sleep(0.01)
-            _signal_group(run.pid, signal.SIGKILL)
+            signal_group(run.pid, signal.SIGKILL)
             rc = run.proc.wait() if run.proc is not None else None
             self._finish(run, RunState.STOPPED, rc=rc, error="agent shut down")
         else:
@@ -684,7 +540,7 @@ class Agent:
         listen = action.listen_port(run.params)
         if run.state != RunState.RUNNING:
             return
-        if listen is None or _listening(*listen):
+        if listen is None or listening(*listen):
             self._queue_event(f"{run.run}:ready", {"kind": "ready", "run": run.run, "pid": run.pid})
             return
         elapsed = time.monotonic() - since
@@ -701,39 +557,28 @@ class Agent:
             self._queue_event(f"{run.run}:done", {"kind": "done", "rec": run.record()})
 
     def _queue_event(self, event_id: str, payload: dict[str, Any]) -> None:
-        payload["ev"] = event_id
-        self.events[event_id] = {"payload": payload, "next": 0, "interval": EVENT_FIRST_S,
-                                 "first": time.monotonic()}
+        self.outbox.add(event_id, payload, time.monotonic())
         self._send_events()
 
     def _send_events(self) -> None:
-        now = time.monotonic()
-        for event_id, event in list(self.events.items()):
-            if now - event["first"] > EVENT_GIVE_UP_S:
-                del self.events[event_id]
-                continue
-            if self.coord is None or event["next"] > now:
-                continue
-            if event["next"]:
+        for payload, again in self.outbox.take_due(time.monotonic(), sending=self.coord is not None):
+            if again:
                 self.counters["retx"] += 1
-            self._send(MessageType.EVENT, event["payload"], self.coord)
-            event["next"] = now + event["interval"]
-            event["interval"] = min(event["interval"] * 2, EVENT_MAX_S)
+            assert self.coord is not None
+            self.link.send(MessageType.EVENT, payload, self.coord)
         self._arm_event_timer()
 
     def _arm_event_timer(self) -> None:
-        due = [e["next"] for e in self.events.values()]
-        if due and self.coord is not None:
-            when = min(due) - time.monotonic()
+        due = self.outbox.next_due()
+        if due is not None and self.coord is not None:
+            when = due - time.monotonic()
             self._timer("events", time.monotonic_ns() + max(0, int(when * 1e9)), self._send_events)
         else:
             self.timers.pop("events", None)
 
     def _acked(self, event_ids: list[str]) -> None:
         changed = False
-        for event_id in event_ids:
-            if self.events.pop(event_id, None) is None:
-                continue
+        for event_id in self.outbox.acked(event_ids):
             run_id, _, kind = event_id.rpartition(":")
             run = self.runs.get(run_id)
             if kind == "done" and run is not None:
@@ -749,7 +594,7 @@ class Agent:
         if not running:
             self.timers.pop("sample", None)
             return
-        line = json.dumps(_system_sample()) + "\n"
+        line = json.dumps(system_sample()) + "\n"
         for run in running:
             with open(os.path.join(run.dir, "samples.jsonl"), "a") as handle:
                 handle.write(line)
@@ -811,151 +656,6 @@ def _run_id(payload: dict[str, Any]) -> str:
     return run_id
 
 
-def _signal_group(pgid: int, sig: int) -> None:
-    if pgid <= 1:
-        return
-    try:
-        os.killpg(pgid, sig)
-    except OSError as exc:
-        if exc.errno not in (errno.ESRCH, errno.EPERM):
-            raise
-
-
-def _group_alive(pgid: int) -> bool:
-    return bool(_group_members(pgid))
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of group ``pgid`` in this PID namespace."""
-    if pgid <= 1:
-        return []
-    try:
-        os.killpg(pgid, 0)
-    except OSError:
-        return []  # the usual case, and cheap: no process at all is left in the group
-    members = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as handle:
-                fields = handle.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            members.append(int(name))
-    return members
-
-
-def _exe(pid: int) -> str | None:
-    """The program process ``pid`` runs (None once it is gone)."""
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return None
-
-
-def _start_ticks(pid: int) -> int | None:
-    """The process's start time (clock ticks since boot): tells a recycled pid from ours."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return int(handle.read().rpartition(")")[2].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _kill_orphan(run: Run) -> None:
-    """A previous agent instance died while ``run`` ran: kill its group if it is still ours."""
-    if run.pid and run.ticks is not None and _start_ticks(run.pid) == run.ticks:
-        _signal_group(run.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 2.0
-        while _group_alive(run.pid) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        _signal_group(run.pid, signal.SIGKILL)
-
-
-def _listening(proto: str, port: int) -> bool:
-    """Whether something in this network namespace listens on ``proto`` ``port``."""
-    wanted = f":{port:04X}"
-    for family in ("", "6"):
-        try:
-            with open(f"/proc/net/{proto}{family}") as handle:
-                next(handle, None)
-                for line in handle:
-                    fields = line.split()
-                    if len(fields) > 3 and fields[1].endswith(wanted) and (proto == "udp" or fields[3] == "0A"):
-                        return True
-        except OSError:
-            continue
-    return False
-
-
-def _system_sample() -> dict[str, Any]:
-    """CPU jiffies (/proc/stat ``cpu`` line), interface counters (/proc/net/dev) and the host's own CPU time.
-
-    ``cg`` is ``[CPU ns used, periods, throttled periods, quota in CPUs or 0]``
-    of the control group at /sys/fs/cgroup as this host sees it: a local host
-    its own group (its PID 1 binds it there), a real machine the whole machine.
-    """
-    sample: dict[str, Any] = {"t": time.time_ns()}
-    try:
-        with open("/proc/stat") as handle:
-            sample["cpu"] = [int(v) for v in handle.readline().split()[1:]]
-        with open("/proc/net/dev") as handle:
-            lines = handle.readlines()[2:]
-        sample["net"] = {name.strip(): [int(v) for v in rest.split()]
-                         for name, _, rest in (line.partition(":") for line in lines)}
-    except (OSError, ValueError) as exc:
-        sample["error"] = str(exc)
-    group = _cgroup_cpu()
-    if group is not None:
-        sample["cg"] = group
-    pressure = _key_values_line("/proc/pressure/cpu", "some").get("total")
-    if pressure is not None:
-        sample["psi"] = pressure  # µs during which some task waited for a CPU (the machine's, PSI)
-    return sample
-
-
-def _cgroup_cpu() -> list[float] | None:
-    """``[used ns, periods, throttled periods, quota CPUs]`` from cgroup v2's or v1's files (None: neither)."""
-    root = "/sys/fs/cgroup"
-    v2 = _key_values(f"{root}/cpu.stat")
-    if "usage_usec" in v2:
-        quota, _, period = _read_text(f"{root}/cpu.max").partition(" ")
-        cpus = int(quota) / int(period) if quota.isdigit() and period.strip().isdigit() else 0.0
-        return [v2["usage_usec"] * 1000, v2.get("nr_periods", 0), v2.get("nr_throttled", 0), cpus]
-    usage = _read_text(f"{root}/cpuacct/cpuacct.usage")
-    if not usage.isdigit():
-        return None
-    v1 = _key_values(f"{root}/cpu/cpu.stat")
-    quota, period = _read_text(f"{root}/cpu/cpu.cfs_quota_us"), _read_text(f"{root}/cpu/cpu.cfs_period_us")
-    cpus = int(quota) / int(period) if quota.isdigit() and period.isdigit() and int(period) else 0.0
-    return [int(usage), v1.get("nr_periods", 0), v1.get("nr_throttled", 0), cpus]
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path) as handle:
-            return handle.read().strip()
-    except OSError:
-        return ""
-
-
-def _key_values_line(path: str, first: str) -> dict[str, int]:
-    """``key=value`` numbers of the line starting with ``first`` (the PSI files' format)."""
-    for line in _read_text(path).splitlines():
-        words = line.split()
-        if words and words[0] == first:
-            pairs = (w.partition("=") for w in words[1:])
-            return {k: int(v) for k, _, v in pairs if v.isdigit()}
-    return {}
-
-
-def _key_values(path: str) -> dict[str, int]:
-    pairs = (line.split() for line in _read_text(path).splitlines())
-    return {p[0]: int(p[1]) for p in pairs if len(p) == 2 and p[1].isdigit()}
-
-
 def serve(agents: Sequence[Agent], *, ready: Callable[[], None] | None = None) -> None:
     """Run the agents until SIGTERM or SIGINT; their runs are stopped on the way out."""
     stopping: list[int] = []
@@ -968,7 +668,7 @@ def serve(agents: Sequence[Agent], *, ready: Callable[[], None] | None = None) -
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     for agent in agents:
-        sel.register(agent.sock, selectors.EVENT_READ, agent)
+        sel.register(agent.link.sock, selectors.EVENT_READ, agent)
     sel.register(wake_r, selectors.EVENT_READ, None)
     if ready is not None:
         ready()

@@ -48,7 +48,7 @@ def run_worker(configs: list[Config], notify_fd: int | None = None) -> int:
         with open(os.path.join(agent.cfg.workdir, "agent.pid"), "w") as handle:
             handle.write(f"{os.getpid()}\n")
     log.info("agent %s listening on %s:%d", ",".join(a.cfg.worker_id for a in agents),
-             *agents[0].sock.getsockname())
+             *agents[0].link.sock.getsockname())
     serve(agents, ready=lambda: _notify(notify_fd, "ok"))
     log.info("agent stopped")
     return 0
