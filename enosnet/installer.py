@@ -14,8 +14,11 @@ Example (needs reachable hosts)::
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +29,14 @@ from enosnet.coordinator import build_agent_zipapp
 from enosnet.coordinator.agent.wire import DEFAULT_PORT
 from enosnet.environment import Environment
 from enosnet.errors import ConfigError, InstallError
+from enosnet.inventory import host_vars
 from enosnet.model import FrozenVars, Roles
 from enosnet.netbench_build import HOST_TOOLS, BuildError, Built, build, crates_for
 from enosnet.remote import AnsibleOptions, AnsibleResults, HostEvent, Status, bundled, run_playbook
+from enosnet.results.backup import sha256_file
 
 PLAYBOOK = bundled("deploy.yml")
+RECORD_TASK = "Record what the host is like now, for the next deploy's quick check"
 Listener = Callable[[HostEvent], None]
 
 
@@ -143,11 +149,59 @@ def install(env: Environment, roles: Roles, *, options: InstallOptions | None = 
     extra = install_vars(env, options)
     started = time.monotonic()
     _, folders = tool_roles()  # the roles of drivers from other packages
-    results = run_playbook(PLAYBOOK, roles=roles, extra_vars=extra, env=env, on_event=on_event, strict=strict,
+    digests = input_digests(roles, extra, folders)
+    stamped = dict((env.load_state() or {}).get("install_stamps") or {})
+    extra.update(deploy_stamps=digests, deploy_stamp_check=[h for h, d in digests.items() if stamped.get(h) == d])
+    results = run_playbook(PLAYBOOK, roles=roles, extra_vars=extra, env=env, on_event=on_event, strict=False,
                            options=AnsibleOptions(roles_path=tuple(folders)))
+    for host, result in results.items():
+        record = next((t for t in result.tasks if t.task == RECORD_TASK), None)
+        if not result.ok or (record is not None and record.data.get("rc") != 0):
+            stamped.pop(host.name, None)
+        elif record is not None:
+            stamped[host.name] = digests[host.name]
+        # else the host ended at the quick check: its stamp stands
+    changes: dict[str, Any] = {"install_stamps": stamped}
     if options.agent:
-        env.update_state(agent={"env_id": env.name, "port": options.agent_port})
+        changes["agent"] = {"env_id": env.name, "port": options.agent_port}
+    env.update_state(**changes)
+    if strict:
+        results.raise_for_failures()
     return InstallReport(results, time.monotonic() - started, _warnings(results))
+
+
+def input_digests(roles: Roles, extra: Mapping[str, Any], role_folders: Iterable[Path] = ()) -> dict[str, str]:
+    """Per host, a digest of everything an install there depends on.
+
+    The extra variables, the files they name (agent zipapp by content,
+    netbench binaries by size and modification time), the bundled playbooks and
+    roles and those of other packages' drivers, the Ansible version, and the
+    host's own inventory variables and groups. Equal digests and equal probe
+    output on the host mean the install would change nothing.
+    """
+    shared = hashlib.sha256(json.dumps(dict(extra), sort_keys=True, default=str).encode())
+    shared.update(importlib.metadata.version("ansible-core").encode())
+    if extra.get("enosnet_agent_pyz"):
+        shared.update(sha256_file(Path(extra["enosnet_agent_pyz"])).encode())
+    if extra.get("netbench_local_dir"):
+        _hash_tree(shared, Path(extra["netbench_local_dir"]), content=False)
+    for folder in (bundled(), *role_folders):
+        _hash_tree(shared, Path(folder), content=True)
+    base = shared.hexdigest()
+    out = {}
+    for host in roles.all():
+        groups = sorted(role for role, members in roles.items() if host in members)
+        text = json.dumps([base, host.name, host_vars(host), groups], sort_keys=True, default=str)
+        out[host.name] = hashlib.sha256(text.encode()).hexdigest()
+    return out
+
+
+def _hash_tree(digest: Any, folder: Path, *, content: bool) -> None:
+    """Fold every file under ``folder`` (its path and content, or size and mtime) into ``digest``."""
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        stat = path.stat()
+        mark = sha256_file(path) if content else f"{stat.st_size}:{stat.st_mtime_ns}"
+        digest.update(f"{path.relative_to(folder)}\0{mark}\0".encode())
 
 
 def _warnings(results: AnsibleResults) -> tuple[str, ...]:

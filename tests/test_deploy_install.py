@@ -17,7 +17,9 @@ import pytest
 
 from enosnet.environment import Environment
 from enosnet.errors import ConfigError, HostsFailed
-from enosnet.installer import InstallOptions, install, install_vars
+from enosnet.installer import InstallOptions, input_digests, install, install_vars
+from enosnet.model import Host, Roles
+from enosnet.remote import Status, run_command
 from enosnet.results.backup import agent_keys
 
 ENOSNET = str(Path(sys.executable).with_name("enosnet"))
@@ -39,6 +41,23 @@ def test_install_vars_carry_the_agent_and_netbench_settings(tmp_path: Path) -> N
     assert extra["deploy_netbench"] and extra["netbench_local_dir"] == str(tmp_path / "bin")
     with pytest.raises(ConfigError, match="not a folder"):
         install_vars(env, InstallOptions(netbench_dir=tmp_path / "missing"))
+
+
+def test_input_digests_change_with_what_an_install_depends_on(tmp_path: Path) -> None:
+    pyz = tmp_path / "agent.pyz"
+    pyz.write_bytes(b"one")
+    roles = Roles({"server": [Host("198.18.0.2", alias="s")], "client": [Host("198.18.0.3", alias="c")]})
+    extra = {"deploy_agent": True, "enosnet_agent_pyz": str(pyz)}
+    first = input_digests(roles, extra)
+    assert first == input_digests(roles, dict(extra)) and first["s"] != first["c"]
+    pyz.write_bytes(b"two")  # same path, other program
+    changed = input_digests(roles, extra)
+    assert changed["s"] != first["s"] and changed["c"] != first["c"]
+    moved = Roles({"server": [Host("198.18.0.2", alias="s", port=2222)], "client": roles["client"]})
+    assert input_digests(moved, extra)["s"] != changed["s"] and input_digests(moved, extra)["c"] == changed["c"]
+    regrouped = Roles({"client": [*roles["client"], *roles["server"]]})
+    assert input_digests(regrouped, extra)["s"] != changed["s"]  # the agent's role comes from the group
+    assert input_digests(roles, {**extra, "enosnet_agent_port": 7800})["c"] != changed["c"]
 
 
 class CommandLines:
@@ -131,3 +150,46 @@ def test_a_failed_host_is_named_with_its_task_and_message(local_hosts: Callable[
     rows = {r.host: r for r in report.recap()}
     assert rows["client-0"].failed == 1 and "Tune kernel parameters" in rows["client-0"].message
     assert rows["server-0"].failed == 0 and rows["server-0"].changed == 0
+
+
+CHECK = "Check whether the host is as the last deploy left it"
+
+
+@pytest.mark.hosts
+@pytest.mark.timeout(600)
+def test_an_unchanged_host_costs_one_check_and_a_drifted_one_is_installed_again(
+        local_hosts: Callable[..., Any], netbench_bin: Path) -> None:
+    deployment = local_hosts({"server": 1, "client": 1}, name="stamp")
+    env, roles = deployment.env, deployment.roles
+    netbench = {"netbench_drivers": ["tcp"], "netbench_tools": ["s2n-netbench-scenarios"]}
+    options = InstallOptions(netbench_dir=netbench_bin, netbench_vars=netbench)
+    first = install(env, roles, options=options)
+    assert first.changed > 0 and all(r.task(CHECK).status is Status.SKIPPED for r in first.results.values())
+    stamps = (env.load_state() or {})["install_stamps"]
+    assert set(stamps) == {"server-0", "client-0"}
+
+    second = install(env, roles, options=options)
+    assert second.changed == 0
+    for result in second.results.values():  # one command, then the host's play ends
+        assert [t.task for t in result.tasks if t.status is not Status.SKIPPED] == [CHECK]
+        assert result.task(CHECK).data["stdout"] == "current"
+
+    # drift on the client: its agent stopped, a binary deleted; the server is untouched
+    client, server = roles.find("client-0"), roles.find("server-0")
+    drift = run_command("kill $(cat /run/enosnet-agent.pid) && rm /usr/local/bin/s2n-netbench-scenarios",
+                        roles=[client])
+    assert drift[client].ok, drift[client].stderr
+    third = install(env, roles, options=options)
+    assert third.results[server].changed == 0 and third.results[client].changed > 0
+    assert third.results[client].task(CHECK).data["stdout"] == "host changed"
+    back = run_command("test -x /usr/local/bin/s2n-netbench-scenarios && kill -0 $(cat /run/enosnet-agent.pid)",
+                       roles=[client])
+    assert back[client].ok, back[client].stderr
+    assert install(env, roles, options=options).changed == 0  # recorded again after the repair
+
+    # other inputs (a config value): no host is checked, every host is installed again
+    options = InstallOptions(netbench_dir=netbench_bin, netbench_vars=netbench,
+                             extra_vars={"enosnet_agent_sample_interval_s": 2.0})
+    changed = install(env, roles, options=options)
+    assert all(r.task(CHECK).status is Status.SKIPPED and r.changed > 0 for r in changed.results.values())
+    assert (env.load_state() or {})["install_stamps"] != stamps
