@@ -57,7 +57,7 @@ def one_size(n: int, rounds: int, ops: Sequence[str], work: Path) -> Times:
         times.setdefault(name, []).append(seconds)
         print(f"  {n:>4} hosts  {name:34s} {seconds:8.2f} s", flush=True)
 
-    bins = deploy_bench.stand_ins(work / "netbench")
+    bins = deploy_bench.binaries(work / "netbench")
     pyz = build_agent_zipapp(work / "agent.pyz")
     hosts_bench.bare_config(work)
     for r in range(rounds):
