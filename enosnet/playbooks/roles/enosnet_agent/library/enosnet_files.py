@@ -47,21 +47,25 @@ FILE_OPTIONS = {
 DIR_OPTIONS = {"path": {"type": "path", "required": True}, "mode": {"type": "str", "default": "0755"}}
 
 
+def own_as_root(module, path, mode):
+    """Give the existing ``path`` this mode, owned by root; True when that changed something."""
+    st = os.stat(path)
+    if st.st_mode & 0o7777 == mode and st.st_uid == 0 and st.st_gid == 0:
+        return False
+    if not module.check_mode:
+        os.chmod(path, mode)
+        os.chown(path, 0, 0)
+    return True
+
+
 def ensure_dir(module, path, mode):
     """True when the folder was created or its mode or owner changed."""
     wanted = int(mode, 8)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        if not module.check_mode:
-            os.makedirs(path, mode=wanted)
-            os.chmod(path, wanted)  # makedirs' mode is masked by the umask
-            os.chown(path, 0, 0)
-        return True
-    if st.st_mode & 0o7777 == wanted and st.st_uid == 0 and st.st_gid == 0:
-        return False
+    if os.path.exists(path):
+        return own_as_root(module, path, wanted)
     if not module.check_mode:
-        os.chmod(path, wanted)
+        os.makedirs(path, mode=wanted)
+        os.chmod(path, wanted)  # makedirs' mode is masked by the umask
         os.chown(path, 0, 0)
     return True
 
@@ -91,15 +95,8 @@ def write_file(module, spec):
     data = wanted_bytes(spec)
     if data is None:
         module.fail_json(msg="%s: give content or content_b64" % dest)
-    same = sha256_of(dest) == hashlib.sha256(data).hexdigest()
-    if same:
-        st = os.stat(dest)
-        if st.st_mode & 0o7777 == mode and st.st_uid == 0 and st.st_gid == 0:
-            return False
-        if not module.check_mode:
-            os.chmod(dest, mode)
-            os.chown(dest, 0, 0)
-        return True
+    if sha256_of(dest) == hashlib.sha256(data).hexdigest():
+        return own_as_root(module, dest, mode)
     if module.check_mode:
         return True
     fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(dest), dir=os.path.dirname(dest))
