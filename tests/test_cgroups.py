@@ -61,3 +61,31 @@ def test_groups_are_removed_children_first(tmp_path: Path) -> None:
     (env / "b").mkdir()
     assert cgroups.remove([env, env / "a", env / "b"]) == []
     assert not env.exists()
+
+
+def test_v1_hosts_share_the_real_time_cpu_time_their_parent_group_has_left(tmp_path: Path) -> None:
+    """Under real-time group scheduling a new group gets none, and nobody in it may take a real-time priority."""
+    cpu = tmp_path / "cpu"
+    (cpu / "other-env").mkdir(parents=True)
+    (cpu / "cpu.rt_runtime_us").write_text("950000\n")
+    (cpu / "cpu.rt_period_us").write_text("1000000\n")
+    (cpu / "other-env" / "cpu.rt_runtime_us").write_text("900000\n")
+    (cpu / "enos-abc123").mkdir()
+    (cpu / "enos-abc123" / "cpu.rt_runtime_us").write_text("0\n")  # as the kernel makes a group
+    layout = cgroups.V1({"cpu": cpu}, {"cpu": "/"})
+    cgroups.create(layout, "enos-abc123", [(f"h{i}", cgroups.Limits()) for i in range(10)])
+    assert (cpu / "enos-abc123" / "cpu.rt_runtime_us").read_text() == "50000"  # all that is left, not 10 x 10 ms
+    assert {(cpu / "enos-abc123" / f"h{i}" / "cpu.rt_runtime_us").read_text() for i in range(10)} == {"5000"}
+
+    (cpu / "other-env" / "cpu.rt_runtime_us").write_text("0\n")  # plenty left: 10 ms per host
+    assert cgroups.realtime_share(cpu / "enos-abc123", 3) == cgroups.RT_PER_HOST_US
+    (cpu / "other-env" / "cpu.rt_runtime_us").write_text("950000\n")  # nothing left: none, nothing written
+    assert cgroups.realtime_share(cpu / "enos-abc123", 3) == 0
+
+
+def test_a_kernel_without_real_time_groups_gets_no_such_file_written(tmp_path: Path) -> None:
+    cpu = tmp_path / "cpu"
+    cpu.mkdir()
+    layout = cgroups.V1({"cpu": cpu}, {"cpu": "/"})
+    cgroups.create(layout, "enos-abc123", [("h0", cgroups.Limits())])
+    assert not (cpu / "enos-abc123" / "h0" / "cpu.rt_runtime_us").exists()

@@ -46,6 +46,15 @@ def test_a_host_limited_to_half_a_cpu_gets_half_a_cpu_and_an_unlimited_one_more(
     assert ssh(slow, "echo -1 > /sys/fs/cgroup/cpu/cpu.cfs_quota_us", check=False).returncode != 0
 
 
+def test_a_host_may_take_a_real_time_priority_for_the_agents_start_gate(
+        local_hosts: Callable[..., LocalDeployment]) -> None:
+    """The agent holds SCHED_FIFO from ARM to its start; refused, co-located starts spread 40 times wider."""
+    dep = local_hosts({"node": 2}, name="rt")
+    for host in dep.roles["node"]:
+        out = ssh(host, "chrt -f 10 sh -c 'chrt -p $$' 2>&1; echo rc=$?", check=False).stdout
+        assert "rc=0" in out and "SCHED_FIFO" in out, out
+
+
 def test_beyond_its_memory_limit_an_allocation_fails_and_the_host_survives(
         local_hosts: Callable[..., LocalDeployment]) -> None:
     dep = local_hosts({"small": {"count": 1, "memory": "128M"}}, name="mem")

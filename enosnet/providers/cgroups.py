@@ -14,7 +14,10 @@ Both cgroup layouts are supported:
   are made under the controller's group of this process (a job's memory limit
   keeps holding); ``cpu.cfs_quota_us``, ``memory.limit_in_bytes`` (and
   ``memsw`` when swap is accounted), ``cpuset.cpus``; CPU time from
-  ``cpuacct.usage``.
+  ``cpuacct.usage``. With real-time group scheduling (``cpu.rt_runtime_us``
+  present) a new group has no real-time CPU time, so no process in it may
+  take a real-time priority: each host's group gets a share (``realtime_share``),
+  for the agent's start gate.
 - **v2** (one unified hierarchy with ``cgroup.controllers``): groups are made
   under the root (v2 allows no processes in a group whose children have
   controllers); ``cpu.max``, ``memory.max`` (and ``memory.swap.max`` 0),
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import abc
 import errno
+import logging
 import os
 import re
 import time
@@ -39,8 +43,11 @@ from pathlib import Path
 
 from enosnet.errors import ProviderError
 
+log = logging.getLogger(__name__)
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CFS_PERIOD_US = 100_000
+RT_PER_HOST_US = 10_000  # real-time CPU time per second (rt_period_us) a host may use, at most
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory")
 
 
@@ -76,8 +83,8 @@ class Layout(abc.ABC):
         return {mount: parent / name for mount, parent in self.parents().items()}
 
     @abc.abstractmethod
-    def prepare(self, env_dirs: Mapping[str, Path]) -> None:
-        """Create the environment's groups and make the controllers available to hosts below them."""
+    def prepare(self, env_dirs: Mapping[str, Path], hosts: int) -> None:
+        """Create the environment's groups (for ``hosts`` hosts) and make the controllers available below them."""
 
     @abc.abstractmethod
     def limit(self, host_dirs: Mapping[str, Path], limits: Limits) -> None:
@@ -109,19 +116,24 @@ class V1(Layout):
     def __init__(self, mounts: Mapping[str, Path], own: Mapping[str, str]) -> None:
         self.mounts = dict(mounts)  # controller → its hierarchy's mount point
         self.own = dict(own)        # controller → this process's group in it
+        self.realtime_us = 0        # each host's real-time CPU time per period (see realtime_share)
 
     def parents(self) -> dict[str, Path]:
         return {c: self.mounts[c] / self.own.get(c, "/").lstrip("/") for c in self.mounts}
 
-    def prepare(self, env_dirs: Mapping[str, Path]) -> None:
+    def prepare(self, env_dirs: Mapping[str, Path], hosts: int) -> None:
         for controller, folder in env_dirs.items():
             folder.mkdir(exist_ok=True)
             if controller == "cpuset":  # a v1 cpuset group has no cores until given its parent's
                 for file in ("cpuset.cpus", "cpuset.mems"):
                     if not _read(folder / file):
                         _write(folder / file, _read(folder.parent / file))
+        if "cpu" in env_dirs:
+            self.realtime_us = realtime_share(env_dirs["cpu"], hosts)
 
     def limit(self, host_dirs: Mapping[str, Path], limits: Limits) -> None:
+        if self.realtime_us and "cpu" in host_dirs:
+            _write(host_dirs["cpu"] / "cpu.rt_runtime_us", str(self.realtime_us))
         if "cpuset" in host_dirs:
             for file in ("cpuset.cpus", "cpuset.mems"):
                 _write(host_dirs["cpuset"] / file, _read(host_dirs["cpuset"].parent / file))
@@ -148,7 +160,7 @@ class V2(Layout):
     def parents(self) -> dict[str, Path]:
         return {"unified": self.root}
 
-    def prepare(self, env_dirs: Mapping[str, Path]) -> None:
+    def prepare(self, env_dirs: Mapping[str, Path], hosts: int) -> None:
         folder = env_dirs["unified"]
         folder.mkdir(exist_ok=True)
         wanted = [c for c in ("cpu", "cpuset", "memory") if c in _read(self.root / "cgroup.controllers").split()]
@@ -202,6 +214,44 @@ def detect(mountinfo: str | None = None, own: str | None = None) -> Layout:
     return V1(mounts, paths)
 
 
+def realtime_share(env_cpu: Path, hosts: int) -> int:
+    """Give the environment's v1 cpu group real-time CPU time for its hosts; each host's share (0: none).
+
+    Under real-time group scheduling a v1 cpu group starts with none
+    (``cpu.rt_runtime_us`` 0), and a process in it asking for SCHED_FIFO is
+    refused: the agents' start gate then runs at normal priority, and the
+    starts of 50 co-located hosts spread over 40 ms instead of about 1 ms.
+    The agent holds the priority only from ARM to its start and spins for
+    0.2 ms of it, so each host gets up to ``RT_PER_HOST_US`` per period, out
+    of what the parent group has not given to its other children. Without
+    that much to give, hosts share what there is; with none, they get none.
+    """
+    mine = env_cpu / "cpu.rt_runtime_us"
+    if hosts <= 0 or not mine.exists():
+        return 0
+    parent = env_cpu.parent
+    total = _int(parent / "cpu.rt_runtime_us")
+    if total < 0:  # unlimited (the root group without a throttle): the period bounds it
+        total = _int(parent / "cpu.rt_period_us")
+    given = sum(max(_int(child / "cpu.rt_runtime_us"), 0) for child in parent.iterdir()
+                if child.is_dir() and child != env_cpu)
+    budget = min(hosts * RT_PER_HOST_US, total - given)
+    while budget >= hosts * 100:  # below 0.1 ms per host a start could be throttled mid-spin: none at all
+        try:
+            _write(mine, str(budget - budget % hosts))
+            return budget // hosts
+        except OSError:  # the kernel counts differently (other periods, a sibling raced us): ask for less
+            budget //= 2
+    log.warning("the cgroup %s has no real-time CPU time left to give %d local hosts: their agents start runs "
+                "at normal priority, and co-located starts spread wider", parent, hosts)
+    return 0
+
+
+def _int(path: Path) -> int:
+    text = _read(path)
+    return int(text) if text.lstrip("-").isdigit() else 0
+
+
 @dataclass(frozen=True)
 class HostGroups:
     """One host's groups (mount name → folder) and its limits."""
@@ -214,7 +264,7 @@ def create(layout: Layout, env_name: str, hosts: Sequence[tuple[str, Limits]]) -
     """The environment's group and one group per host under it, limits written; host alias → its groups."""
     env_dirs = layout.env_dirs(env_name)
     try:
-        layout.prepare(env_dirs)
+        layout.prepare(env_dirs, len(hosts))
         made: dict[str, HostGroups] = {}
         for alias, limits in hosts:
             dirs = {name: folder / alias for name, folder in env_dirs.items()}
