@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from enosnet.cli.common import EnvOption, console, find_env
@@ -107,6 +106,15 @@ class _View:
     """Renders bench events: a progress bar, one line per run."""
 
     def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("[green]{task.fields[ok]} ok[/green] [red]{task.fields[failed]} "
                                             "failed[/red]"), TimeElapsedColumn(), TextColumn("ETA"),

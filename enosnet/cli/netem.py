@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -14,8 +14,10 @@ from enosnet.cli.common import EnvOption, JsonOption, console, find_env
 from enosnet.environment import Environment
 from enosnet.errors import ConfigError, EnvironmentNotFound
 from enosnet.model import Roles
-from enosnet.netem import RttCheck, clear, from_spec, show
 from enosnet.yamlfile import parse_yaml
+
+if TYPE_CHECKING:  # the emulation layer loads when a netem command runs, not with every enosnet command
+    from enosnet.netem import RttCheck
 
 netem_app = typer.Typer(name="netem", no_args_is_help=True, add_completion=False, rich_markup_mode=None,
                         help="Emulate delay, loss and rate limits between the environment's hosts (tc netem).")
@@ -42,6 +44,8 @@ def apply_command(
     count: Annotated[int, typer.Option("--count", min=1, max=1000, help="Pings per pair for --validate.")] = 20,
 ) -> None:
     """Make the hosts' emulation exactly SPEC (hosts it does not name are cleared)."""
+    from enosnet.netem import from_spec
+
     environment = find_env(env)
     try:
         document = parse_yaml(spec.read_text(), str(spec))
@@ -72,6 +76,8 @@ def print_checks(checks: list[RttCheck]) -> None:
 @netem_app.command("clear")
 def clear_command(env: EnvOption = None) -> None:
     """Remove exactly the emulation enosnet applied (qdiscs, filters, ifb devices)."""
+    from enosnet.netem import clear
+
     environment = find_env(env)
     with console.status("clearing network emulation"):
         results = clear(_roles(environment), env=environment)
@@ -82,6 +88,8 @@ def clear_command(env: EnvOption = None) -> None:
 @netem_app.command("show")
 def show_command(env: EnvOption = None, as_json: JsonOption = False) -> None:
     """What enosnet's emulation put on each host (tc qdiscs and classes)."""
+    from enosnet.netem import show
+
     environment = find_env(env)
     shown = show(_roles(environment), env=environment)
     if as_json:
