@@ -1,7 +1,8 @@
 """The agents' own instrumentation: CPU and interface counters sampled at 1 s into each run folder.
 
 Each line of ``samples.jsonl`` is ``{"t": ns, "cpu": [/proc/stat jiffies], "net": {iface: [/proc/net/dev
-counters]}, "cg": [CPU ns, periods, throttled periods, quota CPUs], "psi": µs}``; consecutive lines give
+counters]}, "cg": [CPU ns, periods, throttled periods, quota CPUs], "psi": µs, "udp_drops": datagrams}``
+(``udp_drops``: the network namespace's UDP receive-buffer drops so far); consecutive lines give
 the machine's CPU use (``cpu``, % of all its CPUs), how long some task waited for a CPU
 (``cpu_pressure``, % of the time, from /proc/pressure/cpu), interface rates (bit/s) and, from the host's own
 control group, the CPUs it used (``cpu_cgroup``) and, under a quota, how much of the quota it used
@@ -104,6 +105,29 @@ def interface_bytes(path: Path) -> tuple[int, int] | None:
         return None
     rx, tx = _delta(points[0], points[-1], iface, RX_BYTES), _delta(points[0], points[-1], iface, TX_BYTES)
     return None if rx is None or tx is None else (rx, tx)
+
+
+def udp_receive_drops(path: Path) -> int | None:
+    r"""Datagrams the host's UDP sockets dropped for a full receive buffer between a run's first and last sample.
+
+    Each was lost after the interface counted it, so what its sender sent
+    again (QUIC, for one, does) crosses the interface twice.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     samples = Path(folder) / "samples.jsonl"
+    ...     _ = samples.write_text('{"t": 0, "udp_drops": 7}\n{"t": 1, "udp_drops": 7}\n{"t": 2, "udp_drops": 19}\n')
+    ...     udp_receive_drops(samples)
+    12
+    """
+    try:
+        points = [p for p in (_load(line) for line in path.read_text().splitlines()) if p is not None]
+    except OSError:
+        return None
+    counts = [p.get("udp_drops") for p in points]
+    if len(counts) < 2 or not isinstance(counts[0], int) or not isinstance(counts[-1], int):
+        return None
+    return counts[-1] - counts[0]
 
 
 def read_agent_samples(path: Path, *, host: str, start_ns: int | None) -> list[Sample]:

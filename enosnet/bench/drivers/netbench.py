@@ -34,7 +34,7 @@ from typing import Any
 from enosnet.bench.builds import InstalledBuild, build_metadata, install_builds, installed_name
 from enosnet.bench.drivers.base import Driver, Executed, Labelled, Measured
 from enosnet.bench.drivers.netbench_output import Trace, parse_trace, scenario_bytes, trace_samples
-from enosnet.bench.instrument import interface_bytes
+from enosnet.bench.instrument import interface_bytes, udp_receive_drops
 from enosnet.bench.spec import NetbenchScenarioArgs, NetbenchSection
 from enosnet.coordinator import Coordinator, WorkerRecord, netbench_actions
 from enosnet.errors import ConfigError
@@ -268,6 +268,12 @@ def _cross_check(host: str, pulled: Path, result: ClientResult) -> list[HostMeta
     ratio = counted[0] / result.received
     result.metrics.append(Metric(host, "iface_rx_ratio", ratio, "ratio"))
     verdict = "agrees" if abs(ratio - 1) <= CROSS_CHECK_TOLERANCE else "FLAGGED: differs by more than 10 %"
+    drops = udp_receive_drops(pulled / "samples.jsonl")
+    if drops is not None:
+        result.metrics.append(Metric(host, "udp_rcvbuf_drops", float(drops), "datagrams"))
+    if drops:  # the usual reason for a QUIC client's interface to count far more than its bytes
+        verdict += (f"; the host's UDP sockets dropped {drops} datagrams with their receive buffer full "
+                    "(what the server sent again crossed the interface twice)")
     return [HostMeta(host, "netbench.cross_check",
                      f"interface received {counted[0]} bytes = {ratio:.3f} x the client's: {verdict}", "agent")]
 

@@ -163,7 +163,8 @@ def listening(proto: str, port: int) -> bool:
 
 
 def system_sample() -> dict[str, Any]:
-    """CPU jiffies (/proc/stat ``cpu`` line), interface counters (/proc/net/dev) and the host's own CPU time.
+    """CPU jiffies (/proc/stat ``cpu`` line), interface counters (/proc/net/dev), the host's own CPU time and
+    its UDP receive-buffer drops (``udp_drops``).
 
     ``cg`` is ``[CPU ns used, periods, throttled periods, quota in CPUs or 0]``
     of the control group at /sys/fs/cgroup as this host sees it: a local host
@@ -185,7 +186,21 @@ def system_sample() -> dict[str, Any]:
     pressure = _key_values_line("/proc/pressure/cpu", "some").get("total")
     if pressure is not None:
         sample["psi"] = pressure  # µs during which some task waited for a CPU (the machine's, PSI)
+    drops = udp_receive_drops()
+    if drops is not None:
+        sample["udp_drops"] = drops
     return sample
+
+
+def udp_receive_drops() -> int | None:
+    """Datagrams this network namespace's UDP sockets dropped for a full receive buffer (IPv4 and IPv6)."""
+    rows = [line.split() for line in _read_text("/proc/net/snmp").splitlines() if line.startswith("Udp:")]
+    if len(rows) < 2 or "RcvbufErrors" not in rows[0] or len(rows[1]) != len(rows[0]):
+        return None
+    value = rows[1][rows[0].index("RcvbufErrors")]
+    if not value.isdigit():
+        return None
+    return int(value) + _key_values("/proc/net/snmp6").get("Udp6RcvbufErrors", 0)
 
 
 def _cgroup_cpu() -> list[float] | None:
