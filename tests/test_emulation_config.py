@@ -334,3 +334,15 @@ def test_impaird_runs_on_python_38() -> None:
              "i = d.Impairment(c['constraints'][0], __import__('random').Random(1)); assert i.due(0.0) >= 0\n")
     done = subprocess.run([str(OLDEST), "-c", logic, str(IMPAIRD.parent)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_daemon_reads_how_much_real_time_its_control_group_allows(tmp_path: Path) -> None:
+    """A local host's group allows 1 % (for the agent's start gate): the daemon would stall there, so stays normal."""
+    from enosnet.emulation.impaird import realtime_share
+
+    assert realtime_share(str(tmp_path)) is None  # no real-time group scheduling: no such limit
+    (tmp_path / "cpu.rt_period_us").write_text("1000000\n")
+    (tmp_path / "cpu.rt_runtime_us").write_text("10000\n")
+    assert realtime_share(str(tmp_path)) == 0.01
+    (tmp_path / "cpu.rt_runtime_us").write_text("-1\n")  # unlimited
+    assert realtime_share(str(tmp_path)) is None

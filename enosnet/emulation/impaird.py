@@ -753,11 +753,31 @@ def realtime() -> None:
     """Run under SCHED_FIFO: on a busy machine a normal process wakes milliseconds late, a real-time one does not.
 
     The kernel's real-time throttling still leaves others 5 % of each CPU.
+    Not in a control group that gives real-time tasks only a sliver of each
+    period (cgroup v1 real-time group scheduling: local hosts get 10 ms per
+    second, for the agent's start gate): past it the daemon would be stopped
+    until the next period, every packet with it.
     """
+    share = realtime_share()
+    if share is not None and share < 0.5:
+        log(f"running without real-time priority: this host's control group lets real-time tasks run "
+            f"{share:.1%} of the time, and past that the daemon would stall")
+        return
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
     except (OSError, AttributeError) as exc:
         log(f"running without real-time priority ({exc}): releases may be late on a busy host")
+
+
+def realtime_share(folder: str = "/sys/fs/cgroup/cpu") -> float | None:
+    """The share of each period this host's control group lets real-time tasks run (None: no such limit)."""
+    try:
+        with open(os.path.join(folder, "cpu.rt_runtime_us")) as runtime, \
+                open(os.path.join(folder, "cpu.rt_period_us")) as period:
+            runtime_us, period_us = int(runtime.read()), int(period.read())
+    except (OSError, ValueError):
+        return None
+    return None if runtime_us < 0 or period_us <= 0 else runtime_us / period_us
 
 
 def run_daemon(config_path: str, pidfile: str | None) -> int:
