@@ -96,11 +96,10 @@ def interface_bytes(path: Path) -> tuple[int, int] | None:
     The agent samples as a run starts and as it ends, so this is what crossed
     the host's interface during the run: a figure independent of the tool.
     """
-    try:
-        points = [p for p in (_load(line) for line in path.read_text().splitlines()) if p is not None]
-    except OSError:
+    points = _read_points(path)
+    if points is None or len(points) < 2:
         return None
-    iface = _busiest(points) if len(points) >= 2 else None
+    iface = _busiest(points)
     if iface is None:
         return None
     rx, tx = _delta(points[0], points[-1], iface, RX_BYTES), _delta(points[0], points[-1], iface, TX_BYTES)
@@ -120,9 +119,8 @@ def udp_receive_drops(path: Path) -> int | None:
     ...     udp_receive_drops(samples)
     12
     """
-    try:
-        points = [p for p in (_load(line) for line in path.read_text().splitlines()) if p is not None]
-    except OSError:
+    points = _read_points(path)
+    if points is None:
         return None
     counts = [p.get("udp_drops") for p in points]
     if len(counts) < 2 or not isinstance(counts[0], int) or not isinstance(counts[-1], int):
@@ -135,6 +133,14 @@ def read_agent_samples(path: Path, *, host: str, start_ns: int | None) -> list[S
         return parse_agent_samples(path.read_text().splitlines(), host=host, start_ns=start_ns)
     except OSError:
         return []
+
+
+def _read_points(path: Path) -> list[dict[str, Any]] | None:
+    """The samples of a ``samples.jsonl`` (lines that are not one are skipped); None when it cannot be read."""
+    try:
+        return [p for p in (_load(line) for line in path.read_text().splitlines()) if p is not None]
+    except OSError:
+        return None
 
 
 def _load(line: str) -> dict[str, Any] | None:
